@@ -1,0 +1,171 @@
+"""The Flower ClientApp: local training and evaluation on one client's partition.
+
+Built by a factory that closes over the run's config and a `ClientData` handle,
+because the simulation engine hands apps an empty run_config. Each actor process keeps
+its model object and the partitions it has served in memory, so a round costs a
+state-dict load and the training itself, nothing more.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsim import task
+from fedsim.config import RunConfig
+from fedsim.partition import Partitions
+
+PARTITION_KEY = "partition-id"
+
+
+class SimulatedDropout(RuntimeError):
+    """Raised on purpose by --client-failure-rate."""
+
+
+class ClientData(Protocol):
+    """Where a client finds its data; `key` names it within one process."""
+
+    key: str
+
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions]:
+        """The training images (N, 3, 32, 32) uint8, their labels, and the partitions."""
+        ...
+
+
+@dataclass(frozen=True)
+class RayObjectData:
+    """Data the driver put into Ray's object store once; actors read it zero-copy."""
+
+    key: str
+    images: Any  # ray.ObjectRef to the uint8 training images
+    labels: Any  # ray.ObjectRef to the labels
+    partitions: Any  # ray.ObjectRef to Partitions
+
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions]:
+        import ray
+
+        return tuple(ray.get([self.images, self.labels, self.partitions]))  # type: ignore[return-value]
+
+
+_PROCESS_CACHE: dict[tuple, Any] = {}
+
+
+def _per_process(key: tuple, make: Callable[[], Any]) -> Any:
+    """Memoise within this actor process: actors outlive messages, apps do not."""
+    if key not in _PROCESS_CACHE:
+        _PROCESS_CACHE[key] = make()
+    return _PROCESS_CACHE[key]
+
+
+def client_device(cfg: RunConfig) -> torch.device:
+    wants_gpu = bool(cfg.gpus_per_client)
+    if wants_gpu and not torch.cuda.is_available():
+        _per_process(
+            ("cpu-fallback-warning",),
+            lambda: warnings.warn(
+                "fedsim: --gpus-per-client > 0 but this actor sees no CUDA device; training on CPU",
+                stacklevel=1,
+            ),
+        )
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+def _setup_process(cfg: RunConfig) -> None:
+    """Give torch as many threads as the actor has CPUs (Ray does not cap torch)."""
+    _per_process(("threads",), lambda: torch.set_num_threads(max(1, int(cfg.cpus_per_client))))
+
+
+def _tensors(data: ClientData, pid: int, split: str, device: torch.device):
+    """One client's split as (uint8 images, int64 labels) on `device`, once per process."""
+
+    def make() -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels, parts = _per_process(("data", data.key), data.load)
+        rows = (parts.train if split == "train" else parts.val)[pid]
+        return (
+            torch.from_numpy(np.ascontiguousarray(images[rows])).to(device),
+            torch.from_numpy(np.asarray(labels[rows], dtype=np.int64)).to(device),
+        )
+
+    return _per_process(("split", data.key, pid, split, str(device)), make)
+
+
+def _model(cfg: RunConfig, arrays: ArrayRecord, device: torch.device) -> torch.nn.Module:
+    model = _per_process(
+        ("model", cfg.model, str(device)), lambda: task.build_model(cfg.model).to(device)
+    )
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return model
+
+
+def _partition_id(msg: Message, context: Context) -> int:
+    """The server names the partition in simulation; on real devices the node config does."""
+    config = msg.content["config"]
+    if PARTITION_KEY in config:
+        return int(config[PARTITION_KEY])
+    return int(context.node_config[PARTITION_KEY])
+
+
+def client_seed(seed: int, server_round: int, pid: int, stream: int) -> int:
+    """Independent, reproducible seeds per (run seed, round, client, purpose)."""
+    return int(np.random.default_rng([seed, server_round, pid, stream]).integers(2**62))
+
+
+def build_client_app(cfg: RunConfig, data: ClientData) -> ClientApp:
+    app = ClientApp()
+    settings = task.TrainSettings(
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        augment=cfg.augment,
+    )
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        _setup_process(cfg)
+        pid = _partition_id(msg, context)
+        config = msg.content["config"]
+        server_round = int(config["server-round"])
+
+        # Simulated dropout, decided by the seed alone
+        dropout = np.random.default_rng(client_seed(cfg.seed, server_round, pid, 1))
+        if cfg.client_failure_rate and dropout.random() < cfg.client_failure_rate:
+            raise SimulatedDropout(f"client {pid} dropped out in round {server_round}")
+
+        # Load the global model and this client's data
+        device = client_device(cfg)
+        model = _model(cfg, msg.content["arrays"], device)
+        images, labels = _tensors(data, pid, "train", device)
+
+        # Train locally (FedProx's mu arrives in the config when the strategy sends it)
+        generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, pid, 0))
+        local = replace(settings, proximal_mu=float(config.get("proximal-mu", 0.0)))
+        loss = task.train(model, images, labels, local, generator)
+
+        # Construct reply
+        metrics = MetricRecord({"train_loss": loss, "num-examples": len(labels)})
+        content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        _setup_process(cfg)
+        pid = _partition_id(msg, context)
+        device = client_device(cfg)
+        model = _model(cfg, msg.content["arrays"], device)
+        images, labels = _tensors(data, pid, "val", device)
+        loss, accuracy = task.evaluate(model, images, labels)
+        metrics = MetricRecord(
+            {"eval_loss": loss, "eval_accuracy": accuracy, "num-examples": len(labels)}
+        )
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app

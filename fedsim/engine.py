@@ -1,0 +1,107 @@
+"""The only module that talks to Ray and to Flower's simulation engine.
+
+`flwr.simulation.run_simulation` is deprecated upstream (still the in-process engine in
+flwr 1.42); keeping the call here leaves one place to change. fedsim starts Ray itself,
+before Flower would, so that it can pick a private cluster (`address="local"`, never a
+stale one from Ray's address file), keep the offline machines from phoning home, and
+warm each worker up (imports) while the driver is still busy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+from fedsim.config import RunConfig
+
+# Offline by default: neither Flower nor Ray may try to report usage.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What Ray offers and how fedsim's clients fit into it."""
+
+    cpus: float
+    gpus: float
+    started_here: bool
+    client_resources: dict[str, float]
+
+    @property
+    def concurrent_clients(self) -> int:
+        by_cpu = int(self.cpus // self.client_resources["num_cpus"])
+        gpu_share = self.client_resources["num_gpus"]
+        return min(by_cpu, int(self.gpus // gpu_share)) if gpu_share else by_cpu
+
+
+def prepare_worker() -> None:
+    """Ray's worker setup hook: import the heavy modules before the first message."""
+    import torch  # noqa: F401
+
+    import fedsim.client_app  # noqa: F401
+
+
+def ray_address(cfg: RunConfig) -> str:
+    return cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def start_ray(cfg: RunConfig) -> Cluster:
+    """Start a private Ray instance (or attach to `--ray-address`) and size the clients."""
+    import ray
+
+    address = ray_address(cfg)
+    pythonpath = os.pathsep.join(p for p in sys.path if p)
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        runtime_env={
+            "env_vars": {"PYTHONPATH": pythonpath},
+            "worker_process_setup_hook": "fedsim.engine.prepare_worker",
+        },
+    )
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    return Cluster(
+        cpus=cpus,
+        gpus=gpus,
+        started_here=address == "local",
+        client_resources={"num_cpus": cfg.cpus_per_client, "num_gpus": gpu_share(cfg, cpus, gpus)},
+    )
+
+
+def gpu_share(cfg: RunConfig, cpus: float, gpus: float) -> float:
+    """--gpus-per-client if given; else 0 without GPUs, or a share that lets as many
+    clients as the CPUs allow (at most 8) run side by side on each GPU."""
+    if cfg.gpus_per_client is not None:
+        return cfg.gpus_per_client
+    if not gpus:
+        return 0.0
+    side_by_side = int(cpus // cfg.cpus_per_client) // int(gpus) if gpus >= 1 else 1
+    return 1.0 / max(1, min(cfg.clients, side_by_side, 8))
+
+
+def run_simulation(server_app, client_app, cfg: RunConfig, cluster: Cluster) -> None:
+    """Run the apps on Flower's simulation engine over the Ray instance already up."""
+    from flwr.simulation import run_simulation as flower_run_simulation
+
+    for name in ("flwr", "flwr-sim"):  # fedsim prints its own progress and failures
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    flower_run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=cfg.clients,
+        backend_config={"client_resources": dict(cluster.client_resources)},
+    )
+
+
+def stop_ray() -> None:
+    """Disconnect (and stop the instance if fedsim started it); safe to call twice."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,142 @@
+"""Models and the plain PyTorch loops that train and evaluate them.
+
+Data arrives as uint8 NCHW tensors already in memory; batches are drawn by index with
+a seeded generator and normalised on the fly, so there is no DataLoader, no worker
+process and no image decoding in the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NUM_CLASSES = 10
+
+
+class Net(nn.Module):
+    """The CNN of Flower's PyTorch quickstart (and NIID-Bench's CIFAR-10 model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.flatten(1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def _resnet18() -> nn.Module:
+    """torchvision's ResNet-18 with the usual CIFAR stem (3x3 conv, no max-pool)."""
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=NUM_CLASSES)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {"cnn": Net, "resnet18": _resnet18}
+
+
+def build_model(name: str, seed: int | None = None) -> nn.Module:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return MODELS[name]()
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+    augment: bool = False
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the quickstart's Normalize((0.5,)*3, (0.5,)*3)."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crop of the 4-pixel zero-padded image, then a random horizontal flip."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (4, 4, 4, 4))
+    top = torch.randint(0, 9, (n, 1), generator=generator)
+    left = torch.randint(0, 9, (n, 1), generator=generator)
+    rows = (top + torch.arange(h)).to(images.device)
+    cols = (left + torch.arange(w)).to(images.device)
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    cropped = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+def train(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: TrainSettings,
+    generator: torch.Generator,
+) -> float:
+    """Local SGD (with an optional FedProx term); returns the mean training loss."""
+    model.train()
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+    anchor = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu else []
+    total, steps = torch.zeros((), device=images.device), 0
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(labels), generator=generator).to(images.device)
+        for start in range(0, len(labels), settings.batch_size):
+            index = order[start : start + settings.batch_size]
+            batch = images[index]
+            if settings.augment:
+                batch = augment_batch(batch, generator)
+            loss = F.cross_entropy(model(normalize(batch)), labels[index])
+            if anchor:
+                drift = sum(
+                    (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+                )
+                loss = loss + settings.proximal_mu / 2 * drift
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+            steps += 1
+    return float(total) / max(steps, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the whole set."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(labels), batch_size):
+        batch_labels = labels[start : start + batch_size]
+        logits = model(normalize(images[start : start + batch_size]))
+        loss_sum += float(F.cross_entropy(logits, batch_labels, reduction="sum"))
+        correct += int((logits.argmax(1) == batch_labels).sum())
+    count = max(len(labels), 1)
+    return loss_sum / count, correct / count
