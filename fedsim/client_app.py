@@ -8,6 +8,7 @@ state-dict load and the training itself, nothing more.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,6 +24,11 @@ from fedsim.config import RunConfig
 from fedsim.partition import Partitions
 
 PARTITION_KEY = "partition-id"
+
+# This module is what actors import first: keep Flower's per-actor chatter (such as
+# "Manually terminating ClientAppActor" at shutdown) off the console; fedsim counts and
+# reports client failures itself.
+logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
 class SimulatedDropout(RuntimeError):

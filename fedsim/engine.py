@@ -3,8 +3,7 @@
 `flwr.simulation.run_simulation` is deprecated upstream (still the in-process engine in
 flwr 1.42); keeping the call here leaves one place to change. fedsim starts Ray itself,
 before Flower would, so that it can pick a private cluster (`address="local"`, never a
-stale one from Ray's address file), keep the offline machines from phoning home, and
-warm each worker up (imports) while the driver is still busy.
+stale one from Ray's address file) and keep the offline machines from phoning home.
 """
 
 from __future__ import annotations
@@ -19,6 +18,9 @@ from fedsim.config import RunConfig
 # Offline by default: neither Flower nor Ray may try to report usage.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray's future default (fedsim picks each client's device from --gpus-per-client itself);
+# setting it also silences Ray's warning about the change.
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,6 @@ class Cluster:
         return min(by_cpu, int(self.gpus // gpu_share)) if gpu_share else by_cpu
 
 
-def prepare_worker() -> None:
-    """Ray's worker setup hook: import the heavy modules before the first message."""
-    import torch  # noqa: F401
-
-    import fedsim.client_app  # noqa: F401
-
-
 def ray_address(cfg: RunConfig) -> str:
     return cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
 
@@ -54,15 +49,20 @@ def start_ray(cfg: RunConfig) -> Cluster:
 
     address = ray_address(cfg)
     pythonpath = os.pathsep.join(p for p in sys.path if p)
+    if address == "local":
+        # Workers of a private instance inherit the driver's environment. A runtime_env
+        # would do the same but stop Ray from handing actors its pre-started workers,
+        # which costs seconds per actor.
+        os.environ["PYTHONPATH"] = pythonpath
+        runtime_env = None
+    else:
+        runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
     ray.init(
         address=address,
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=True,
-        runtime_env={
-            "env_vars": {"PYTHONPATH": pythonpath},
-            "worker_process_setup_hook": "fedsim.engine.prepare_worker",
-        },
+        runtime_env=runtime_env,
     )
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))

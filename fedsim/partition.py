@@ -7,11 +7,16 @@ gives different splits for different seeds and the same split for the same seed.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from fedsim.config import ConfigError, RunConfig, flag
+
+_CACHE_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,50 @@ def partition_indices(labels: np.ndarray, cfg: RunConfig) -> Partitions:
         val.append(rows[:held_out])
         train.append(rows[held_out:])
     return Partitions(train=tuple(train), val=tuple(val))
+
+
+def cached_partition_indices(
+    labels: np.ndarray, cfg: RunConfig, data_key: str, cache: Path
+) -> Partitions:
+    """`partition_indices`, stored under `cache` by everything that decides it, so a
+    repeated setting skips flwr-datasets (and its import) altogether."""
+    settings = (
+        _CACHE_VERSION,
+        data_key,
+        cfg.clients,
+        cfg.partition,
+        cfg.alpha,
+        cfg.classes_per_client,
+        cfg.shards_per_client,
+        cfg.seed,
+        cfg.val_fraction,
+    )
+    key = hashlib.sha256(repr(settings).encode()).hexdigest()[:24]
+    path = cache / "partitions" / f"{key}.npz"
+    if path.exists():
+        return _load(path)
+    parts = partition_indices(labels, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}-{os.getpid()}.npz")
+    np.savez(
+        tmp,
+        train=np.concatenate(parts.train),
+        train_sizes=[len(t) for t in parts.train],
+        val=np.concatenate(parts.val),
+        val_sizes=[len(v) for v in parts.val],
+    )
+    os.replace(tmp, path)
+    return parts
+
+
+def _load(path: Path) -> Partitions:
+    with np.load(path) as stored:
+
+        def split(name: str) -> tuple[np.ndarray, ...]:
+            bounds = np.cumsum(stored[f"{name}_sizes"])[:-1]
+            return tuple(np.split(stored[name], bounds))
+
+        return Partitions(train=split("train"), val=split("val"))
 
 
 def held_out_count(size: int, fraction: float) -> int:

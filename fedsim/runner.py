@@ -14,8 +14,8 @@ from flwr.app import ArrayRecord
 from fedsim import engine, task
 from fedsim.client_app import RayObjectData, build_client_app
 from fedsim.config import ConfigError, RunConfig, flag
-from fedsim.data import DecodedDataset, load_cifar
-from fedsim.partition import partition_indices
+from fedsim.data import DecodedDataset, cache_root, load_cifar
+from fedsim.partition import cached_partition_indices
 from fedsim.results import (
     CsvRecorder,
     ModelSaver,
@@ -34,12 +34,12 @@ class CentralEvaluator:
     def __init__(self, cfg: RunConfig, dataset: DecodedDataset) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = task.build_model(cfg.model).to(self.device)
-        self.images = torch.from_numpy(np.ascontiguousarray(dataset.test_x)).to(self.device)
-        self.labels = torch.from_numpy(np.asarray(dataset.test_y)).to(self.device)
+        self.images = torch.from_numpy(np.array(dataset.test_x)).to(self.device)
+        self.labels = torch.from_numpy(np.array(dataset.test_y)).to(self.device)
 
     def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        return task.evaluate(self.model, self.images, self.labels)
+        return task.evaluate(self.model, self.images, self.labels, batch_size=500)
 
 
 def prepare_run_dir(cfg: RunConfig) -> Path:
@@ -69,10 +69,12 @@ def run(cfg: RunConfig, started: float | None = None) -> Path:
     timings = Timings(imports=time.perf_counter() - started)
 
     tick = time.perf_counter()
-    dataset = load_cifar(cfg.data)
+    dataset = load_cifar(cfg.data, cache_root())
     timings.data_load = time.perf_counter() - tick
     tick = time.perf_counter()
-    partitions = partition_indices(np.asarray(dataset.train_y), cfg)
+    partitions = cached_partition_indices(
+        np.asarray(dataset.train_y), cfg, dataset.key, cache_root()
+    )
     timings.partition = time.perf_counter() - tick
 
     run_dir = prepare_run_dir(cfg)

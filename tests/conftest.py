@@ -1,0 +1,72 @@
+"""Shared fixtures: small generated CIFAR-shaped data, a private cache, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = Path(
+    os.environ.get("FEDSIM_TEST_CIFAR", ROOT.parent / "shared" / "data" / "cifar10")
+)
+
+
+def write_cifar_batches(folder: Path, train: int, test: int, seed: int = 0) -> Path:
+    """A torchvision-style cifar-10-batches-py folder of learnable synthetic images:
+    each class is a noisy colour pattern, so a model can beat chance in one round."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.integers(0, 256, size=(10, 3072))
+
+    def batch(count: int) -> dict:
+        labels = rng.integers(0, 10, size=count)
+        noise = rng.integers(-60, 61, size=(count, 3072))
+        data = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
+        return {"data": data, "labels": labels.tolist()}
+
+    folder.mkdir(parents=True, exist_ok=True)
+    per_batch = train // 5
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per_batch)))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(test)))
+    meta = {"label_names": [f"class{i}" for i in range(10)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,000 training and 200 test images in the cifar-10-batches-py layout."""
+    return write_cifar_batches(tmp_path_factory.mktemp("data") / "cifar-10-batches-py", 1000, 200)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test (and every subprocess it starts) caches under a throwaway folder."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["FEDSIM_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture
+def shared_cifar() -> Path:
+    if not (SHARED_CIFAR / "plain_text").is_dir():
+        pytest.fail(f"real CIFAR-10 not found at {SHARED_CIFAR}; set FEDSIM_TEST_CIFAR")
+    return SHARED_CIFAR
+
+
+def run_cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """`python simulate.py ARGS` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "simulate.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        **kwargs,
+    )
