@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import itertools
+import os
+import signal
 import sys
+import threading
 import time
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from fedsim.config import ConfigError, RunConfig, default_data, fields, flag, validate
+from fedsim import sweep
+from fedsim.config import ConfigError, RunConfig, fields, flag, value_type
 
 _TYPES = typing.get_type_hints(RunConfig)
 
@@ -21,15 +25,8 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError("usage", message)
 
 
-def _base_type(name: str) -> type:
-    hint = _TYPES[name]
-    if isinstance(hint, types.UnionType):
-        return next(t for t in typing.get_args(hint) if t is not type(None))
-    return hint
-
-
 def _convert(name: str, text: str) -> Any:
-    kind = _base_type(name)
+    kind = value_type(name)
     optional = isinstance(_TYPES[name], types.UnionType)
     if optional and text.strip().lower() in ("auto", "none", ""):
         return None
@@ -48,16 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="simulate.py",
         description="Federated learning on CIFAR-10 through Flower's simulation engine. "
-        "Numeric options take a comma list (--clients 2,4,8) to sweep.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "Numeric and choice options take a comma list (--clients 2,4,8) to sweep a grid "
+        "into results/<experiment>/.",
+    )
+    parser.add_argument(
+        "--experiment",
+        metavar="FILE",
+        help="run the grid in a TOML file (options given here override it); "
+        "--name names the experiment folder (default: the file's name)",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="only redraw summary.csv and the plots of results/<experiment> from its CSVs",
     )
     for f in fields():
-        if _base_type(f.name) is bool:
+        if value_type(f.name) is bool:
             parser.add_argument(
                 flag(f.name),
                 action=argparse.BooleanOptionalAction,
-                default=f.default,
-                help=f.metadata["help"],
+                default=None,
+                help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})",
             )
         else:
             shown = "auto" if f.default is None else f.default
@@ -70,43 +78,99 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_configs(argv: Sequence[str]) -> list[RunConfig]:
-    """One validated RunConfig per combination of the comma-listed values."""
-    args = vars(build_parser().parse_args(argv))
-    choices: dict[str, list[Any]] = {}
+def given_options(args: argparse.Namespace) -> sweep.Grid:
+    """The run options set on the command line; numeric and choice ones may be lists."""
+    given: sweep.Grid = {}
     for f in fields():
-        raw = args[f.name]
+        raw = getattr(args, f.name)
         if raw is None:
-            choices[f.name] = [default_data() if f.name == "data" else f.default]
-        elif isinstance(raw, bool) or _base_type(f.name) is str:
-            choices[f.name] = [raw]
+            continue
+        if isinstance(raw, bool) or (value_type(f.name) is str and "choices" not in f.metadata):
+            given[f.name] = [raw]
         else:
-            choices[f.name] = [_convert(f.name, part) for part in raw.split(",")]
-    names = list(choices)
-    return [
-        validate(RunConfig(**dict(zip(names, combo, strict=True))))
-        for combo in itertools.product(*choices.values())
-    ]
+            given[f.name] = [_convert(f.name, part.strip()) for part in raw.split(",")]
+    return given
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run as cleanly as Ctrl-C
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        configs = parse_configs(sys.argv[1:] if argv is None else argv)
-        from fedsim import runner
-        from fedsim.server_app import RunAborted
+        resume_dir, argv = _split_resume(argv)
+        if resume_dir is not None:
+            rounds = _resume_rounds(argv)
+            _runner().resume(resume_dir, rounds, started)
+            return 0
+        args = build_parser().parse_args(argv)
+        given = given_options(args)
+        if args.plot:
+            if given or args.experiment:
+                raise ConfigError("--plot", "takes the experiment folder alone, no run options")
+            from fedsim import plots
 
-        for index, cfg in enumerate(configs, 1):
-            if len(configs) > 1:
-                print(f"fedsim: run {index} of {len(configs)}", flush=True)
-            runner.run(cfg, started if index == 1 else None)
+            plots.report(Path(args.plot))
+            return 0
+        experiment = sweep.plan_from(args.experiment, given)
+        if experiment is not None:
+            from fedsim.experiment import run_experiment
+
+            run_experiment(experiment)
+            return 0
+        (cfg,) = sweep.expand([given])
+        _runner().run(cfg, started)  # heavy imports (torch, flwr, ray) once the options are good
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fedsim: interrupted; completed rounds are in rounds.csv", file=sys.stderr)
+        print("fedsim: interrupted; completed rounds are kept (--resume goes on)", file=sys.stderr)
+        _exit_if_threads_linger(130)
         return 130
-    except RunAborted as error:
+    except RuntimeError as error:
+        from fedsim.server_app import RunAborted
+
+        if not isinstance(error, RunAborted):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _exit_if_threads_linger(code: int) -> None:
+    """After Ctrl-C, Ray is down and every file is closed; threads Flower's engine left
+    blocked must not keep the process alive, so leave without waiting for them."""
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()[1:]):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _runner():
+    from fedsim import runner
+
+    return runner
+
+
+def _split_resume(argv: list[str]) -> tuple[Path | None, list[str]]:
+    """`--resume RUN_DIR` (or `--resume=RUN_DIR`) and the remaining arguments."""
+    for index, arg in enumerate(argv):
+        if arg == "--resume":
+            if index + 1 >= len(argv):
+                raise ConfigError("--resume", "needs a run folder, e.g. results/<run>")
+            return Path(argv[index + 1]), argv[:index] + argv[index + 2 :]
+        if arg.startswith("--resume="):
+            return Path(arg.split("=", 1)[1]), argv[:index] + argv[index + 1 :]
+    return None, argv
+
+
+def _resume_rounds(rest: list[str]) -> int | None:
+    """A resumed run keeps its stored config; only --rounds may change (to extend it)."""
+    args = vars(build_parser().parse_args(rest))
+    given = [flag(name) for name, value in args.items() if value not in (None, False)]
+    if any(option != "--rounds" for option in given):
+        raise ConfigError("--resume", f"takes only --rounds besides the run folder, got {given}")
+    return None if args["rounds"] is None else _convert("rounds", args["rounds"])

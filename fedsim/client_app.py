@@ -9,7 +9,7 @@ state-dict load and the training itself, nothing more.
 from __future__ import annotations
 
 import logging
-import warnings
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim import task
+from fedsim.actor_log import log_calls
 from fedsim.config import RunConfig
 from fedsim.partition import Partitions
 
@@ -71,16 +72,28 @@ def _per_process(key: tuple, make: Callable[[], Any]) -> Any:
 
 
 def client_device(cfg: RunConfig) -> torch.device:
-    wants_gpu = bool(cfg.gpus_per_client)
+    """CUDA if this client was given a GPU: by --gpus-per-client, or (left to auto) by
+    Ray, or outside Ray (a SuperNode) by simply seeing one. A client given a GPU it
+    cannot see (a logical GPU, a broken driver) trains on CPU after one warning line."""
+    wants_gpu = _given_gpu() if cfg.gpus_per_client is None else bool(cfg.gpus_per_client)
     if wants_gpu and not torch.cuda.is_available():
         _per_process(
             ("cpu-fallback-warning",),
-            lambda: warnings.warn(
-                "fedsim: --gpus-per-client > 0 but this actor sees no CUDA device; training on CPU",
-                stacklevel=1,
+            lambda: print(
+                "fedsim: warning: this client was given a GPU but sees no CUDA device; "
+                "training on CPU",
+                file=sys.stderr,
+                flush=True,
             ),
         )
     return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+def _given_gpu() -> bool:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return bool(ray.get_gpu_ids())
+    return torch.cuda.is_available()
 
 
 def _setup_process(cfg: RunConfig) -> None:
@@ -124,7 +137,7 @@ def client_seed(seed: int, server_round: int, pid: int, stream: int) -> int:
 
 
 def build_client_app(cfg: RunConfig, data: ClientData) -> ClientApp:
-    app = ClientApp()
+    app = ClientApp(mods=[log_calls])
     settings = task.TrainSettings(
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,

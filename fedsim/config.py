@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,14 +48,20 @@ class RunConfig:
         bounds="[0, 1]",
     )
     strategy: str = _opt("fedavg", "aggregation strategy", choices=STRATEGIES)
-    proximal_mu: float = _opt(0.0, "FedProx proximal term weight", bounds="[0, inf)")
+    proximal_mu: float = _opt(
+        0.0, "FedProx proximal term weight", bounds="[0, inf)", applies=("strategy", "fedprox")
+    )
     server_lr: float | None = _opt(
         None,
         "server learning rate (fedavgm, fedadam, fedyogi, fedadagrad; default: Flower's)",
         bounds="(0, inf)",
+        applies=("strategy", "fedavgm", "fedadam", "fedyogi", "fedadagrad"),
     )
     server_momentum: float | None = _opt(
-        None, "server momentum (fedavgm; default: Flower's)", bounds="[0, 1)"
+        None,
+        "server momentum (fedavgm; default: Flower's)",
+        bounds="[0, 1)",
+        applies=("strategy", "fedavgm"),
     )
     # Data
     data: str = _opt(
@@ -62,12 +70,23 @@ class RunConfig:
         "(default: $FEDSIM_DATA or uoft-cs/cifar10)",
     )
     partition: str = _opt("iid", "how the training set is split", choices=PARTITIONS)
-    alpha: float = _opt(0.5, "Dirichlet concentration (--partition dirichlet)", bounds="(0, inf)")
+    alpha: float = _opt(
+        0.5,
+        "Dirichlet concentration (--partition dirichlet)",
+        bounds="(0, inf)",
+        applies=("partition", "dirichlet"),
+    )
     classes_per_client: int = _opt(
-        2, "labels per client (--partition pathological)", bounds=f"[1, {NUM_CLASSES}]"
+        2,
+        "labels per client (--partition pathological)",
+        bounds=f"[1, {NUM_CLASSES}]",
+        applies=("partition", "pathological"),
     )
     shards_per_client: int = _opt(
-        2, "label-sorted shards per client (--partition shard)", bounds="[1, inf)"
+        2,
+        "label-sorted shards per client (--partition shard)",
+        bounds="[1, inf)",
+        applies=("partition", "shard"),
     )
     val_fraction: float = _opt(
         0.1,
@@ -127,6 +146,21 @@ class RunConfig:
 
 def fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(RunConfig)
+
+
+def applies(cfg: RunConfig, name: str) -> bool:
+    """Whether option `name` can change what `cfg` computes: alpha matters only to a
+    Dirichlet partition, proximal_mu only to FedProx (its `applies` metadata)."""
+    rule = next(f for f in fields() if f.name == name).metadata.get("applies")
+    return rule is None or getattr(cfg, rule[0]) in rule[1:]
+
+
+def value_type(name: str) -> type:
+    """An option's type, without the None of an optional one (`float | None` -> float)."""
+    hint = typing.get_type_hints(RunConfig)[name]
+    if isinstance(hint, types.UnionType):
+        return next(t for t in typing.get_args(hint) if t is not type(None))
+    return hint
 
 
 def default_data() -> str:

@@ -12,10 +12,12 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -233,7 +235,26 @@ def decode_images(encoded: list[bytes], split: str = "images") -> np.ndarray:
     return torch.stack(decoded).numpy()
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so an offline machine fails in seconds rather than after the
+    hub client's minute of retries. HF_HUB_OFFLINE=1 skips it (use the local HF cache)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _load_hub(dataset_id: str, cache: Path) -> DecodedDataset:
+    if not _hub_reachable():
+        raise DataError(
+            f"the Hugging Face Hub is unreachable, so {dataset_id!r} cannot be downloaded; "
+            "pass --data with a local folder (HF parquet or cifar-10-batches-py)"
+        )
     import datasets
 
     try:

@@ -4,6 +4,8 @@
 flwr 1.42); keeping the call here leaves one place to change. fedsim starts Ray itself,
 before Flower would, so that it can pick a private cluster (`address="local"`, never a
 stale one from Ray's address file) and keep the offline machines from phoning home.
+With `--ray-address` (or RAY_ADDRESS) it attaches to a cluster started with `ray start`
+instead; `ray.shutdown()` then only disconnects, and the cluster keeps running.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 
-from fedsim.config import RunConfig
+from fedsim.config import ConfigError, RunConfig, flag
 
 # Offline by default: neither Flower nor Ray may try to report usage.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -32,6 +35,15 @@ class Cluster:
     started_here: bool
     client_resources: dict[str, float]
 
+    def describe(self) -> dict[str, object]:
+        return {
+            "cpus": self.cpus,
+            "gpus": self.gpus,
+            "started_here": self.started_here,
+            "client_resources": self.client_resources,
+            "concurrent_clients": self.concurrent_clients,
+        }
+
     @property
     def concurrent_clients(self) -> int:
         by_cpu = int(self.cpus // self.client_resources["num_cpus"])
@@ -44,7 +56,8 @@ def ray_address(cfg: RunConfig) -> str:
 
 
 def start_ray(cfg: RunConfig) -> Cluster:
-    """Start a private Ray instance (or attach to `--ray-address`) and size the clients."""
+    """Start a private Ray instance (or attach to `--ray-address`) and size the clients;
+    refuse a GPU share the cluster cannot give a single client."""
     import ray
 
     address = ray_address(cfg)
@@ -66,11 +79,27 @@ def start_ray(cfg: RunConfig) -> Cluster:
     )
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    share = gpu_share(cfg, cpus, gpus)
+    if share > gpus:
+        # Ray would keep every client actor pending forever: say so instead.
+        ray.shutdown()
+        where = "this machine" if address == "local" else f"the cluster at {address}"
+        raise ConfigError(
+            flag("gpus_per_client"),
+            f"got {share:g}, but Ray has {gpus:g} GPUs on {where}; use 0, or declare "
+            "GPUs on the cluster's nodes (ray start --num-gpus N)",
+        )
+    if cfg.gpus_per_client is None and share:
+        print(
+            f"fedsim: Ray has {gpus:g} GPUs and no --gpus-per-client was given: "
+            f"{share:g} GPU per client ({round(1 / share)} side by side on each GPU)",
+            flush=True,
+        )
     return Cluster(
         cpus=cpus,
         gpus=gpus,
         started_here=address == "local",
-        client_resources={"num_cpus": cfg.cpus_per_client, "num_gpus": gpu_share(cfg, cpus, gpus)},
+        client_resources={"num_cpus": cfg.cpus_per_client, "num_gpus": share},
     )
 
 
@@ -86,17 +115,35 @@ def gpu_share(cfg: RunConfig, cpus: float, gpus: float) -> float:
 
 
 def run_simulation(server_app, client_app, cfg: RunConfig, cluster: Cluster) -> None:
-    """Run the apps on Flower's simulation engine over the Ray instance already up."""
+    """Run the apps on Flower's simulation engine over the Ray instance already up.
+
+    The engine runs in a thread while the main thread waits in short, interruptible
+    steps: a blocked main thread may never see Ctrl-C (the signal can land on one of
+    Ray's threads), so waiting here is what makes Ctrl-C reliable.
+    """
     from flwr.simulation import run_simulation as flower_run_simulation
 
     for name in ("flwr", "flwr-sim"):  # fedsim prints its own progress and failures
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    flower_run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=cfg.clients,
-        backend_config={"client_resources": dict(cluster.client_resources)},
-    )
+    failure: list[BaseException] = []
+
+    def simulate() -> None:
+        try:
+            flower_run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=cfg.clients,
+                backend_config={"client_resources": dict(cluster.client_resources)},
+            )
+        except BaseException as error:  # handed to the main thread below
+            failure.append(error)
+
+    engine = threading.Thread(target=simulate, name="fedsim-simulation", daemon=True)
+    engine.start()
+    while engine.is_alive():
+        engine.join(timeout=0.1)
+    if failure:
+        raise failure[0]
 
 
 def stop_ray() -> None:

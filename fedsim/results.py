@@ -13,10 +13,11 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import torch
 from flwr.app import ArrayRecord
@@ -52,7 +53,7 @@ class RoundRecord:
 
     def row(self) -> list[str]:
         return [
-            "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+            "" if v is None else (f"{v:.8g}" if isinstance(v, float) else str(v))
             for v in (getattr(self, c) for c in CSV_COLUMNS)
         ]
 
@@ -72,6 +73,17 @@ class Timings:
     rounds: float = 0.0
     total: float = 0.0
     per_round: list[float] = field(default_factory=list)
+
+
+def atomic_write(path: Path, write: Callable[[IO], Any], text: bool = False) -> None:
+    """Write to a temporary file, fsync, then rename over `path`: readers (and a crash)
+    see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w" if text else "wb", newline="" if text else None) as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 class RoundCallback(Protocol):
@@ -137,9 +149,7 @@ class ModelSaver:
         pass
 
     def on_run_end(self, arrays: ArrayRecord) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(arrays.to_torch_state_dict(), tmp)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda handle: torch.save(arrays.to_torch_state_dict(), handle))
 
 
 def run_name(cfg: RunConfig, now: float | None = None) -> str:
@@ -187,10 +197,4 @@ def write_config_json(
         },
         **extra,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def record_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(RoundRecord))
+    atomic_write(path, lambda handle: handle.write(json.dumps(document, indent=2) + "\n"), True)

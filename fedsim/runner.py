@@ -1,10 +1,16 @@
-"""One run, end to end: data -> partitions -> run folder -> Ray -> Flower -> results."""
+"""One run, end to end: data -> partitions -> Ray -> Flower -> results.
+
+Everything that can be wrong with the input (options, data, partitions, the results
+folder, GPUs) is checked before Ray starts, and the run folder is created only once
+the run can begin: a bad run leaves nothing behind.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +18,17 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsim import engine, task
+from fedsim.checkpoint import (
+    CHECKPOINT,
+    Checkpoint,
+    Checkpointer,
+    load_checkpoint,
+    truncate_rounds,
+)
 from fedsim.client_app import RayObjectData, build_client_app
-from fedsim.config import ConfigError, RunConfig, flag
+from fedsim.config import ConfigError, RunConfig, flag, validate
 from fedsim.data import DecodedDataset, cache_root, load_cifar
-from fedsim.partition import cached_partition_indices
+from fedsim.partition import Partitions, cached_partition_indices
 from fedsim.results import (
     CsvRecorder,
     ModelSaver,
@@ -26,6 +39,9 @@ from fedsim.results import (
 )
 from fedsim.server_app import FederatedLoop, build_server_app
 from fedsim.strategies import build_strategy
+
+ROUNDS_CSV = "rounds.csv"
+CONFIG_JSON = "config.json"
 
 
 class CentralEvaluator:
@@ -42,100 +58,164 @@ class CentralEvaluator:
         return task.evaluate(self.model, self.images, self.labels, batch_size=500)
 
 
-def prepare_run_dir(cfg: RunConfig) -> Path:
-    """Create results/<run-name>/, refusing to overwrite an earlier run."""
-    parent = Path(cfg.results_dir)
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(
-            flag("results_dir"), f"cannot create {parent}: {error.strerror}"
-        ) from error
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(flag("results_dir"), f"{parent} is not writable")
-    run_dir = parent / run_name(cfg)
-    try:
-        run_dir.mkdir()
-    except FileExistsError:
-        raise ConfigError(
-            flag("name"), f"{run_dir} already exists; choose another --name"
-        ) from None
-    return run_dir
+@dataclass
+class RunInputs:
+    """What a run needs before Ray starts, all of it already checked."""
+
+    cfg: RunConfig
+    dataset: DecodedDataset
+    partitions: Partitions
+    timings: Timings
 
 
-def run(cfg: RunConfig, started: float | None = None) -> Path:
-    """Run one simulation; returns its folder. Raises ConfigError before writing anything."""
-    started = started or time.perf_counter()
+def _prepare(cfg: RunConfig, started: float) -> RunInputs:
     timings = Timings(imports=time.perf_counter() - started)
-
     tick = time.perf_counter()
     dataset = load_cifar(cfg.data, cache_root())
     timings.data_load = time.perf_counter() - tick
     tick = time.perf_counter()
-    partitions = cached_partition_indices(
-        np.asarray(dataset.train_y), cfg, dataset.key, cache_root()
-    )
+    labels = np.asarray(dataset.train_y)
+    partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root())
     timings.partition = time.perf_counter() - tick
+    if cfg.gpus_per_client and engine.ray_address(cfg) == "local" and not torch.cuda.is_available():
+        raise ConfigError(
+            flag("gpus_per_client"),
+            f"got {cfg.gpus_per_client:g}, but no GPU is visible here (PyTorch sees no CUDA "
+            "device); use 0, or --ray-address a cluster that has GPUs",
+        )
+    return RunInputs(cfg, dataset, partitions, timings)
 
-    run_dir = prepare_run_dir(cfg)
-    config_path = run_dir / "config.json"
-    extra = {
-        "run_dir": str(run_dir),
-        "data_cache_key": dataset.key,
-        "partition_sizes": partitions.sizes,
-    }
-    write_config_json(config_path, cfg, timings, "running", extra)
+
+def _check_results_dir(parent: Path) -> None:
+    """The nearest existing folder on the way to `parent` must be a writable folder."""
+    existing = parent.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(flag("results_dir"), f"{parent} cannot be written (check {existing})")
+
+
+def run(cfg: RunConfig, started: float | None = None) -> Path:
+    """A fresh run; returns its folder."""
+    started = started or time.perf_counter()
+    inputs = _prepare(cfg, started)
+    run_dir = Path(cfg.results_dir) / run_name(cfg)
+    _check_results_dir(run_dir.parent)
+    if run_dir.exists():
+        raise ConfigError(
+            flag("name"), f"{run_dir} already exists; choose another --name or --resume it"
+        )
+    return _execute(inputs, run_dir, started, checkpoint_path=None)
+
+
+def resume(run_dir: Path, rounds: int | None = None, started: float | None = None) -> Path:
+    """Go on with an interrupted run from its last checkpoint (optionally to more rounds)."""
+    started = started or time.perf_counter()
+    try:
+        stored = json.loads((run_dir / CONFIG_JSON).read_text())["config"]
+        cfg = validate(RunConfig(**stored))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError("--resume", f"{run_dir} is not a fedsim run folder ({error})") from None
+    if rounds is not None:
+        cfg = validate(cfg.replace(rounds=rounds))
+    _check_results_dir(run_dir)
+    checkpoint_path = run_dir / CHECKPOINT
+    return _execute(_prepare(cfg, started), run_dir, started, checkpoint_path)
+
+
+def _execute(
+    inputs: RunInputs, run_dir: Path, started: float, checkpoint_path: Path | None
+) -> Path:
+    cfg, timings = inputs.cfg, inputs.timings
+    checkpoint = None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        checkpoint = load_checkpoint(checkpoint_path)
+        if checkpoint.round >= cfg.rounds:
+            print(f"fedsim: {run_dir} is already complete ({checkpoint.round} rounds)")
+            return run_dir
 
     tick = time.perf_counter()
     cluster = engine.start_ray(cfg)
     timings.ray_start = time.perf_counter() - tick
-    extra["cluster"] = {
-        "cpus": cluster.cpus,
-        "gpus": cluster.gpus,
-        "client_resources": cluster.client_resources,
-        "concurrent_clients": cluster.concurrent_clients,
-    }
-    print(
-        f"fedsim: {cfg.clients} clients, {cfg.rounds} rounds -> {run_dir}\n"
-        f"fedsim: Ray has {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs; "
-        f"{cluster.concurrent_clients} clients run at a time "
-        f"({cluster.client_resources['num_cpus']:g} CPU, "
-        f"{cluster.client_resources['num_gpus']:g} GPU each)",
-        flush=True,
-    )
-
-    status = "failed"
     try:
-        import ray
-
-        data = RayObjectData(
-            key=dataset.key,
-            images=ray.put(np.asarray(dataset.train_x)),
-            labels=ray.put(np.asarray(dataset.train_y)),
-            partitions=ray.put(partitions),
+        run_dir.mkdir(parents=True, exist_ok=checkpoint_path is not None)
+        truncate_rounds(run_dir / ROUNDS_CSV, checkpoint.round if checkpoint else -1)
+        extra = {
+            "run_dir": str(run_dir),
+            "data_cache_key": inputs.dataset.key,
+            "partition_sizes": inputs.partitions.sizes,
+            "resumed_from_round": checkpoint.round if checkpoint else None,
+            "cluster": cluster.describe(),
+        }
+        write_config_json(run_dir / CONFIG_JSON, cfg, timings, "running", extra)
+        print(
+            _announce(cfg, run_dir, cluster, checkpoint.round if checkpoint else None), flush=True
         )
-        torch.set_num_threads(os.cpu_count() or 1)
-        initial = ArrayRecord(task.build_model(cfg.model, seed=cfg.seed).state_dict())
-        loop = FederatedLoop(
-            cfg,
-            build_strategy(cfg),
-            initial,
-            CentralEvaluator(cfg, dataset),
-            [
-                CsvRecorder(run_dir / "rounds.csv"),
-                ProgressPrinter(cfg.rounds),
-                ModelSaver(run_dir / "model.pt"),
-            ],
-            timings,
-        )
-        engine.run_simulation(build_server_app(loop), build_client_app(cfg, data), cfg, cluster)
-        status = "complete"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
+        loop = build_loop(inputs, run_dir, checkpoint)
+        status = "failed"
+        try:
+            engine.run_simulation(
+                build_server_app(loop), build_client_app(cfg, _put_data(inputs)), cfg, cluster
+            )
+            status = "complete"
+        except KeyboardInterrupt:
+            loop.stop.set()  # the server loop ends at its next poll; Ray goes down below
+            status = "interrupted"
+            raise
+        finally:
+            timings.total = time.perf_counter() - started
+            write_config_json(run_dir / CONFIG_JSON, cfg, timings, status, extra)
     finally:
         engine.stop_ray()
-        timings.total = time.perf_counter() - started
-        write_config_json(config_path, cfg, timings, status, extra)
-    print(f"fedsim: done in {timings.total:.1f} s -> {run_dir}", file=sys.stdout, flush=True)
+    print(f"fedsim: done in {timings.total:.1f} s -> {run_dir}", flush=True)
     return run_dir
+
+
+def _announce(cfg: RunConfig, run_dir: Path, cluster: engine.Cluster, resumed: int | None) -> str:
+    start = f" (resuming after round {resumed})" if resumed is not None else ""
+    resources = cluster.client_resources
+    return (
+        f"fedsim: {cfg.clients} clients, {cfg.rounds} rounds{start} -> {run_dir}\n"
+        f"fedsim: Ray has {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs; "
+        f"{cluster.concurrent_clients} clients run at a time "
+        f"({resources['num_cpus']:g} CPU, {resources['num_gpus']:g} GPU each)"
+    )
+
+
+def _put_data(inputs: RunInputs) -> RayObjectData:
+    """Training images, labels and partitions go into Ray's object store once; actors on
+    this machine read them zero-copy, actors on other nodes get them from Ray."""
+    import ray
+
+    return RayObjectData(
+        key=inputs.dataset.key,
+        images=ray.put(np.asarray(inputs.dataset.train_x)),
+        labels=ray.put(np.asarray(inputs.dataset.train_y)),
+        partitions=ray.put(inputs.partitions),
+    )
+
+
+def build_loop(inputs: RunInputs, run_dir: Path, checkpoint: Checkpoint | None) -> FederatedLoop:
+    """The round loop with its result files; fedsim.flower_app runs it on Flower's grid."""
+    cfg = inputs.cfg
+    torch.set_num_threads(os.cpu_count() or 1)  # the driver evaluates while clients wait
+    if checkpoint is None:
+        strategy = build_strategy(cfg)
+        arrays = ArrayRecord(task.build_model(cfg.model, seed=cfg.seed).state_dict())
+    else:
+        strategy, arrays = checkpoint.strategy, checkpoint.arrays
+    callbacks = [
+        CsvRecorder(run_dir / ROUNDS_CSV),
+        Checkpointer(run_dir / CHECKPOINT, strategy),
+        ProgressPrinter(cfg.rounds),
+        ModelSaver(run_dir / "model.pt"),
+    ]
+    return FederatedLoop(
+        cfg,
+        strategy,
+        arrays,
+        CentralEvaluator(cfg, inputs.dataset),
+        callbacks,
+        inputs.timings,
+        completed=checkpoint.round if checkpoint else None,
+    )

@@ -9,6 +9,7 @@ callbacks, which write the results. Aggregation itself is the strategy's own.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,13 @@ CentralEvaluate = Callable[[ArrayRecord], tuple[float, float]]
 
 class RunAborted(RuntimeError):
     """The run cannot go on (every client failing, nodes never showing up)."""
+
+
+class RunStopped(RuntimeError):
+    """The driver asked the loop to stop (Ctrl-C); completed rounds are on disk."""
+
+
+POLL_SECONDS = 0.02  # how often the loop looks for replies (Flower's own grid waits 0.1 s)
 
 
 def sample_clients(
@@ -72,7 +80,11 @@ def _with_partition(message: Message, pid: int) -> Message:
 
 
 class FederatedLoop:
-    """Runs rounds `first_round..cfg.rounds` on a grid and reports each to the callbacks."""
+    """Runs the rounds on a grid and reports each one to the callbacks.
+
+    A fresh run starts with the initial model's central evaluation as round 0; a resumed
+    one (`completed` = the last checkpointed round) goes on with the round after it.
+    """
 
     def __init__(
         self,
@@ -82,7 +94,7 @@ class FederatedLoop:
         central_evaluate: CentralEvaluate,
         callbacks: Iterable[RoundCallback],
         timings: Timings,
-        first_round: int = 1,
+        completed: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.strategy = strategy
@@ -90,15 +102,16 @@ class FederatedLoop:
         self.central_evaluate = central_evaluate
         self.callbacks = list(callbacks)
         self.timings = timings
-        self.first_round = first_round
+        self.completed = completed
+        self.stop = threading.Event()
 
     def run(self, grid: Grid) -> None:
         nodes = self._wait_for_nodes(grid)
-        if self.first_round == 1:
+        if self.completed is None:
             loss, accuracy = self._central()
             self._emit(RoundRecord(round=0, central_loss=loss, central_accuracy=accuracy))
         failed_in_a_row = 0
-        for server_round in range(self.first_round, self.cfg.rounds + 1):
+        for server_round in range((self.completed or 0) + 1, self.cfg.rounds + 1):
             record = self._round(grid, nodes, server_round)
             failed_in_a_row = failed_in_a_row + 1 if record.train_loss is None else 0
             self._emit(record)
@@ -160,11 +173,30 @@ class FederatedLoop:
             _with_partition(m, pid_of[m.metadata.dst_node_id])
             for m in configure(server_round, self.arrays, ConfigRecord(), view)
         ]
-        replies = grid.send_and_receive(messages, timeout=self.cfg.round_timeout)
+        replies = self._send_and_receive(grid, messages)
         ok = sorted(
             (r for r in replies if not r.has_error()), key=lambda r: pid_of[r.metadata.src_node_id]
         )
         return _Exchange(replies=ok, sampled=len(messages), failed=len(messages) - len(ok))
+
+    def _send_and_receive(self, grid: Grid, messages: list[Message]) -> list[Message]:
+        """Grid.send_and_receive, but stoppable and polling faster; replies that have not
+        come by --round-timeout are left behind (and counted as failures)."""
+        waiting = set(grid.push_messages(messages))
+        deadline = time.monotonic() + self.cfg.round_timeout
+        replies: list[Message] = []
+        while waiting and time.monotonic() < deadline:
+            self._check_stop()
+            arrived = list(grid.pull_messages(waiting))
+            replies.extend(arrived)
+            waiting.difference_update(m.metadata.reply_to_message_id for m in arrived)
+            if waiting:
+                time.sleep(POLL_SECONDS)
+        return replies
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise RunStopped("stopped by the driver")
 
     def _central(self) -> tuple[float, float]:
         tick = time.perf_counter()
@@ -182,7 +214,8 @@ class FederatedLoop:
         while len(nodes := sorted(grid.get_node_ids())) < self.cfg.clients:
             if time.monotonic() > deadline:
                 raise RunAborted(f"only {len(nodes)} of {self.cfg.clients} nodes registered")
-            time.sleep(0.02)
+            self._check_stop()
+            time.sleep(POLL_SECONDS)
         return nodes
 
 

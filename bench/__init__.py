@@ -1,0 +1,1 @@
+"""Benchmarks: fedsim against a plain PyTorch loop and Flower's tutorial pattern."""

@@ -1,0 +1,82 @@
+"""Cross-device: 1000 IID clients of 50 images, 50 sampled per round, 1 local epoch,
+batch 10, lr 0.1 (pfl-research's CIFAR-10 setting), 50 rounds. Measures the plain
+PyTorch reference, the dispatch floor (clients that do no work) and fedsim, and
+fedsim's memory across rounds.
+
+    python -m bench.cross_device [--repeats N] [--no-wait] [simulate.py options]
+"""
+
+from __future__ import annotations
+
+from bench.measure import Run, mib, save_table
+from bench.variants import median, parse, ratio, target
+
+WORKLOAD = ["--clients", "1000", "--fraction-fit", "0.05", "--rounds", "50"]
+WORKLOAD += ["--partition", "iid", "--val-fraction", "0", "--fraction-evaluate", "0"]
+WORKLOAD += ["--local-epochs", "1", "--batch-size", "10", "--lr", "0.1", "--momentum", "0"]
+VARIANTS = ("reference", "noop", "fedsim")
+EARLY_ROUND = 5
+
+
+def _at_round(samples: dict[int, int], wanted: int) -> int:
+    """The sample taken at round `wanted`, else at the first round after it."""
+    return samples[min((r for r in samples if r >= wanted), default=max(samples))]
+
+
+def steady_round(run: Run) -> float:
+    """Seconds per round once the actors are warm: the median of rounds 2 onwards."""
+    return median(run.round_seconds[1:])
+
+
+def _row(variant: str, run: Run) -> dict:
+    last = max(run.rss_at_round)
+    early_rss, last_rss = _at_round(run.rss_at_round, EARLY_ROUND), run.rss_at_round[last]
+    early_pss, last_pss = _at_round(run.pss_at_round, EARLY_ROUND), run.pss_at_round[last]
+    sampled = median(run.column("clients_sampled")[1:])
+    return {
+        "variant": variant,
+        "wall_s": run.wall,
+        "cpu_s": run.cpu,
+        "round1_s": run.round_seconds[0],
+        "round_s": steady_round(run),
+        "clients_per_s": ratio(sampled, steady_round(run)),
+        "accuracy": run.final_accuracy,
+        f"rss_r{EARLY_ROUND}_mib": mib(early_rss),
+        f"rss_r{last}_mib": mib(last_rss),
+        "rss_growth_pct": 100 * (ratio(last_rss, early_rss) - 1),
+        "pss_growth_pct": 100 * (ratio(last_pss, early_pss) - 1),
+        "peak_rss_mib": mib(run.peak_rss),
+        "peak_pss_mib": mib(run.peak_pss),
+        "leaked_procs": len(run.leaked),
+        "load_before": run.load_before,
+    }
+
+
+def main() -> None:
+    bench = parse(__doc__, WORKLOAD)
+    bench.prepare()
+    runs: dict[str, list[Run]] = {variant: [] for variant in VARIANTS}
+    for repeat in range(1, bench.repeats + 1):
+        for variant in VARIANTS:
+            runs[variant].append(bench.run(variant, f"cross-device-{variant}-{repeat}"))
+    save_table("cross_device", [_row(k, r) for k, rs in runs.items() for r in rs], bench.notes)
+
+    per_round = {k: median([steady_round(r) for r in rs]) for k, rs in runs.items()}
+    bound = per_round["noop"] + per_round["reference"]
+    fedsim = runs["fedsim"][-1]
+    last = max(fedsim.rss_at_round)
+    growth = ratio(fedsim.rss_at_round[last], _at_round(fedsim.rss_at_round, EARLY_ROUND))
+    rows = [
+        target("fedsim round / (floor + reference round)", ratio(per_round["fedsim"], bound), 1.3),
+        target(f"fedsim tree RSS, round {last} / round {EARLY_ROUND}", growth, 1.05),
+        target(
+            "processes left after the runs",
+            sum(len(r.leaked) for rs in runs.values() for r in rs),
+            0,
+        ),
+    ]
+    save_table("cross_device_ratios", rows, [f"medians of {bench.repeats} run(s) each"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Measuring one run from the outside: wall time, CPU time and memory of its process tree.
+
+Every variant a benchmark compares (the plain loop, the tutorial pattern, fedsim) runs
+as its own `python ...` process, so its wall time includes interpreter start and
+imports, exactly what a user waits for. Memory is sampled over the whole process tree:
+with a private Ray instance the raylet, GCS and Ray's helpers are children of the
+driver and the worker processes are children of the raylet, so one walk finds them all.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SCRATCH = RESULTS / "tmp"  # run folders and caches of benchmark runs (git-ignored)
+OTHERS = "pytest|simulate.py|raylet"
+MIB = 2**20
+
+
+@dataclass
+class Run:
+    """What one measured process did: from outside (wall, CPU, memory) and inside
+    (its run folder's rounds.csv and config.json)."""
+
+    wall: float
+    cpu: float  # user + system seconds of the whole tree (children reaped on exit)
+    peak_rss: int  # bytes: the largest sum of RSS over the tree at one moment
+    peak_pss: int  # the same with shared pages (Ray's object store) counted once
+    rss_at_round: dict[int, int]  # tree RSS sampled just after each round's row appeared
+    pss_at_round: dict[int, int]
+    leaked: list[str]  # processes of the tree still alive after the run ended
+    rounds: list[dict[str, str]]
+    timings: dict[str, Any]
+    load_before: float
+
+    def column(self, name: str) -> list[float]:
+        return [float(row[name]) for row in self.rounds if row.get(name)]
+
+    @property
+    def round_seconds(self) -> list[float]:
+        return self.column("round_seconds")[1:] if self.rounds else []  # row 0 is the start
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.column("central_accuracy")[-1]
+
+
+@dataclass
+class _Sampler:
+    """Polls the tree's memory until stopped; tags samples with the rounds completed."""
+
+    root: int
+    rounds_csv: Path
+    interval: float
+    seen: dict[int, tuple[float, str]] = field(default_factory=dict)
+    peak_rss: int = 0
+    peak_pss: int = 0
+    at_round: dict[int, tuple[int, int]] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        try:
+            root = psutil.Process(self.root)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        rss = pss = 0
+        for proc in tree:
+            try:
+                info = proc.memory_full_info()
+                if proc.pid not in self.seen:
+                    self.seen[proc.pid] = (proc.create_time(), " ".join(proc.cmdline())[:120])
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            rss += info.rss
+            pss += info.pss
+        self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+        done = _completed_rounds(self.rounds_csv)
+        if done is not None and done not in self.at_round:
+            self.at_round[done] = (rss, pss)
+
+    def leaked(self, patience: float = 10.0) -> list[str]:
+        """Processes seen in the tree that outlive it by `patience` seconds."""
+        deadline = time.monotonic() + patience
+        while True:
+            alive = [
+                f"{pid} {cmd}"
+                for pid, (created, cmd) in self.seen.items()
+                if _alive(pid, created) and pid != self.root
+            ]
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.5)
+
+
+def _alive(pid: int, created: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _completed_rounds(rounds_csv: Path) -> int | None:
+    """The last round in rounds.csv (0 once the initial model is evaluated)."""
+    try:
+        lines = rounds_csv.read_text().splitlines()
+    except OSError:
+        return None
+    return int(lines[-1].split(",", 1)[0]) if len(lines) > 1 else None
+
+
+def measure(
+    argv: list[str],
+    run_dir: Path,
+    env: dict[str, str] | None = None,
+    interval: float = 0.5,
+) -> Run:
+    """Run `python ARGV` from the repository root; it must write its results to `run_dir`."""
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    sampler = _Sampler(proc.pid, run_dir / "rounds.csv", interval)
+    thread = threading.Thread(target=sampler.run, daemon=True)
+    thread.start()
+    output = proc.communicate()[0]
+    wall = time.perf_counter() - started
+    sampler.stop.set()
+    thread.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}:\n{output[-3000:]}")
+    with open(run_dir / "rounds.csv", newline="") as handle:
+        rounds = list(csv.DictReader(handle))
+    config = json.loads((run_dir / "config.json").read_text())
+    return Run(
+        wall=wall,
+        cpu=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        peak_rss=sampler.peak_rss,
+        peak_pss=sampler.peak_pss,
+        rss_at_round={r: m[0] for r, m in sampler.at_round.items()},
+        pss_at_round={r: m[1] for r, m in sampler.at_round.items()},
+        leaked=sampler.leaked(),
+        rounds=rounds,
+        timings=config["timings_seconds"],
+        load_before=load,
+    )
+
+
+def wait_until_quiet(max_wait: float = 1200.0, poll: float = 30.0, load: float = 0.5) -> str:
+    """Block until no one else's tests, runs or Ray are on the machine and the 1-minute
+    load average is below `load`; returns how quiet it was, for the record."""
+    started = time.monotonic()
+    while True:
+        found = subprocess.run(["pgrep", "-af", OTHERS], capture_output=True, text=True).stdout
+        others = [line for line in found.splitlines() if "pgrep" not in line]
+        load1 = os.getloadavg()[0]
+        waited = time.monotonic() - started
+        if (not others and load1 < load) or waited > max_wait:
+            quiet = "quiet" if not others and load1 < load else "NOT QUIET"
+            return f"{quiet}: load {load1:.2f}, {len(others)} other runs, waited {waited:.0f} s"
+        print(
+            f"bench: waiting for a quiet machine (load {load1:.2f}, {len(others)} other runs)",
+            flush=True,
+        )
+        time.sleep(poll)
+
+
+def mib(value: float) -> float:
+    return round(value / MIB, 1)
+
+
+def save_table(name: str, rows: list[dict[str, Any]], notes: list[str]) -> Path:
+    """Print `rows` as an aligned table and write them to bench/results/<name>.csv;
+    `notes` (the command, how quiet the machine was) go below the table as `#` lines."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+    for note in notes:
+        print(f"# {note}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(cells)
+        handle.writelines(f"# {note}\n" for note in notes)
+    print(f"bench: wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)

@@ -1,0 +1,145 @@
+"""The reference: the same FedAvg run as `simulate.py`, as a plain single-process loop.
+
+Same options, data cache, partitions, model, initial weights, per-client seeds, local
+training, client and central evaluation, and the same rounds.csv and config.json; no
+Flower, no Ray, no messages. Clients train one after another, each with all the
+machine's threads, on tensors gathered once before the first round. This is the
+physical limit the harness is measured against. Only FedAvg is implemented.
+
+    python -m bench.reference --clients 2 --rounds 3 --data ../shared/data/cifar10
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from fedsim import cli, sweep, task
+from fedsim.client_app import client_seed
+from fedsim.config import ConfigError, RunConfig
+from fedsim.data import cache_root, load_cifar
+from fedsim.partition import cached_partition_indices
+from fedsim.results import CsvRecorder, RoundRecord, Timings, run_name, write_config_json
+from fedsim.server_app import sample_clients
+
+Split = tuple[torch.Tensor, torch.Tensor]
+State = dict[str, torch.Tensor]
+
+
+def _weighted_mean(values: list, weights: list[int]):
+    total = sum(weights)
+    return sum(v * (w / total) for v, w in zip(values, weights, strict=True))
+
+
+class ReferenceLoop:
+    """FedAvg rounds over in-memory client tensors, timed like fedsim's FederatedLoop."""
+
+    def __init__(
+        self, cfg: RunConfig, train: list[Split], val: list[Split], test: Split, timings: Timings
+    ) -> None:
+        self.cfg, self.train, self.val, self.test = cfg, train, val, test
+        self.timings = timings
+        self.settings = task.TrainSettings(
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            augment=cfg.augment,
+        )
+        self.model = task.build_model(cfg.model, seed=cfg.seed)
+        self.state: State = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    def central(self) -> tuple[float, float]:
+        tick = time.perf_counter()
+        self.model.load_state_dict(self.state)
+        result = task.evaluate(self.model, *self.test, batch_size=500)
+        self.timings.central_evaluate += time.perf_counter() - tick
+        return result
+
+    def round(self, server_round: int) -> RoundRecord:
+        cfg, started = self.cfg, time.perf_counter()
+        states, losses, sizes = [], [], []
+        for pid in sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_fit, 0):
+            self.model.load_state_dict(self.state)
+            generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, pid, 0))
+            images, labels = self.train[pid]
+            losses.append(task.train(self.model, images, labels, self.settings, generator))
+            states.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+            sizes.append(len(labels))
+        tick = time.perf_counter()
+        self.timings.train += tick - started
+        self.state = {k: _weighted_mean([s[k] for s in states], sizes) for k in self.state}
+        self.timings.aggregate += time.perf_counter() - tick
+        record = RoundRecord(
+            round=server_round,
+            train_loss=_weighted_mean(losses, sizes),
+            clients_sampled=len(sizes),
+        )
+        if cfg.evaluates_on_clients:
+            self._evaluate_on_clients(server_round, record)
+        record.central_loss, record.central_accuracy = self.central()
+        record.round_seconds = time.perf_counter() - started
+        self.timings.per_round.append(record.round_seconds)
+        self.timings.rounds += record.round_seconds
+        return record
+
+    def _evaluate_on_clients(self, server_round: int, record: RoundRecord) -> None:
+        cfg, tick = self.cfg, time.perf_counter()
+        pids = sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_evaluate, 1)
+        self.model.load_state_dict(self.state)
+        results = [task.evaluate(self.model, *self.val[pid]) for pid in pids]
+        sizes = [len(self.val[pid][1]) for pid in pids]
+        record.eval_loss = _weighted_mean([loss for loss, _ in results], sizes)
+        record.eval_accuracy = _weighted_mean([accuracy for _, accuracy in results], sizes)
+        self.timings.client_evaluate += time.perf_counter() - tick
+
+
+def run(cfg: RunConfig) -> Path:
+    if cfg.strategy != "fedavg":
+        raise ConfigError("--strategy", "the reference loop implements fedavg only")
+    started = psutil.Process().create_time()  # the process's start: imports count
+    timings = Timings(imports=time.time() - started)
+    tick = time.perf_counter()
+    dataset = load_cifar(cfg.data, cache_root())
+    images = torch.from_numpy(np.array(dataset.train_x))
+    labels = torch.from_numpy(np.array(dataset.train_y))
+    test = (torch.from_numpy(np.array(dataset.test_x)), torch.from_numpy(np.array(dataset.test_y)))
+    timings.data_load = time.perf_counter() - tick
+    tick = time.perf_counter()
+    parts = cached_partition_indices(labels.numpy(), cfg, dataset.key, cache_root())
+    train = [(images[rows], labels[rows]) for rows in map(torch.from_numpy, parts.train)]
+    val = [(images[rows], labels[rows]) for rows in map(torch.from_numpy, parts.val)]
+    timings.partition = time.perf_counter() - tick
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    loop = ReferenceLoop(cfg, train, val, test, timings)
+    run_dir = Path(cfg.results_dir) / run_name(cfg)
+    run_dir.mkdir(parents=True)
+    recorder = CsvRecorder(run_dir / "rounds.csv")
+    loss, accuracy = loop.central()
+    recorder.on_round_end(RoundRecord(0, central_loss=loss, central_accuracy=accuracy), None)
+    for server_round in range(1, cfg.rounds + 1):
+        record = loop.round(server_round)
+        recorder.on_round_end(record, None)
+        print(f"reference: round {server_round} {record.round_seconds:.2f} s", flush=True)
+    recorder.on_run_end(None)
+    timings.total = time.time() - started
+    write_config_json(run_dir / "config.json", cfg, timings, "complete", {})
+    return run_dir
+
+
+def config_from(argv: list[str]) -> RunConfig:
+    """simulate.py's options, parsed and validated by fedsim's own CLI (one run)."""
+    (cfg,) = sweep.expand([cli.given_options(cli.build_parser().parse_args(argv))])
+    return cfg
+
+
+if __name__ == "__main__":
+    print(f"reference: done -> {run(config_from(sys.argv[1:]))}")

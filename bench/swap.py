@@ -1,0 +1,25 @@
+"""Run `simulate.py` with another client side, so a comparison differs in nothing else.
+
+fedsim's runner builds the client app with `build_client_app(cfg, data)` and the
+central evaluation with `CentralEvaluator(cfg, dataset)`; a benchmark variant replaces
+those names in the runner and then goes through fedsim's own CLI: the same Ray start,
+server loop, sampling, strategy, timings and result files.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from fedsim import cli, runner
+
+
+def simulate_with(
+    build_client_app: Callable[..., Any], central_evaluator: Callable[..., Any] | None = None
+) -> int:
+    """`python simulate.py ARGS` with the given client app factory (and evaluator)."""
+    runner.build_client_app = build_client_app
+    if central_evaluator is not None:
+        runner.CentralEvaluator = central_evaluator
+    return cli.main(sys.argv[1:])

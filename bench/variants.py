@@ -1,0 +1,125 @@
+"""The things a benchmark compares, each one `python ...` process with simulate.py's
+options, and the command line every benchmark script shares.
+
+- reference: the plain PyTorch loop (bench/reference.py)
+- tutorial: Flower's quickstart client pattern through fedsim's server (bench/tutorial_app.py)
+- noop: clients that do no work, no central evaluation: the dispatch floor (bench/noop_app.py)
+- fedsim: `simulate.py` itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.measure import SCRATCH, Run, measure, wait_until_quiet
+
+COMMANDS = {
+    "reference": ["-m", "bench.reference"],
+    "tutorial": ["-m", "bench.tutorial_app"],
+    "noop": ["-m", "bench.noop_app"],
+    "fedsim": ["simulate.py"],
+}
+WARM_CACHE = SCRATCH / "cache"  # decoded CIFAR-10 and partitions, shared by the variants
+HF_CACHE = SCRATCH / "hf-datasets"  # the tutorial pattern's own (Arrow) cache
+
+
+@dataclass
+class Bench:
+    """A benchmark's settings: the workload's simulate.py options plus the user's."""
+
+    options: list[str]
+    args: argparse.Namespace
+    notes: list[str]
+
+    @property
+    def repeats(self) -> int:
+        return self.args.repeats
+
+    def run(self, variant: str, name: str, extra: Sequence[str] = (), cold: bool = False) -> Run:
+        """Measure one variant on a quiet machine, its results in bench/results/tmp/runs;
+        `cold`: with an empty data cache, so the run decodes and partitions first."""
+        cache = SCRATCH / "cold-cache" if cold else WARM_CACHE
+        if cold:
+            shutil.rmtree(cache, ignore_errors=True)
+        if not self.args.no_wait:
+            quiet = wait_until_quiet()
+            self.notes.append(f"{name}: {quiet}")
+            print(f"bench: {quiet}", flush=True)
+        runs = SCRATCH / "runs"
+        shutil.rmtree(runs / name, ignore_errors=True)
+        argv = [*COMMANDS[variant], *self.options, *extra]
+        argv += ["--results-dir", str(runs), "--name", name]
+        print(f"bench: {name}: python {' '.join(argv)}", flush=True)
+        env = {"FEDSIM_CACHE": str(cache), "HF_DATASETS_CACHE": str(HF_CACHE)}
+        result = measure(argv, runs / name, env)
+        print(
+            f"bench: {name}: {result.wall:.1f} s wall, {result.cpu:.1f} s CPU, rounds "
+            + " ".join(f"{s:.2f}" for s in result.round_seconds),
+            flush=True,
+        )
+        return result
+
+    def prepare(self, extra: Sequence[str] = (), tutorial: bool = False) -> None:
+        """Fill the warm caches, untimed: decoded data and partitions (and the tutorial
+        pattern's Arrow cache, which flwr-datasets builds on first use)."""
+        import numpy as np
+
+        from bench.reference import config_from
+        from fedsim.data import load_cifar
+        from fedsim.partition import cached_partition_indices
+
+        os.environ["HF_DATASETS_CACHE"] = str(HF_CACHE)
+        cfg = config_from([*self.options, *extra])
+        dataset = load_cifar(cfg.data, WARM_CACHE)
+        cached_partition_indices(np.asarray(dataset.train_y), cfg, dataset.key, WARM_CACHE)
+        if tutorial:
+            from bench.tutorial_app import federated_dataset
+
+            federated_dataset(str(Path(cfg.data).resolve()), cfg.clients).load_partition(0)
+
+
+def parse(
+    description: str,
+    workload: list[str],
+    more: Callable[[argparse.ArgumentParser], object] = lambda parser: None,
+) -> Bench:
+    """`--data`, `--repeats`, `--no-wait` and the script's `more` options; any other
+    option goes to every variant after the workload's own (`--rounds 1` shrinks a
+    benchmark for a smoke test)."""
+    parser = argparse.ArgumentParser(description=description)
+    more(parser)
+    parser.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 source")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each variant")
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="measure at once instead of waiting for a quiet machine (smoke tests)",
+    )
+    args, rest = parser.parse_known_args()
+    options = [*workload, "--data", args.data, *rest]
+    command = " ".join([f"python -m bench.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
+    return Bench(options, args, [f"command: {command}"])
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def target(
+    comparison: str, value: float, at_most: float | None = None, at_least: float | None = None
+) -> dict:
+    """A row of a ratios table: the measured value against the issue's bound."""
+    bound = f"≤ {at_most:g}" if at_most is not None else f"≥ {at_least:g}"
+    met = value <= at_most if at_most is not None else value >= at_least
+    return {"comparison": comparison, "measured": value, "target": bound, "met": met}

@@ -1,0 +1,63 @@
+"""Opt-in record, written by the client processes themselves, of when each call ran and
+on which resources.
+
+With FEDSIM_ACTOR_LOG=<folder> in the environment of the processes that run the
+ClientApp (inherited from the driver by a private Ray instance; set before `ray start`
+on every node of a cluster), each train and evaluate call that completes appends one JSON line to
+<folder>/<host>-<pid>.jsonl: its start and end time and the Ray node, resources and
+GPU ids of the actor it ran in. That is how one can see, from the actors and not from
+the driver's guess, that clients ran side by side on a shared GPU, and which node ran
+which client. Unset, it costs one environment lookup per call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable
+
+ENV = "FEDSIM_ACTOR_LOG"
+
+
+def log_calls(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """A Flower mod: records each call the ClientApp completes if $FEDSIM_ACTOR_LOG is set."""
+    folder = os.environ.get(ENV)
+    if not folder:
+        return call_next(msg, context)
+    start = time.time()
+    reply = call_next(msg, context)
+    config = msg.content["config"]  # fedsim names the partition and round in every message
+    entry = {
+        "kind": msg.metadata.message_type,
+        "partition": config.get("partition-id"),
+        "round": config.get("server-round"),
+        "start": start,
+        "end": time.time(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        **_ray_placement(),
+    }
+    with open(Path(folder) / f"{socket.gethostname()}-{os.getpid()}.jsonl", "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    return reply
+
+
+def _ray_placement() -> dict[str, Any]:
+    """What Ray gave this actor; nothing outside Ray (a SuperNode's ClientApp process)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return {}
+    context = ray.get_runtime_context()
+    return {
+        "node_id": context.get_node_id(),
+        "resources": context.get_assigned_resources(),
+        "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }

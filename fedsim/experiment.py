@@ -1,0 +1,119 @@
+"""Running an experiment: its runs one after another in `<results-dir>/<experiment>/`.
+
+Complete runs (rounds.csv holds rounds 0..rounds) are skipped and unfinished ones go on
+where they stopped, so an interrupted sweep is finished by running it again. Every
+run's data, partitions and folder are checked before the first one starts: a bad grid
+leaves nothing behind. summary.csv and the plots are redrawn at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedsim import plots, runner
+from fedsim.config import ConfigError, RunConfig, applies, fields, flag
+from fedsim.data import DecodedDataset, cache_root, load_cifar
+from fedsim.partition import cached_partition_indices, label_counts
+from fedsim.server_app import RunAborted
+from fedsim.summary import CONFIG_JSON, is_complete
+from fedsim.sweep import Experiment
+
+# Where and with what a run computes, not what: a finished run does not go stale
+# when these change (the data is compared by its content key instead).
+NOT_COMPARED = (
+    "data",
+    "results_dir",
+    "name",
+    "ray_address",
+    "cpus_per_client",
+    "gpus_per_client",
+    "round_timeout",
+)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    cfg: RunConfig
+    folder: Path
+    state: str  # "new", "complete" or "unfinished"
+    counts: pd.DataFrame  # examples of each label per client
+
+
+def _state(cfg: RunConfig, folder: Path, data_key: str) -> str:
+    """What is in the run's folder already; a run with other settings is an error."""
+    if not folder.exists():
+        return "new"
+    try:
+        document = json.loads((folder / CONFIG_JSON).read_text())
+        stored = document["config"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(
+            flag("name"),
+            f"{folder} is in the way: not a fedsim run ({error.__class__.__name__}), "
+            "move it or choose another --name for the experiment",
+        ) from None
+    changed = [
+        f"{f.name} {stored.get(f.name)!r} there, {getattr(cfg, f.name)!r} here"
+        for f in fields()
+        if f.name not in NOT_COMPARED
+        and applies(cfg, f.name)
+        and stored.get(f.name) != getattr(cfg, f.name)
+    ]
+    if document.get("data_cache_key") != data_key:
+        changed.append("other data")
+    if changed:
+        raise ConfigError(
+            flag("name"),
+            f"{folder} holds a run with other settings ({'; '.join(changed)}), "
+            "choose another --name (or --results-dir) for this experiment",
+        )
+    return "complete" if is_complete(folder, cfg.rounds) else "unfinished"
+
+
+def _check(experiment: Experiment) -> list[_Planned]:
+    """Data, partitions and run folder of every run, before any of them starts."""
+    datasets: dict[str, DecodedDataset] = {}
+    planned = []
+    for cfg in experiment.runs:
+        if cfg.data not in datasets:
+            datasets[cfg.data] = load_cifar(cfg.data, cache_root())
+        dataset = datasets[cfg.data]
+        labels = np.asarray(dataset.train_y)
+        parts = cached_partition_indices(labels, cfg, dataset.key, cache_root())
+        counts = pd.DataFrame(
+            label_counts(labels, parts, len(dataset.classes)), columns=list(dataset.classes)
+        ).rename_axis("client")
+        folder = experiment.folder / cfg.name
+        planned.append(_Planned(cfg, folder, _state(cfg, folder, dataset.key), counts))
+    return planned
+
+
+def run_experiment(experiment: Experiment) -> None:
+    """Run what is not complete yet, then summarise and plot. A run that aborts (every
+    client failing) is reported and the sweep goes on; the exit status tells."""
+    planned = _check(experiment)
+    total, failed = len(planned), []
+    print(f"fedsim: experiment {experiment.folder}: {total} runs", flush=True)
+    for index, run in enumerate(planned, 1):
+        head = f"fedsim: run {index} of {total}: {run.cfg.name}"
+        if run.state == "complete":
+            print(f"{head} is complete, skipped", flush=True)
+        else:
+            going_on = run.state == "unfinished"
+            print(head + (" (unfinished, going on)" if going_on else ""), flush=True)
+            try:
+                runner.resume(run.folder) if going_on else runner.run(run.cfg)
+            except RunAborted as error:
+                print(f"error: {run.cfg.name}: {error}", file=sys.stderr, flush=True)
+                failed.append(run.cfg.name)
+        if run.folder.is_dir():
+            run.counts.to_csv(run.folder / plots.LABEL_COUNTS_CSV)
+    plots.report(experiment.folder)
+    if failed:
+        raise RunAborted(f"{len(failed)} of {total} runs failed: {', '.join(failed)}")

@@ -1,0 +1,116 @@
+"""fedsim as a Flower App: the same ClientApp and round loop, run by Flower's own engines.
+
+`flwr run .` (Flower's simulation runtime behind a SuperLink) and the Deployment Engine
+(a SuperLink and SuperNodes on real devices) load `server_app` and `client_app` from
+here, as pyproject.toml's [tool.flwr.app.components] names them. A run's options are
+[tool.flwr.app.config] with `flwr run --run-config` overrides: fedsim's options in
+kebab case (`local-epochs`), or Flower's names where it has one (`num-server-rounds`),
+read exactly as the command line reads them.
+
+No fedsim driver runs here to put the data into Ray's object store, so the ServerApp
+and each client process read CIFAR-10 themselves (decoded once into each machine's
+cache) and compute the same seeded partitions; the server still names each client's
+partition in every message, as in fedsim's own simulation.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Context, Message, UserConfig
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedsim import cli, runner, sweep
+from fedsim.client_app import build_client_app
+from fedsim.config import ConfigError, RunConfig, fields, flag
+from fedsim.data import cache_root, load_cifar
+from fedsim.partition import Partitions, cached_partition_indices
+from fedsim.results import Timings, run_name, write_config_json
+
+_FIELDS = {f.name for f in fields()}
+
+
+def config_from(run_config: UserConfig) -> RunConfig:
+    """The run's RunConfig, through the same parsing and checks as the command line."""
+    argv = []
+    for key, value in run_config.items():
+        name = sweep.ALIASES.get(key, key.replace("-", "_"))
+        if name not in _FIELDS:
+            raise ConfigError(key, "is not a fedsim option (see `python simulate.py --help`)")
+        if value == "":  # fedsim's default: for data, $FEDSIM_DATA on this machine
+            continue
+        if isinstance(value, bool):
+            argv.append(flag(name) if value else "--no-" + flag(name)[2:])
+        else:
+            argv += [flag(name), str(value)]
+    configs = sweep.expand([cli.given_options(cli.build_parser().parse_args(argv))])
+    if len(configs) != 1:
+        raise ConfigError("run-config", "takes one value per option in a Flower App run")
+    return configs[0]
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A client's data read in its own process: from `cfg.data` through this machine's
+    decoded cache, partitioned with the run's settings."""
+
+    cfg: RunConfig
+
+    @property
+    def key(self) -> str:
+        return f"local-{hash(self.cfg):x}"
+
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions]:
+        dataset = load_cifar(self.cfg.data, cache_root())
+        labels = np.asarray(dataset.train_y)
+        partitions = cached_partition_indices(labels, self.cfg, dataset.key, cache_root())
+        return dataset.train_x, labels, partitions
+
+
+@functools.cache
+def _client_app_for(cfg: RunConfig) -> ClientApp:
+    """fedsim's ClientApp for one run's options, built once per process."""
+    return build_client_app(cfg, LocalData(cfg))
+
+
+def _handle(msg: Message, context: Context) -> Message:
+    return _client_app_for(config_from(context.run_config))(msg, context)
+
+
+client_app = ClientApp()
+client_app.train()(_handle)
+client_app.evaluate()(_handle)
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """fedsim's round loop on Flower's grid, writing the run folder as simulate.py does."""
+    started = time.perf_counter()
+    cfg = config_from(context.run_config)
+    timings = Timings()
+    dataset = load_cifar(cfg.data, cache_root())
+    labels = np.asarray(dataset.train_y)
+    partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root())
+    run_dir = Path(cfg.results_dir) / run_name(cfg)
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise ConfigError(flag("name"), f"{run_dir} already exists; choose another name") from None
+    config_path = run_dir / runner.CONFIG_JSON
+    extra = {"run_dir": str(run_dir), "engine": "flower-app", "data_cache_key": dataset.key}
+    write_config_json(config_path, cfg, timings, "running", extra)
+    inputs = runner.RunInputs(cfg, dataset, partitions, timings)
+    status = "failed"
+    try:
+        runner.build_loop(inputs, run_dir, checkpoint=None).run(grid)
+        status = "complete"
+    finally:
+        timings.total = time.perf_counter() - started
+        write_config_json(config_path, cfg, timings, status, extra)

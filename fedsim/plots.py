@@ -1,0 +1,229 @@
+"""An experiment's plots, drawn from its CSVs alone: summary.csv, each run's rounds.csv
+and label_counts.csv. `simulate.py --plot results/<experiment>` redraws them anywhere.
+
+Runs that differ only in their seed are drawn as one line (the mean) with the seeds'
+spread shaded; client counts are the lines, every other swept setting gets its own panel.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a simulation machine
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
+
+from fedsim.config import ConfigError
+from fedsim.summary import ROUNDS_CSV, run_folders, setting_columns, write_summary
+
+# flwr-datasets reports each plot call unless told not to (fedsim runs offline)
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+LABEL_COUNTS_CSV = "label_counts.csv"
+PARTITION_SETTINGS = ("partition", "alpha", "classes_per_client", "shards_per_client")
+PLOTS = (
+    "accuracy_vs_round.png",
+    "final_accuracy_vs_clients.png",
+    "seconds_per_round_vs_clients.png",
+    "label_distribution.png",
+)
+
+Group = tuple[str, pd.DataFrame]
+
+
+def _groups(frame: pd.DataFrame, keys: list[str]) -> list[Group]:
+    """Rows split by the values of `keys`, each with a label such as `partition iid`."""
+    if not keys:
+        return [("", frame)]
+    groups = []
+    for values, rows in frame.groupby(keys, dropna=False, sort=False):
+        pairs = zip(keys, values if isinstance(values, tuple) else (values,), strict=True)
+        groups.append((", ".join(f"{k} {v}" for k, v in pairs if not pd.isna(v)), rows))
+    return groups
+
+
+def _layout(summary: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(panel keys, line keys): a line per client count when client counts vary, else
+    a line per combination of the other swept settings."""
+    others = [c for c in setting_columns(summary) if c not in ("clients", "seed")]
+    if summary["clients"].nunique() > 1:
+        return others, ["clients"]
+    return [], others
+
+
+def _panels(count: int, width: float = 5.0) -> tuple[plt.Figure, list[Axes]]:
+    columns = min(count, 3)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(width * columns, 4 * rows), squeeze=False, sharey=True
+    )
+    for extra in axes.flat[count:]:
+        extra.set_visible(False)
+    return figure, list(axes.flat[:count])
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110, bbox_inches="tight")  # legends may sit outside the axes
+    plt.close(figure)
+    return path
+
+
+def _accuracy_curves(folder: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Central accuracy by round, a column per run (seed)."""
+    curves = [
+        pd.read_csv(folder / run / ROUNDS_CSV, usecols=["round", "central_accuracy"])
+        .set_index("round")["central_accuracy"]
+        .rename(run)
+        for run in runs["run"]
+        if (folder / run / ROUNDS_CSV).exists()
+    ]
+    return pd.concat(curves, axis=1) if curves else pd.DataFrame()
+
+
+def accuracy_vs_round(folder: Path, summary: pd.DataFrame) -> Path:
+    panel_keys, line_keys = _layout(summary)
+    panels = _groups(summary, panel_keys)
+    figure, axes = _panels(len(panels))
+    for axis, (title, panel) in zip(axes, panels, strict=True):
+        for label, runs in _groups(panel, line_keys):
+            curves = _accuracy_curves(folder, runs)
+            if curves.empty:
+                continue
+            (line,) = axis.plot(curves.index, curves.mean(axis=1), label=label or "all runs")
+            if curves.shape[1] > 1:
+                axis.fill_between(
+                    curves.index,
+                    curves.min(axis=1),
+                    curves.max(axis=1),
+                    color=line.get_color(),
+                    alpha=0.2,
+                )
+        axis.set(title=title, xlabel="round", ylabel="central accuracy")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    return _save(figure, folder / PLOTS[0])
+
+
+def _versus_clients(folder: Path, summary: pd.DataFrame, column: str, ylabel: str, name: str):
+    """`column` against the client count (mean over seeds, min-max bars), a line per
+    combination of the other swept settings."""
+    others = [c for c in setting_columns(summary) if c not in ("clients", "seed")]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, runs in _groups(summary, others):
+        stats = runs.groupby("clients")[column].agg(["mean", "min", "max"]).dropna()
+        if stats.empty:
+            continue
+        error = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]]
+        axis.errorbar(stats.index, stats["mean"], yerr=error, marker="o", capsize=3, label=label)
+    clients = sorted(summary["clients"].unique())
+    if len(clients) > 1:
+        axis.set_xscale("log", base=2)
+    axis.set_xticks(clients, [str(c) for c in clients])
+    axis.set(xlabel="clients", ylabel=ylabel)
+    axis.grid(alpha=0.3)
+    if others:
+        axis.legend(fontsize="small")
+    return _save(figure, folder / name)
+
+
+def final_accuracy_vs_clients(folder: Path, summary: pd.DataFrame) -> Path:
+    return _versus_clients(folder, summary, "final_accuracy", "final central accuracy", PLOTS[1])
+
+
+def seconds_per_round_vs_clients(folder: Path, summary: pd.DataFrame) -> Path:
+    return _versus_clients(folder, summary, "seconds_per_round", "seconds per round", PLOTS[2])
+
+
+def _counts_partitioner(counts: pd.DataFrame):
+    """A flwr-datasets partitioner rebuilt from a label_counts.csv (a row per client, a
+    column per class), so that `plot_label_distributions` can draw it."""
+    from datasets import ClassLabel, Dataset, Features
+    from flwr_datasets.partitioner import Partitioner
+
+    matrix = counts.to_numpy(dtype=np.int64)
+    classes = list(counts.columns)
+
+    class CountsPartitioner(Partitioner):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bounds = np.concatenate([[0], np.cumsum(matrix.sum(axis=1))])
+
+        def load_partition(self, partition_id: int) -> Dataset:
+            return self.dataset.select(
+                range(self.bounds[partition_id], self.bounds[partition_id + 1])
+            )
+
+        @property
+        def num_partitions(self) -> int:
+            return len(matrix)
+
+    partitioner = CountsPartitioner()
+    labels = np.concatenate([np.repeat(np.arange(len(classes)), row) for row in matrix])
+    partitioner.dataset = Dataset.from_dict(
+        {"label": labels}, features=Features({"label": ClassLabel(names=classes)})
+    )
+    return partitioner
+
+
+def label_distribution(folder: Path, summary: pd.DataFrame) -> Path | None:
+    """Per-client label counts, one panel per partition setting (its largest client
+    count, first seed); None when no run wrote label_counts.csv."""
+    from flwr_datasets.visualization import plot_label_distributions
+
+    keys = [c for c in PARTITION_SETTINGS if c in summary.columns]
+    chosen = []
+    for label, runs in _groups(summary, keys):
+        ordered = runs.sort_values(["clients", "seed"], ascending=[False, True])
+        paths = [folder / run / LABEL_COUNTS_CSV for run in ordered["run"]]
+        found = next((p for p in paths if p.exists()), None)
+        if found is not None:
+            chosen.append((label, found))
+    if not chosen:
+        return None
+    figure, axes = _panels(len(chosen), width=6.0)
+    for index, (axis, (label, path)) in enumerate(zip(axes, chosen, strict=True)):
+        counts = pd.read_csv(path, index_col="client")
+        plot_label_distributions(
+            _counts_partitioner(counts),
+            label_name="label",
+            axis=axis,
+            title=f"{label or 'labels'} ({len(counts)} clients)",
+            legend=index == len(chosen) - 1,
+            legend_title="label",
+        )
+    return _save(figure, folder / PLOTS[3])
+
+
+DRAWERS: tuple[Callable[[Path, pd.DataFrame], Path | None], ...] = (
+    accuracy_vs_round,
+    final_accuracy_vs_clients,
+    seconds_per_round_vs_clients,
+    label_distribution,
+)
+
+
+def draw_all(folder: Path, summary: pd.DataFrame) -> list[Path]:
+    """Every plot of the experiment in `folder`; returns the files written."""
+    if summary.empty:
+        return []
+    return [path for draw in DRAWERS if (path := draw(folder, summary)) is not None]
+
+
+def report(folder: Path) -> None:
+    """summary.csv and every plot of the experiment in `folder`, from its CSVs alone."""
+    if not folder.is_dir() or not run_folders(folder):
+        raise ConfigError("--plot", f"{folder} holds no run folders, give results/<experiment>")
+    summary = write_summary(folder)
+    print(f"fedsim: {folder / 'summary.csv'} ({len(summary)} runs)", flush=True)
+    for path in draw_all(folder, summary):
+        print(f"fedsim: {path}", flush=True)

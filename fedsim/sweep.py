@@ -1,0 +1,205 @@
+"""Experiments as grids: comma lists on the command line, or a TOML file of them.
+
+A grid maps options to the values to sweep; the experiment is every combination, each
+run named from the settings the experiment sweeps (`clients-8_dirichlet_seed-1`), so
+that running the same sweep again names the same run folders (see fedsim.experiment).
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsim.config import (
+    ConfigError,
+    RunConfig,
+    applies,
+    default_data,
+    fields,
+    validate,
+    value_type,
+)
+
+Grid = dict[str, list[Any]]  # option -> the values to sweep (one value: fixed)
+
+EXPERIMENT = "--experiment"
+VARIANT = "variant"  # [[variant]] tables: sub-grids under the file's top-level settings
+# Flower's own spellings (pyproject's [tool.flwr.app.config], federation options)
+ALIASES = {
+    "num-server-rounds": "rounds",
+    "num-supernodes": "clients",
+    "fraction-train": "fraction_fit",
+    "seeds": "seed",
+}
+ONE_VALUE = ("data", "results_dir", "name", "ray_address")  # the same for every run
+_FIELDS = {f.name: f for f in fields()}
+
+
+def default(name: str) -> Any:
+    return default_data() if name == "data" else _FIELDS[name].default
+
+
+# ---- the experiment file ---------------------------------------------------------------
+
+
+def _field_name(key: str, path: Path, seen: dict[str, str]) -> str:
+    name = ALIASES.get(key, key.replace("-", "_"))
+    if name not in _FIELDS:
+        known = sorted([*_FIELDS, *ALIASES])
+        close = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            EXPERIMENT,
+            f"{path}: unknown key {key!r}, {hint}keys are fedsim's options "
+            f"({', '.join(sorted(_FIELDS))}), '{VARIANT}' or {', '.join(ALIASES)}",
+        )
+    if name in seen:
+        raise ConfigError(EXPERIMENT, f"{path}: {key!r} and {seen[name]!r} set the same option")
+    seen[name] = key
+    return name
+
+
+def _typed(name: str, key: str, value: Any, path: Path) -> Any:
+    """A TOML value as the option's type: ints are numbers too, nothing else converts."""
+    kind = value_type(name)
+    accepted = (int, float) if kind is float else (kind,)
+    if isinstance(value, bool) is not (kind is bool) or not isinstance(value, accepted):
+        noun = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "a string")
+        raise ConfigError(
+            EXPERIMENT,
+            f"{path}: {key} = {value!r} has the wrong type, must be {noun} or a list of them",
+        )
+    value = kind(value)
+    try:
+        validate(RunConfig(**{name: value}))
+    except ConfigError as error:
+        raise ConfigError(EXPERIMENT, f"{path}: {key} = {value!r}: {error}") from None
+    return value
+
+
+def _grid(table: dict[str, Any], path: Path) -> Grid:
+    grid: Grid = {}
+    seen: dict[str, str] = {}
+    for key, value in table.items():
+        name = _field_name(key, path, seen)
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ConfigError(EXPERIMENT, f"{path}: {key} is an empty list, give one value or more")
+        if len(values) > 1 and name in ONE_VALUE:
+            raise ConfigError(EXPERIMENT, f"{path}: {key} takes one value, not a list")
+        grid[name] = [_typed(name, key, v, path) for v in values]
+    return grid
+
+
+def load_experiment(path: Path) -> list[Grid]:
+    """The file's grids: its top-level settings, under each [[variant]] if it has any
+    (NIID-Bench's partitions are variants: IID, Dirichlet(0.5), 1-3 classes each)."""
+    try:
+        document = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(EXPERIMENT, f"{path} does not exist, give a .toml file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(EXPERIMENT, f"cannot read {path} ({error}), give a .toml file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(EXPERIMENT, f"{path} is not valid TOML: {error}") from None
+    variants = document.pop(VARIANT, [{}])
+    if not (isinstance(variants, list) and variants and all(isinstance(v, dict) for v in variants)):
+        raise ConfigError(EXPERIMENT, f"{path}: '{VARIANT}' must be [[{VARIANT}]] tables")
+    base = _grid(document, path)
+    grids = []
+    for variant in variants:
+        grid = _grid(variant, path)
+        if fixed := [name for name in grid if name in ONE_VALUE]:
+            raise ConfigError(
+                EXPERIMENT, f"{path}: {fixed[0]} cannot vary by [[{VARIANT}]], set it at the top"
+            )
+        grids.append({**base, **grid})
+    return grids
+
+
+# ---- the grid as runs ------------------------------------------------------------------
+
+
+def expand(grids: Sequence[Grid]) -> list[RunConfig]:
+    """One validated RunConfig per combination of each grid's values (defaults fill the
+    options a grid leaves out), grid after grid."""
+    configs = []
+    for grid in grids:
+        choices = {name: grid.get(name, [default(name)]) for name in _FIELDS}
+        configs += [
+            validate(RunConfig(**dict(zip(choices, combo, strict=True))))
+            for combo in itertools.product(*choices.values())
+        ]
+    return configs
+
+
+def swept(grids: Sequence[Grid]) -> list[str]:
+    """The options that take more than one value across the grids, in field order."""
+    return [
+        name
+        for name in _FIELDS
+        if len({v for grid in grids for v in grid.get(name, [default(name)])}) > 1
+    ]
+
+
+def _text(value: Any) -> str:
+    return "auto" if value is None else str(value)
+
+
+def run_label(cfg: RunConfig, names: Sequence[str]) -> str:
+    """A run's folder name: its value of each swept option that applies to it (no alpha
+    for an IID run), choices bare (`fedprox`), others as `clients-8`."""
+    parts = [
+        _text(getattr(cfg, name))
+        if _FIELDS[name].metadata.get("choices")
+        else f"{name.replace('_', '-')}-{_text(getattr(cfg, name))}"
+        for name in names
+        if applies(cfg, name)
+    ]
+    return "_".join(parts)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    folder: Path
+    runs: tuple[RunConfig, ...]  # named, results_dir = folder
+
+
+def plan(file_grids: Sequence[Grid], given: Grid, default_name: str | None) -> Experiment:
+    """The runs of an experiment: the file's grids with the command line's options over
+    them. Runs are named from what the file (or a command-line list) sweeps, so narrowing
+    a sweep on the command line (`--partition iid`) keeps the names of the full grid."""
+    grids = [{**grid, **given} for grid in file_grids]
+    varied = {*swept(file_grids), "seed", *(n for n, values in given.items() if len(values) > 1)}
+    labelled = [name for name in _FIELDS if name in varied and name not in ONE_VALUE]
+    name = grids[0].get("name", [""])[0] or default_name or _sweep_name(given)
+    parent = Path(grids[0].get("results_dir", [default("results_dir")])[0])
+    folder = parent / validate(RunConfig(name=name)).name
+    runs: dict[str, RunConfig] = {}
+    for cfg in expand([{**grid, "name": [""], "results_dir": [str(folder)]} for grid in grids]):
+        label = run_label(cfg, labelled)
+        runs.setdefault(label, cfg.replace(name=label))  # same label: differs in nothing used
+    return Experiment(folder=folder, runs=tuple(runs.values()))
+
+
+def _sweep_name(given: Grid) -> str:
+    lists = [n for n, values in given.items() if len(values) > 1]
+    return "_".join(
+        ["sweep", *(f"{n.replace('_', '-')}-{'-'.join(map(_text, given[n]))}" for n in lists)]
+    )
+
+
+def plan_from(experiment_file: str | None, given: Grid) -> Experiment | None:
+    """What a command line asks for: an experiment (a TOML file, or options given as
+    lists), or None for a single run."""
+    if experiment_file:
+        path = Path(experiment_file)
+        return plan(load_experiment(path), given, path.stem)
+    if any(len(values) > 1 for values in given.values()):
+        return plan([{}], given, None)
+    return None

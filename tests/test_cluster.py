@@ -1,0 +1,142 @@
+"""fedsim on a Ray cluster it did not start: a head node made with Ray's own `ray start`.
+
+The head is this test module's own (loopback only, free ports, a temp dir of its own)
+and declares 4 CPUs and one logical GPU, which is all Ray needs to schedule fractional
+GPU shares; this machine has no CUDA, so the clients train on CPU and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import run_cli
+from tests.services import Services, free_port, wait_for
+
+
+@dataclass(frozen=True)
+class Head:
+    address: str
+    actor_log: Path
+
+
+def _ray_start_args(port: int, temp_dir: str) -> list[str]:
+    args = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block"]
+    args += ["--node-ip-address", "127.0.0.1", "--port", str(port), "--temp-dir", temp_dir]
+    args += ["--num-cpus", "4", "--num-gpus", "1", "--include-dashboard", "false"]
+    args += ["--disable-usage-stats", "--min-worker-port", "0", "--max-worker-port", "0"]
+    for option in (
+        "--ray-client-server-port",
+        "--node-manager-port",
+        "--object-manager-port",
+        "--metrics-export-port",
+        "--dashboard-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+    ):
+        args += [option, str(free_port())]
+    return args
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory):
+    """`ray start --head --block` in a process group of its own, stopped (all of it) after."""
+    folder = tmp_path_factory.mktemp("cluster")
+    actor_log = folder / "actors"
+    actor_log.mkdir()
+    temp_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths must stay short
+    port = free_port()
+    services = Services()
+    log = folder / "ray-head.log"
+    env = {**os.environ, "FEDSIM_ACTOR_LOG": str(actor_log)}
+    try:
+        process = services.start(_ray_start_args(port, temp_dir), log, env=env)
+        wait_for(process, log, "Ray runtime started", timeout=120)
+        yield Head(address=f"127.0.0.1:{port}", actor_log=actor_log)
+        assert process.poll() is None, "the head node died during the tests"
+    finally:
+        survivors = services.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not survivors, f"processes left running: {survivors}"
+
+
+def _still_serving(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as probe:
+        return probe.connect_ex((host, int(port))) == 0
+
+
+def _actor_calls(folder: Path) -> list[dict]:
+    return [json.loads(line) for f in folder.glob("*.jsonl") for line in f.read_text().splitlines()]
+
+
+def test_two_clients_on_an_existing_cluster(head: Head, tiny_cifar: Path, tmp_path: Path) -> None:
+    done = run_cli(
+        *("--ray-address", head.address, "--clients", "2", "--rounds", "2"),
+        *("--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "on-cluster"),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    # One logical GPU and no --gpus-per-client: fedsim picks a share and says so
+    assert "0.5 GPU per client (2 side by side on each GPU)" in done.stdout
+    frame = pd.read_csv(tmp_path / "on-cluster" / "rounds.csv")
+    assert frame["round"].tolist() == [0, 1, 2]
+    assert frame["clients_sampled"].tolist() == [0, 2, 2]
+    assert (frame["clients_failed"] == 0).all()
+    assert frame.loc[1:, "train_loss"].notna().all()
+    config = json.loads((tmp_path / "on-cluster" / "config.json").read_text())
+    assert config["status"] == "complete"
+    assert config["cluster"]["started_here"] is False
+    # No CUDA here: each actor trains on CPU after one warning line
+    assert "given a GPU but sees no CUDA device; training on CPU" in done.stdout + done.stderr
+    # fedsim disconnected but left the cluster running
+    assert _still_serving(head.address)
+
+
+def test_four_clients_share_one_gpu(head: Head, tiny_cifar: Path, tmp_path: Path) -> None:
+    """What the actors themselves report: four of them at once, each holding 1/4 GPU."""
+    for old in head.actor_log.glob("*.jsonl"):
+        old.unlink()
+    done = run_cli(
+        *("--ray-address", head.address, "--clients", "4", "--rounds", "2"),
+        *("--gpus-per-client", "0.25", "--fraction-evaluate", "0", "--local-epochs", "2"),
+        *("--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "shared-gpu"),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "4 clients run at a time (1 CPU, 0.25 GPU each)" in done.stdout
+    calls = [c for c in _actor_calls(head.actor_log) if c["kind"] == "train"]
+    assert len(calls) == 8  # 4 clients x 2 rounds
+    assert len({c["pid"] for c in calls}) == 4  # four actors
+    for call in calls:
+        assert call["resources"]["GPU"] == pytest.approx(0.25)
+        assert call["gpu_ids"] == ["0"] and call["cuda_visible_devices"] == "0"
+    most_at_once = max(
+        sum(other["start"] <= call["start"] < other["end"] for other in calls) for call in calls
+    )
+    assert most_at_once == 4
+
+
+def test_gpu_share_the_cluster_cannot_give(head: Head, tiny_cifar: Path, tmp_path: Path) -> None:
+    done = run_cli(
+        *("--ray-address", head.address, "--gpus-per-client", "2", "--clients", "2"),
+        *("--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "too-many"),
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: --gpus-per-client: got 2, but Ray has 1 GPUs on the cluster at {head.address}; "
+        "use 0, or declare GPUs on the cluster's nodes (ray start --num-gpus N)"
+    ]
+    assert not (tmp_path / "too-many").exists()
+    assert _still_serving(head.address)

@@ -1,0 +1,258 @@
+"""Reliability through the real engine: bad input, SIGKILL + resume, Ctrl-C, dropouts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+TIMING = ["round_seconds"]
+
+
+def _metrics(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "rounds.csv").drop(columns=TIMING)
+
+
+@pytest.fixture
+def ray_tmp() -> Path:
+    """A private Ray temp folder: every process of the run names it on its command line,
+    which is how the tests find leftovers (other Ray instances may run on this machine)."""
+    folder = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))
+    yield folder
+    subprocess.run(["pkill", "-9", "-f", str(folder)], check=False)
+
+
+def _leftovers(ray_tmp: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", str(ray_tmp)], capture_output=True, text=True)
+    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
+
+
+def _start(args: list[str], ray_tmp: Path) -> subprocess.Popen:
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "simulate.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a job in a terminal
+    )
+
+
+def _wait_for_rounds(csv_path: Path, rounds: int, process: subprocess.Popen, limit: float = 180):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if csv_path.exists() and len(pd.read_csv(csv_path)) >= rounds + 1:
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"{csv_path} never reached round {rounds}")
+
+
+# --- bad input: one line, exit code 2, nothing written -------------------------------
+
+BAD_INPUT = [
+    (["--clients", "0"], "--clients: got 0, must be ≥ 1"),
+    (["--clients", "2.5"], "--clients: must be an integer"),
+    (["--rounds", "-1"], "--rounds: got -1, must be ≥ 1"),
+    (["--fraction-fit", "0"], "--fraction-fit: got 0.0, must be in (0, 1]"),
+    (["--fraction-evaluate", "1.5"], "--fraction-evaluate: got 1.5, must be in [0, 1]"),
+    (["--lr", "0"], "--lr: got 0.0, must be > 0"),
+    (["--alpha", "-1", "--partition", "dirichlet"], "--alpha: got -1.0, must be > 0"),
+    (["--classes-per-client", "11"], "--classes-per-client: got 11, must be in [1, 10]"),
+    (["--model", "vgg"], "--model: unknown value 'vgg', choose from cnn, resnet18"),
+    (["--strategy", "fedsgd"], "--strategy: unknown value 'fedsgd'"),
+    (["--partition", "natural"], "--partition: unknown value 'natural'"),
+    (["--name", "../escape"], "--name: '../escape' must be a plain folder name"),
+    (["--gpus-per-client", "0.5"], "--gpus-per-client: got 0.5, but no GPU is visible"),
+    (["--clients", "1001"], "--clients: must be ≤ 1000"),
+    (["--data", "/nonexistent/cifar"], "--data: /nonexistent/cifar does not exist"),
+    (["--bogus", "1"], "unrecognized arguments: --bogus"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_exit_2(args, message, tiny_cifar, tmp_path) -> None:
+    results = tmp_path / "results"
+    data = [] if "--data" in args else ["--data", str(tiny_cifar)]
+    done = run_cli(*data, "--results-dir", str(results), *args, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert message in lines[0]
+    assert not results.exists()
+
+
+def test_bad_data_folders(tmp_path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    corrupt = tmp_path / "corrupt" / "plain_text"
+    corrupt.mkdir(parents=True)
+    for split in ("train", "test"):
+        (corrupt / f"{split}-00000-of-00001.parquet").write_bytes(b"not a parquet file")
+    for folder, message in ((empty, "is not a dataset"), (corrupt.parent, "cannot read")):
+        done = run_cli("--data", str(folder), "--results-dir", str(tmp_path / "r"), timeout=120)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_unwritable_results_dir(tiny_cifar, tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = run_cli("--data", str(tiny_cifar), "--results-dir", str(blocker / "results"))
+    assert done.returncode == 2 and "--results-dir" in done.stderr, done.stderr
+
+
+# --- crash safety, resume and reproducibility ----------------------------------------
+
+RUN = [
+    "--clients",
+    "3",
+    "--rounds",
+    "6",
+    "--batch-size",
+    "16",
+    "--lr",
+    "0.05",
+    "--fraction-fit",
+    "0.67",
+]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar, tmp_path, ray_tmp) -> None:
+    common = [*RUN, "--data", str(tiny_cifar), "--results-dir", str(tmp_path)]
+    whole = run_cli(*common, "--name", "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    process = _start([*common, "--name", "killed"], ray_tmp)
+    killed = tmp_path / "killed"
+    _wait_for_rounds(killed / "rounds.csv", 2, process)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and every Ray process with it
+    process.wait(timeout=30)
+    partial = pd.read_csv(killed / "rounds.csv")  # readable, and holds whole rounds only
+    assert 3 <= len(partial) < 7 and partial["round"].tolist() == list(range(len(partial)))
+
+    resumed = run_cli("--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _metrics(killed).equals(_metrics(tmp_path / "whole"))
+
+    run_cli(*common, "--name", "again")  # same seed, same numbers
+    assert _metrics(tmp_path / "again").equals(_metrics(tmp_path / "whole"))
+    other = run_cli(*common, "--name", "other", "--seed", "1")
+    assert other.returncode == 0
+    assert not _metrics(tmp_path / "other").equals(_metrics(tmp_path / "whole"))
+
+
+def test_ctrl_c_stops_fast_keeps_rounds_and_leaves_no_processes(
+    tiny_cifar, tmp_path, ray_tmp
+) -> None:
+    args = [
+        "--clients",
+        "2",
+        "--rounds",
+        "500",
+        "--data",
+        str(tiny_cifar),
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "stopped",
+    ]
+    process = _start(args, ray_tmp)
+    _wait_for_rounds(tmp_path / "stopped" / "rounds.csv", 2, process)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    sent = time.monotonic()
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 15, "took too long to stop"
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    frame = pd.read_csv(tmp_path / "stopped" / "rounds.csv")
+    assert len(frame) >= 3
+    time.sleep(1)
+    assert _leftovers(ray_tmp) == []
+
+
+# --- client failures -------------------------------------------------------------------
+
+
+def test_dropouts_are_counted_and_rounds_go_on(tiny_cifar, tmp_path) -> None:
+    args = [
+        "--clients",
+        "4",
+        "--rounds",
+        "3",
+        "--client-failure-rate",
+        "0.5",
+        "--data",
+        str(tiny_cifar),
+        "--results-dir",
+        str(tmp_path),
+    ]
+    first = run_cli(*args, "--name", "a")
+    assert first.returncode == 0, first.stderr[-2000:]
+    frame = pd.read_csv(tmp_path / "a" / "rounds.csv")
+    assert frame["clients_failed"].iloc[1:].sum() > 0
+    assert (frame["clients_failed"] < frame["clients_sampled"]).iloc[1:].any()
+    run_cli(*args, "--name", "b")
+    assert frame["clients_failed"].equals(
+        pd.read_csv(tmp_path / "b" / "rounds.csv")["clients_failed"]
+    )
+
+
+def test_every_client_failing_stops_the_run(tiny_cifar, tmp_path) -> None:
+    done = run_cli(
+        "--clients",
+        "2",
+        "--rounds",
+        "5",
+        "--client-failure-rate",
+        "1",
+        "--max-failed-rounds",
+        "2",
+        "--data",
+        str(tiny_cifar),
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "doomed",
+    )
+    assert done.returncode == 1
+    assert "every sampled client failed in 2 rounds in a row" in done.stderr
+    frame = pd.read_csv(tmp_path / "doomed" / "rounds.csv")
+    assert frame["round"].tolist() == [0, 1, 2]
+    assert frame.loc[1:, "train_loss"].isna().all()
+    assert (frame.loc[1:, "clients_failed"] == 2).all()
+
+
+def test_clients_that_do_not_answer_in_time_are_cut_off(tiny_cifar, tmp_path) -> None:
+    done = run_cli(
+        "--clients",
+        "2",
+        "--rounds",
+        "3",
+        "--round-timeout",
+        "0.01",
+        "--max-failed-rounds",
+        "2",
+        "--data",
+        str(tiny_cifar),
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "slow",
+        timeout=180,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    frame = pd.read_csv(tmp_path / "slow" / "rounds.csv")
+    assert (frame.loc[1:, "clients_failed"] == 2).all()
