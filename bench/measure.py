@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -36,12 +35,13 @@ class Run:
     (its run folder's rounds.csv and config.json)."""
 
     wall: float
-    cpu: float  # user + system seconds of the whole tree (children reaped on exit)
+    cpu: float  # user + system seconds of the tree's processes, as last sampled
     peak_rss: int  # bytes: the largest sum of RSS over the tree at one moment
     peak_pss: int  # the same with shared pages (Ray's object store) counted once
     rss_at_round: dict[int, int]  # tree RSS sampled just after each round's row appeared
     pss_at_round: dict[int, int]
     leaked: list[str]  # processes of the tree still alive after the run ended
+    cpu_by_process: dict[str, float]  # CPU seconds by kind of process (driver, raylet, ...)
     rounds: list[dict[str, str]]
     timings: dict[str, Any]
     load_before: float
@@ -66,6 +66,7 @@ class _Sampler:
     rounds_csv: Path
     interval: float
     seen: dict[int, tuple[float, str]] = field(default_factory=dict)
+    cpu: dict[int, float] = field(default_factory=dict)
     peak_rss: int = 0
     peak_pss: int = 0
     at_round: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -85,16 +86,25 @@ class _Sampler:
         for proc in tree:
             try:
                 info = proc.memory_full_info()
+                times = proc.cpu_times()
                 if proc.pid not in self.seen:
                     self.seen[proc.pid] = (proc.create_time(), " ".join(proc.cmdline())[:120])
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             rss += info.rss
             pss += info.pss
+            self.cpu[proc.pid] = times.user + times.system
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
         done = _completed_rounds(self.rounds_csv)
         if done is not None and done not in self.at_round:
             self.at_round[done] = (rss, pss)
+
+    def cpu_by_process(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for pid, seconds in self.cpu.items():
+            kind = "driver" if pid == self.root else process_kind(self.seen[pid][1])
+            totals[kind] = totals.get(kind, 0.0) + seconds
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
     def leaked(self, patience: float = 10.0) -> list[str]:
         """Processes seen in the tree that outlive it by `patience` seconds."""
@@ -108,6 +118,25 @@ class _Sampler:
             if not alive or time.monotonic() > deadline:
                 return alive
             time.sleep(0.5)
+
+
+RAY_HELPERS = {  # a fragment of the command line (at start or once renamed) -> kind
+    "dashboard/agent.py": "dashboard agent",
+    "ray::DashboardAgent": "dashboard agent",
+    "runtime_env/agent/main.py": "runtime-env agent",
+    "ray::RuntimeEnvAgent": "runtime-env agent",
+    "dashboard/dashboard.py": "dashboard (API server)",
+    "log_monitor.py": "log monitor",
+    "autoscaler/_private/monitor.py": "autoscaler monitor",
+    "default_worker.py": "ray worker",
+    "ray::": "ray worker",  # ray::IDLE, ray::ClientAppActor.run, ...
+}
+
+
+def process_kind(cmdline: str) -> str:
+    """What a process of the tree is: a Ray helper or worker, else its program's name."""
+    kind = next((k for fragment, k in RAY_HELPERS.items() if fragment in cmdline), None)
+    return kind or Path(cmdline.split(" ", 1)[0]).name
 
 
 def _alive(pid: int, created: float) -> bool:
@@ -135,7 +164,6 @@ def measure(
 ) -> Run:
     """Run `python ARGV` from the repository root; it must write its results to `run_dir`."""
     load = os.getloadavg()[0]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, *argv],
@@ -152,7 +180,6 @@ def measure(
     wall = time.perf_counter() - started
     sampler.stop.set()
     thread.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}:\n{output[-3000:]}")
     with open(run_dir / "rounds.csv", newline="") as handle:
@@ -160,7 +187,8 @@ def measure(
     config = json.loads((run_dir / "config.json").read_text())
     return Run(
         wall=wall,
-        cpu=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        cpu=sum(sampler.cpu.values()),
+        cpu_by_process=sampler.cpu_by_process(),
         peak_rss=sampler.peak_rss,
         peak_pss=sampler.peak_pss,
         rss_at_round={r: m[0] for r, m in sampler.at_round.items()},
@@ -173,22 +201,42 @@ def measure(
 
 
 def wait_until_quiet(max_wait: float = 1200.0, poll: float = 30.0, load: float = 0.5) -> str:
-    """Block until no one else's tests, runs or Ray are on the machine and the 1-minute
-    load average is below `load`; returns how quiet it was, for the record."""
+    """Block until no one else's tests, runs or Ray are busy on the machine and the
+    1-minute load average is below `load`; returns how quiet it was, for the record.
+    A matching process that used no CPU over a whole poll (a hung leftover) does not
+    disturb a measurement: it is listed as idle instead of waited for."""
     started = time.monotonic()
+    before: dict[int, float] = {}
     while True:
-        found = subprocess.run(["pgrep", "-af", OTHERS], capture_output=True, text=True).stdout
-        others = [line for line in found.splitlines() if "pgrep" not in line]
+        now = _others_cpu()
+        busy = [pid for pid, cpu in now.items() if cpu - before.get(pid, -1.0) > 0.1]
+        idle = sorted(set(now) - set(busy))
         load1 = os.getloadavg()[0]
         waited = time.monotonic() - started
-        if (not others and load1 < load) or waited > max_wait:
-            quiet = "quiet" if not others and load1 < load else "NOT QUIET"
-            return f"{quiet}: load {load1:.2f}, {len(others)} other runs, waited {waited:.0f} s"
-        print(
-            f"bench: waiting for a quiet machine (load {load1:.2f}, {len(others)} other runs)",
-            flush=True,
-        )
+        quiet = not busy and load1 < load
+        if quiet or waited > max_wait:
+            return (
+                f"{'quiet' if quiet else 'NOT QUIET'}: load {load1:.2f}, {len(busy)} busy other "
+                f"runs, idle leftovers {idle}, waited {waited:.0f} s"
+            )
+        print(f"bench: waiting for quiet (load {load1:.2f}, {len(busy)} busy)", flush=True)
+        before = now
         time.sleep(poll)
+
+
+def _others_cpu() -> dict[int, float]:
+    """CPU seconds so far of every process `pgrep -f OTHERS` finds, with its descendants
+    (a run's driver idles while its Ray workers compute), by pid."""
+    found = subprocess.run(["pgrep", "-f", OTHERS], capture_output=True, text=True).stdout
+    cpu = {}
+    for pid in map(int, found.split()):
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+            cpu[pid] = sum(sum(p.cpu_times()[:2]) for p in tree if p.is_running())
+        except psutil.NoSuchProcess:
+            continue
+    return cpu
 
 
 def mib(value: float) -> float:

@@ -50,6 +50,11 @@ def main() -> None:
             name = f"seed-{label.replace(' ', '-')}-{repeat}"
             runs[label].append(bench.run(variant, name, cold=cold))
     save_table("seed_job", [_row(k, r) for k, rs in runs.items() for r in rs], bench.notes)
+    save_table(
+        "seed_job_cpu",
+        [{"variant": k, **r.cpu_by_process} for k, rs in runs.items() for r in rs],
+        ["CPU seconds by process kind over the whole run (sampled every 0.5 s)"],
+    )
 
     wall = {label: median([r.wall for r in rs]) for label, rs in runs.items()}
     later = {label: median([median(r.round_seconds[1:]) for r in rs]) for label, rs in runs.items()}

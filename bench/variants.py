@@ -64,6 +64,9 @@ class Bench:
             + " ".join(f"{s:.2f}" for s in result.round_seconds),
             flush=True,
         )
+        for process in result.leaked:
+            self.notes.append(f"{name}: left running: {process}")
+            print(f"bench: {name}: left running: {process}", flush=True)
         return result
 
     def prepare(self, extra: Sequence[str] = (), tutorial: bool = False) -> None:

@@ -3,11 +3,12 @@ on which resources.
 
 With FEDSIM_ACTOR_LOG=<folder> in the environment of the processes that run the
 ClientApp (inherited from the driver by a private Ray instance; set before `ray start`
-on every node of a cluster), each train and evaluate call that completes appends one JSON line to
-<folder>/<host>-<pid>.jsonl: its start and end time and the Ray node, resources and
-GPU ids of the actor it ran in. That is how one can see, from the actors and not from
-the driver's guess, that clients ran side by side on a shared GPU, and which node ran
-which client. Unset, it costs one environment lookup per call.
+on every node of a cluster), each train and evaluate call that completes appends one
+JSON line to <folder>/<host>-<pid>.jsonl: its start and end time, the Ray node,
+resources and GPU ids of the actor it ran in, and whether that actor sees CUDA. That
+is how one sees, from the actors and not from the driver's guess, that clients ran
+side by side on a shared GPU, and which node ran which client. Unset, it costs one
+environment lookup per call.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def log_calls(msg: Message, context: Context, call_next: ClientAppCallable) -> M
         "end": time.time(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "cuda": bool((torch := sys.modules.get("torch")) and torch.cuda.is_available()),
         **_ray_placement(),
     }
     with open(Path(folder) / f"{socket.gethostname()}-{os.getpid()}.jsonl", "a") as handle:

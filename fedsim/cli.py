@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--name names the experiment folder (default: the file's name)",
     )
     parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="go on with an interrupted run from its last completed round "
+        "(with --rounds: extend it)",
+    )
+    parser.add_argument(
         "--plot",
         metavar="DIR",
         help="only redraw summary.csv and the plots of results/<experiment> from its CSVs",
@@ -101,13 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run as cleanly as Ctrl-C
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        resume_dir, argv = _split_resume(argv)
-        if resume_dir is not None:
-            rounds = _resume_rounds(argv)
-            _runner().resume(resume_dir, rounds, started)
-            return 0
         args = build_parser().parse_args(argv)
         given = given_options(args)
+        if args.resume:
+            _resume(args, given, started)
+            return 0
         if args.plot:
             if given or args.experiment:
                 raise ConfigError("--plot", "takes the experiment folder alone, no run options")
@@ -155,22 +159,9 @@ def _runner():
     return runner
 
 
-def _split_resume(argv: list[str]) -> tuple[Path | None, list[str]]:
-    """`--resume RUN_DIR` (or `--resume=RUN_DIR`) and the remaining arguments."""
-    for index, arg in enumerate(argv):
-        if arg == "--resume":
-            if index + 1 >= len(argv):
-                raise ConfigError("--resume", "needs a run folder, e.g. results/<run>")
-            return Path(argv[index + 1]), argv[:index] + argv[index + 2 :]
-        if arg.startswith("--resume="):
-            return Path(arg.split("=", 1)[1]), argv[:index] + argv[index + 1 :]
-    return None, argv
-
-
-def _resume_rounds(rest: list[str]) -> int | None:
+def _resume(args: argparse.Namespace, given: sweep.Grid, started: float) -> None:
     """A resumed run keeps its stored config; only --rounds may change (to extend it)."""
-    args = vars(build_parser().parse_args(rest))
-    given = [flag(name) for name, value in args.items() if value not in (None, False)]
-    if any(option != "--rounds" for option in given):
-        raise ConfigError("--resume", f"takes only --rounds besides the run folder, got {given}")
-    return None if args["rounds"] is None else _convert("rounds", args["rounds"])
+    others = [flag(name) for name in given if name != "rounds"]
+    if others or args.plot or args.experiment or len(given.get("rounds", [])) > 1:
+        raise ConfigError("--resume", f"takes a run folder and at most one --rounds, not {others}")
+    _runner().resume(Path(args.resume), given.get("rounds", [None])[0], started)

@@ -2,8 +2,9 @@
 
 Built by a factory that closes over the run's config and a `ClientData` handle,
 because the simulation engine hands apps an empty run_config. Each actor process keeps
-its model object and the partitions it has served in memory, so a round costs a
-state-dict load and the training itself, nothing more.
+one model object and one zero-copy view of the data, so a round costs a state-dict
+load, gathering the client's rows, and the training itself; its memory stays flat
+however many clients it serves.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -102,17 +104,16 @@ def _setup_process(cfg: RunConfig) -> None:
 
 
 def _tensors(data: ClientData, pid: int, split: str, device: torch.device):
-    """One client's split as (uint8 images, int64 labels) on `device`, once per process."""
-
-    def make() -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels, parts = _per_process(("data", data.key), data.load)
-        rows = (parts.train if split == "train" else parts.val)[pid]
-        return (
-            torch.from_numpy(np.ascontiguousarray(images[rows])).to(device),
-            torch.from_numpy(np.asarray(labels[rows], dtype=np.int64)).to(device),
-        )
-
-    return _per_process(("split", data.key, pid, split, str(device)), make)
+    """One client's split as (uint8 images, int64 labels) on `device`, gathered on each
+    call from the process's zero-copy view of the data (tens of milliseconds for the
+    seed job's 22,500 images). Keeping each client's copy would grow an actor by every
+    client it ever serves: with 1000 clients, by the whole training set per actor."""
+    images, labels, parts = _per_process(("data", data.key), data.load)
+    rows = (parts.train if split == "train" else parts.val)[pid]
+    return (
+        torch.from_numpy(images[rows]).to(device),
+        torch.from_numpy(np.asarray(labels[rows], dtype=np.int64)).to(device),
+    )
 
 
 def _model(cfg: RunConfig, arrays: ArrayRecord, device: torch.device) -> torch.nn.Module:
@@ -136,55 +137,64 @@ def client_seed(seed: int, server_round: int, pid: int, stream: int) -> int:
     return int(np.random.default_rng([seed, server_round, pid, stream]).integers(2**62))
 
 
-def build_client_app(cfg: RunConfig, data: ClientData) -> ClientApp:
-    app = ClientApp(mods=[log_calls])
-    settings = task.TrainSettings(
+def train_settings(cfg: RunConfig, proximal_mu: float) -> task.TrainSettings:
+    return task.TrainSettings(
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
+        proximal_mu=proximal_mu,
         augment=cfg.augment,
     )
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        _setup_process(cfg)
-        pid = _partition_id(msg, context)
-        config = msg.content["config"]
-        server_round = int(config["server-round"])
 
-        # Simulated dropout, decided by the seed alone
-        dropout = np.random.default_rng(client_seed(cfg.seed, server_round, pid, 1))
-        if cfg.client_failure_rate and dropout.random() < cfg.client_failure_rate:
-            raise SimulatedDropout(f"client {pid} dropped out in round {server_round}")
+def handle_train(cfg: RunConfig, data: ClientData, msg: Message, context: Context) -> Message:
+    _setup_process(cfg)
+    pid = _partition_id(msg, context)
+    config = msg.content["config"]
+    server_round = int(config["server-round"])
 
-        # Load the global model and this client's data
-        device = client_device(cfg)
-        model = _model(cfg, msg.content["arrays"], device)
-        images, labels = _tensors(data, pid, "train", device)
+    # Simulated dropout, decided by the seed alone
+    dropout = np.random.default_rng(client_seed(cfg.seed, server_round, pid, 1))
+    if cfg.client_failure_rate and dropout.random() < cfg.client_failure_rate:
+        raise SimulatedDropout(f"client {pid} dropped out in round {server_round}")
 
-        # Train locally (FedProx's mu arrives in the config when the strategy sends it)
-        generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, pid, 0))
-        local = replace(settings, proximal_mu=float(config.get("proximal-mu", 0.0)))
-        loss = task.train(model, images, labels, local, generator)
+    # Load the global model and this client's data
+    device = client_device(cfg)
+    model = _model(cfg, msg.content["arrays"], device)
+    images, labels = _tensors(data, pid, "train", device)
 
-        # Construct reply
-        metrics = MetricRecord({"train_loss": loss, "num-examples": len(labels)})
-        content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
-        return Message(content=content, reply_to=msg)
+    # Train locally (FedProx's mu arrives in the config when the strategy sends it)
+    generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, pid, 0))
+    settings = train_settings(cfg, proximal_mu=float(config.get("proximal-mu", 0.0)))
+    loss = task.train(model, images, labels, settings, generator)
 
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        _setup_process(cfg)
-        pid = _partition_id(msg, context)
-        device = client_device(cfg)
-        model = _model(cfg, msg.content["arrays"], device)
-        images, labels = _tensors(data, pid, "val", device)
-        loss, accuracy = task.evaluate(model, images, labels)
-        metrics = MetricRecord(
-            {"eval_loss": loss, "eval_accuracy": accuracy, "num-examples": len(labels)}
-        )
-        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    # Construct reply
+    metrics = MetricRecord({"train_loss": loss, "num-examples": len(labels)})
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
 
+
+def handle_evaluate(cfg: RunConfig, data: ClientData, msg: Message, context: Context) -> Message:
+    _setup_process(cfg)
+    pid = _partition_id(msg, context)
+    device = client_device(cfg)
+    model = _model(cfg, msg.content["arrays"], device)
+    images, labels = _tensors(data, pid, "val", device)
+    loss, accuracy = task.evaluate(model, images, labels)
+    metrics = MetricRecord(
+        {"eval_loss": loss, "eval_accuracy": accuracy, "num-examples": len(labels)}
+    )
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def build_client_app(cfg: RunConfig, data: ClientData) -> ClientApp:
+    """The handlers bound to this run. They are module functions under `partial`, not
+    closures: Flower pickles the app into every message it hands an actor, and a
+    closure is pickled by value (2.5 ms of the driver's time per message), a module
+    function by name (0.1 ms)."""
+    app = ClientApp(mods=[log_calls])
+    app.train()(partial(handle_train, cfg, data))
+    app.evaluate()(partial(handle_evaluate, cfg, data))
     return app

@@ -18,13 +18,6 @@ from dataclasses import dataclass
 
 from fedsim.config import ConfigError, RunConfig, flag
 
-# Offline by default: neither Flower nor Ray may try to report usage.
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Ray's future default (fedsim picks each client's device from --gpus-per-client itself);
-# setting it also silences Ray's warning about the change.
-os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-
 
 @dataclass(frozen=True)
 class Cluster:

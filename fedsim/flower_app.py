@@ -35,13 +35,19 @@ from fedsim.results import Timings, run_name, write_config_json
 _FIELDS = {f.name for f in fields()}
 
 
+def option_name(key: str) -> str:
+    """The RunConfig field a run-config key sets: `local-epochs` -> local_epochs."""
+    name = sweep.ALIASES.get(key, key.replace("-", "_"))
+    if name not in _FIELDS:
+        raise ConfigError(key, "is not a fedsim option (see `python simulate.py --help`)")
+    return name
+
+
 def config_from(run_config: UserConfig) -> RunConfig:
     """The run's RunConfig, through the same parsing and checks as the command line."""
     argv = []
     for key, value in run_config.items():
-        name = sweep.ALIASES.get(key, key.replace("-", "_"))
-        if name not in _FIELDS:
-            raise ConfigError(key, "is not a fedsim option (see `python simulate.py --help`)")
+        name = option_name(key)
         if value == "":  # fedsim's default: for data, $FEDSIM_DATA on this machine
             continue
         if isinstance(value, bool):
@@ -98,6 +104,7 @@ def main(grid: Grid, context: Context) -> None:
     dataset = load_cifar(cfg.data, cache_root())
     labels = np.asarray(dataset.train_y)
     partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root())
+    timings.data_load = time.perf_counter() - started  # decoding and partitioning, together
     run_dir = Path(cfg.results_dir) / run_name(cfg)
     try:
         run_dir.mkdir(parents=True)

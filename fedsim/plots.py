@@ -8,7 +8,6 @@ spread shaded; client counts are the lines, every other swept setting gets its o
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,9 +22,6 @@ from matplotlib.ticker import MaxNLocator
 
 from fedsim.config import ConfigError
 from fedsim.summary import ROUNDS_CSV, run_folders, setting_columns, write_summary
-
-# flwr-datasets reports each plot call unless told not to (fedsim runs offline)
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 LABEL_COUNTS_CSV = "label_counts.csv"
 PARTITION_SETTINGS = ("partition", "alpha", "classes_per_client", "shards_per_client")
@@ -130,6 +126,7 @@ def _versus_clients(folder: Path, summary: pd.DataFrame, column: str, ylabel: st
         axis.set_xscale("log", base=2)
     axis.set_xticks(clients, [str(c) for c in clients])
     axis.set(xlabel="clients", ylabel=ylabel)
+    axis.set_ylim(bottom=0)  # differences drawn to scale
     axis.grid(alpha=0.3)
     if others:
         axis.legend(fontsize="small")
@@ -197,9 +194,10 @@ def label_distribution(folder: Path, summary: pd.DataFrame) -> Path | None:
             _counts_partitioner(counts),
             label_name="label",
             axis=axis,
-            title=f"{label or 'labels'} ({len(counts)} clients)",
+            title=f"{label or 'label distribution'} ({len(counts)} clients)",
             legend=index == len(chosen) - 1,
             legend_title="label",
+            legend_kwargs={"loc": "center left", "bbox_to_anchor": (1.0, 0.5)},  # outside
         )
     return _save(figure, folder / PLOTS[3])
 

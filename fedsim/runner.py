@@ -98,6 +98,8 @@ def _check_results_dir(parent: Path) -> None:
 def run(cfg: RunConfig, started: float | None = None) -> Path:
     """A fresh run; returns its folder."""
     started = started or time.perf_counter()
+    if Path(cfg.data).expanduser().exists():  # config.json records where the data was
+        cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
     inputs = _prepare(cfg, started)
     run_dir = Path(cfg.results_dir) / run_name(cfg)
     _check_results_dir(run_dir.parent)

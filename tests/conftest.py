@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +71,20 @@ def run_cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedP
         cwd=ROOT,
         **kwargs,
     )
+
+
+def simulate(data: Path, results: Path, name: str, options: str, **kwargs):
+    """Run `simulate.py OPTIONS` on `data` into results/name; the process and its CSV
+    (None when the run wrote none)."""
+    done = run_cli(
+        *options.split(),
+        "--data",
+        str(data),
+        "--results-dir",
+        str(results),
+        "--name",
+        name,
+        **kwargs,
+    )
+    csv = results / name / "rounds.csv"
+    return done, (pd.read_csv(csv) if csv.exists() else None)

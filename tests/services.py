@@ -3,8 +3,9 @@ process group of its own, and `stop` ends exactly what it started, grandchildren
 
 Ray and Flower both start helpers that leave the process group (Flower's SuperExec and
 simulation processes start new sessions), and a helper whose parent dies is re-parented.
-So the test process makes itself a child subreaper: every orphan of what it started
-becomes its child and stays findable, and nothing outside that tree is ever signalled.
+So while services run, the test process is a child subreaper: every orphan of what it
+started becomes its child and stays findable, and nothing outside that tree is ever
+signalled.
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ import time
 from pathlib import Path
 
 _PR_SET_CHILD_SUBREAPER = 36
+# Ray swaps 127.0.0.1 for the machine's address and listens on every interface; with
+# this flag (meant for one-machine clusters on macOS and Windows) a Ray node and the
+# drivers that attach to it keep to loopback.
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _set_subreaper(on: bool) -> None:
+    """Orphans of our children become ours (on) or init's again (off); Linux only."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
 def free_port() -> int:
@@ -78,9 +90,7 @@ class Services:
     """Commands started for one test, each in its own session with its output in a log."""
 
     def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+        _set_subreaper(True)
         self._known_before = descendants(os.getpid())
 
     def start(
@@ -107,6 +117,7 @@ class Services:
                 _reap_zombie_children()
                 time.sleep(0.1)
         _reap_zombie_children()
+        _set_subreaper(False)
         return [f"{pid} {_command(pid)}" for pid in sorted(self.ours())]
 
 

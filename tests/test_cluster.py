@@ -16,17 +16,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from tests.conftest import run_cli
-from tests.services import Services, free_port, wait_for
+from tests.conftest import simulate
+from tests.services import LOOPBACK_ONLY, Services, free_port, wait_for
+
+_LOOPBACK_HEX = {"0100007F", "0000000000000000FFFF00000100007F"}  # as /proc/net/tcp* has it
 
 
 @dataclass(frozen=True)
 class Head:
     address: str
     actor_log: Path
+    driver_env: dict[str, str]
 
 
 def _ray_start_args(port: int, temp_dir: str) -> list[str]:
@@ -58,16 +60,28 @@ def head(tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     services = Services()
     log = folder / "ray-head.log"
-    env = {**os.environ, "FEDSIM_ACTOR_LOG": str(actor_log)}
+    env = {**os.environ, **LOOPBACK_ONLY, "FEDSIM_ACTOR_LOG": str(actor_log)}
     try:
         process = services.start(_ray_start_args(port, temp_dir), log, env=env)
         wait_for(process, log, "Ray runtime started", timeout=120)
-        yield Head(address=f"127.0.0.1:{port}", actor_log=actor_log)
+        assert set(_listening_on(port)) <= _LOOPBACK_HEX and _listening_on(port)
+        yield Head(f"127.0.0.1:{port}", actor_log, driver_env={**os.environ, **LOOPBACK_ONLY})
         assert process.poll() is None, "the head node died during the tests"
     finally:
         survivors = services.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert not survivors, f"processes left running: {survivors}"
+
+
+def _listening_on(port: int) -> list[str]:
+    """The local addresses of the listening TCP sockets on `port`."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            address, _, hex_port = row.split()[1].partition(":")
+            if row.split()[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.append(address)
+    return found
 
 
 def _still_serving(address: str) -> bool:
@@ -81,15 +95,11 @@ def _actor_calls(folder: Path) -> list[dict]:
 
 
 def test_two_clients_on_an_existing_cluster(head: Head, tiny_cifar: Path, tmp_path: Path) -> None:
-    done = run_cli(
-        *("--ray-address", head.address, "--clients", "2", "--rounds", "2"),
-        *("--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "on-cluster"),
-        timeout=300,
-    )
+    options = f"--ray-address {head.address} --clients 2 --rounds 2"
+    done, frame = simulate(tiny_cifar, tmp_path, "on-cluster", options, env=head.driver_env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     # One logical GPU and no --gpus-per-client: fedsim picks a share and says so
     assert "0.5 GPU per client (2 side by side on each GPU)" in done.stdout
-    frame = pd.read_csv(tmp_path / "on-cluster" / "rounds.csv")
     assert frame["round"].tolist() == [0, 1, 2]
     assert frame["clients_sampled"].tolist() == [0, 2, 2]
     assert (frame["clients_failed"] == 0).all()
@@ -107,12 +117,9 @@ def test_four_clients_share_one_gpu(head: Head, tiny_cifar: Path, tmp_path: Path
     """What the actors themselves report: four of them at once, each holding 1/4 GPU."""
     for old in head.actor_log.glob("*.jsonl"):
         old.unlink()
-    done = run_cli(
-        *("--ray-address", head.address, "--clients", "4", "--rounds", "2"),
-        *("--gpus-per-client", "0.25", "--fraction-evaluate", "0", "--local-epochs", "2"),
-        *("--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "shared-gpu"),
-        timeout=300,
-    )
+    options = f"--ray-address {head.address} --clients 4 --rounds 2 --gpus-per-client 0.25"
+    options += " --fraction-evaluate 0 --local-epochs 2"
+    done, _ = simulate(tiny_cifar, tmp_path, "shared-gpu", options, env=head.driver_env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "4 clients run at a time (1 CPU, 0.25 GPU each)" in done.stdout
     calls = [c for c in _actor_calls(head.actor_log) if c["kind"] == "train"]
@@ -121,6 +128,8 @@ def test_four_clients_share_one_gpu(head: Head, tiny_cifar: Path, tmp_path: Path
     for call in calls:
         assert call["resources"]["GPU"] == pytest.approx(0.25)
         assert call["gpu_ids"] == ["0"] and call["cuda_visible_devices"] == "0"
+        assert call["cuda"] is False  # a logical GPU: trained on CPU, after the warning
+    assert "given a GPU but sees no CUDA device; training on CPU" in done.stdout + done.stderr
     most_at_once = max(
         sum(other["start"] <= call["start"] < other["end"] for other in calls) for call in calls
     )
@@ -128,15 +137,12 @@ def test_four_clients_share_one_gpu(head: Head, tiny_cifar: Path, tmp_path: Path
 
 
 def test_gpu_share_the_cluster_cannot_give(head: Head, tiny_cifar: Path, tmp_path: Path) -> None:
-    done = run_cli(
-        *("--ray-address", head.address, "--gpus-per-client", "2", "--clients", "2"),
-        *("--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "too-many"),
-        timeout=120,
-    )
+    options = f"--ray-address {head.address} --gpus-per-client 2 --clients 2"
+    done, frame = simulate(tiny_cifar, tmp_path, "too-many", options, env=head.driver_env)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: --gpus-per-client: got 2, but Ray has 1 GPUs on the cluster at {head.address}; "
         "use 0, or declare GPUs on the cluster's nodes (ray start --num-gpus N)"
     ]
-    assert not (tmp_path / "too-many").exists()
+    assert frame is None and not (tmp_path / "too-many").exists()
     assert _still_serving(head.address)

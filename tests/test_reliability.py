@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, simulate
 
 TIMING = ["round_seconds"]
 
@@ -23,30 +23,36 @@ def _metrics(run_dir: Path) -> pd.DataFrame:
 
 
 @pytest.fixture
-def ray_tmp() -> Path:
-    """A private Ray temp folder: every process of the run names it on its command line,
-    which is how the tests find leftovers (other Ray instances may run on this machine)."""
-    folder = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))
-    yield folder
-    subprocess.run(["pkill", "-9", "-f", str(folder)], check=False)
+def start_run():
+    """Start `simulate.py ARGS` in its own process group (like a job in a terminal), with
+    a private Ray temp folder that every Ray process of the run names on its command
+    line; teardown kills whatever is left of both, whatever the test did."""
+    started: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(args: list[str]) -> tuple[subprocess.Popen, Path]:
+        ray_tmp = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "simulate.py"), *args],
+            cwd=ROOT,
+            env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        started.append((process, ray_tmp))
+        return process, ray_tmp
+
+    yield start
+    for process, ray_tmp in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], check=False)
 
 
 def _leftovers(ray_tmp: Path) -> list[str]:
     found = subprocess.run(["pgrep", "-af", str(ray_tmp)], capture_output=True, text=True)
     return [line for line in found.stdout.splitlines() if "pgrep" not in line]
-
-
-def _start(args: list[str], ray_tmp: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "simulate.py"), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, like a job in a terminal
-    )
 
 
 def _wait_for_rounds(csv_path: Path, rounds: int, process: subprocess.Popen, limit: float = 180):
@@ -116,27 +122,16 @@ def test_unwritable_results_dir(tiny_cifar, tmp_path) -> None:
 
 # --- crash safety, resume and reproducibility ----------------------------------------
 
-RUN = [
-    "--clients",
-    "3",
-    "--rounds",
-    "6",
-    "--batch-size",
-    "16",
-    "--lr",
-    "0.05",
-    "--fraction-fit",
-    "0.67",
-]
+RUN = "--clients 3 --rounds 6 --batch-size 16 --lr 0.05 --fraction-fit 0.67"
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar, tmp_path, ray_tmp) -> None:
-    common = [*RUN, "--data", str(tiny_cifar), "--results-dir", str(tmp_path)]
-    whole = run_cli(*common, "--name", "whole")
-    assert whole.returncode == 0, whole.stderr[-2000:]
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar, tmp_path, start_run) -> None:
+    done, _ = simulate(tiny_cifar, tmp_path, "whole", RUN)
+    assert done.returncode == 0, done.stderr[-2000:]
 
-    process = _start([*common, "--name", "killed"], ray_tmp)
     killed = tmp_path / "killed"
+    where = ["--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "killed"]
+    process, _ = start_run([*RUN.split(), *where])
     _wait_for_rounds(killed / "rounds.csv", 2, process)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and every Ray process with it
     process.wait(timeout=30)
@@ -147,29 +142,17 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar, tmp_path, 
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _metrics(killed).equals(_metrics(tmp_path / "whole"))
 
-    run_cli(*common, "--name", "again")  # same seed, same numbers
+    simulate(tiny_cifar, tmp_path, "again", RUN)  # same seed, same numbers
     assert _metrics(tmp_path / "again").equals(_metrics(tmp_path / "whole"))
-    other = run_cli(*common, "--name", "other", "--seed", "1")
-    assert other.returncode == 0
+    simulate(tiny_cifar, tmp_path, "other", f"{RUN} --seed 1")
     assert not _metrics(tmp_path / "other").equals(_metrics(tmp_path / "whole"))
 
 
 def test_ctrl_c_stops_fast_keeps_rounds_and_leaves_no_processes(
-    tiny_cifar, tmp_path, ray_tmp
+    tiny_cifar, tmp_path, start_run
 ) -> None:
-    args = [
-        "--clients",
-        "2",
-        "--rounds",
-        "500",
-        "--data",
-        str(tiny_cifar),
-        "--results-dir",
-        str(tmp_path),
-        "--name",
-        "stopped",
-    ]
-    process = _start(args, ray_tmp)
+    where = ["--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "stopped"]
+    process, ray_tmp = start_run(["--clients", "2", "--rounds", "500", *where])
     _wait_for_rounds(tmp_path / "stopped" / "rounds.csv", 2, process)
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     sent = time.monotonic()
@@ -177,8 +160,7 @@ def test_ctrl_c_stops_fast_keeps_rounds_and_leaves_no_processes(
     assert time.monotonic() - sent < 15, "took too long to stop"
     assert process.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr
-    frame = pd.read_csv(tmp_path / "stopped" / "rounds.csv")
-    assert len(frame) >= 3
+    assert len(pd.read_csv(tmp_path / "stopped" / "rounds.csv")) >= 3
     time.sleep(1)
     assert _leftovers(ray_tmp) == []
 
@@ -187,72 +169,29 @@ def test_ctrl_c_stops_fast_keeps_rounds_and_leaves_no_processes(
 
 
 def test_dropouts_are_counted_and_rounds_go_on(tiny_cifar, tmp_path) -> None:
-    args = [
-        "--clients",
-        "4",
-        "--rounds",
-        "3",
-        "--client-failure-rate",
-        "0.5",
-        "--data",
-        str(tiny_cifar),
-        "--results-dir",
-        str(tmp_path),
-    ]
-    first = run_cli(*args, "--name", "a")
-    assert first.returncode == 0, first.stderr[-2000:]
-    frame = pd.read_csv(tmp_path / "a" / "rounds.csv")
+    options = "--clients 4 --rounds 3 --client-failure-rate 0.5"
+    done, frame = simulate(tiny_cifar, tmp_path, "a", options)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert frame["clients_failed"].iloc[1:].sum() > 0
     assert (frame["clients_failed"] < frame["clients_sampled"]).iloc[1:].any()
-    run_cli(*args, "--name", "b")
-    assert frame["clients_failed"].equals(
-        pd.read_csv(tmp_path / "b" / "rounds.csv")["clients_failed"]
-    )
+    _, again = simulate(tiny_cifar, tmp_path, "b", options)  # the seed decides who drops
+    assert frame["clients_failed"].equals(again["clients_failed"])
 
 
-def test_every_client_failing_stops_the_run(tiny_cifar, tmp_path) -> None:
-    done = run_cli(
-        "--clients",
-        "2",
-        "--rounds",
-        "5",
-        "--client-failure-rate",
-        "1",
-        "--max-failed-rounds",
-        "2",
-        "--data",
-        str(tiny_cifar),
-        "--results-dir",
-        str(tmp_path),
-        "--name",
-        "doomed",
-    )
-    assert done.returncode == 1
-    assert "every sampled client failed in 2 rounds in a row" in done.stderr
-    frame = pd.read_csv(tmp_path / "doomed" / "rounds.csv")
-    assert frame["round"].tolist() == [0, 1, 2]
-    assert frame.loc[1:, "train_loss"].isna().all()
-    assert (frame.loc[1:, "clients_failed"] == 2).all()
-
-
-def test_clients_that_do_not_answer_in_time_are_cut_off(tiny_cifar, tmp_path) -> None:
-    done = run_cli(
-        "--clients",
-        "2",
-        "--rounds",
-        "3",
-        "--round-timeout",
-        "0.01",
-        "--max-failed-rounds",
-        "2",
-        "--data",
-        str(tiny_cifar),
-        "--results-dir",
-        str(tmp_path),
-        "--name",
-        "slow",
-        timeout=180,
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("--client-failure-rate 1", "every sampled client failed in 2 rounds in a row"),
+        ("--round-timeout 0.01", "every sampled client failed in 2 rounds in a row"),
+    ],
+    ids=["all-clients-fail", "no-client-answers-in-time"],
+)
+def test_rounds_without_survivors_stop_the_run(options, message, tiny_cifar, tmp_path) -> None:
+    done, frame = simulate(
+        tiny_cifar, tmp_path, "doomed", f"--clients 2 --rounds 5 --max-failed-rounds 2 {options}"
     )
     assert done.returncode == 1, done.stderr[-2000:]
-    frame = pd.read_csv(tmp_path / "slow" / "rounds.csv")
+    assert message in done.stderr
+    assert frame["round"].tolist() == [0, 1, 2]
+    assert frame.loc[1:, "train_loss"].isna().all()
     assert (frame.loc[1:, "clients_failed"] == 2).all()
