@@ -26,7 +26,7 @@ def _row(clients: int, variant: str, run: Run, reference: Run) -> dict:
         "peak_rss_mib": mib(run.peak_rss),
         "peak_pss_mib": mib(run.peak_pss),
         "leaked_procs": len(run.leaked),
-        "load_before": run.load_before,
+        **run.conditions(),
     }
 
 

@@ -9,6 +9,7 @@ driver and the worker processes are children of the raylet, so one walk finds th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -27,6 +28,8 @@ RESULTS = ROOT / "bench" / "results"
 SCRATCH = RESULTS / "tmp"  # run folders and caches of benchmark runs (git-ignored)
 OTHERS = "pytest|simulate.py|raylet"
 MIB = 2**20
+DISTURBED_CPU = 3.0  # seconds of others' CPU during a run that make it disturbed
+OTHERS_EVERY = 10  # look at the rest of the machine every 10th memory sample
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Run:
     rss_at_round: dict[int, int]  # tree RSS sampled just after each round's row appeared
     pss_at_round: dict[int, int]
     leaked: list[str]  # processes of the tree still alive after the run ended
+    other_cpu: float  # CPU seconds other processes on the machine used meanwhile
     cpu_by_process: dict[str, float]  # CPU seconds by kind of process (driver, raylet, ...)
     rounds: list[dict[str, str]]
     timings: dict[str, Any]
@@ -48,6 +52,19 @@ class Run:
 
     def column(self, name: str) -> list[float]:
         return [float(row[name]) for row in self.rounds if row.get(name)]
+
+    def conditions(self) -> dict[str, Any]:
+        """How quiet the machine was, for the tables."""
+        return {
+            "load_before": self.load_before,
+            "other_cpu_s": self.other_cpu,
+            "disturbed": self.disturbed,
+        }
+
+    @property
+    def disturbed(self) -> bool:
+        """Someone else computed alongside: a run to report, not to compare."""
+        return self.other_cpu > max(DISTURBED_CPU, 0.1 * self.wall)
 
     @property
     def round_seconds(self) -> list[float]:
@@ -71,10 +88,34 @@ class _Sampler:
     peak_pss: int = 0
     at_round: dict[int, tuple[int, int]] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.time)
+    others: dict[tuple[int, float], tuple[float, float]] = field(default_factory=dict)
 
     def run(self) -> None:
+        ticks = 0
         while not self.stop.wait(self.interval):
             self.sample()
+            ticks += 1
+            if ticks % OTHERS_EVERY == 0:
+                self.watch_others()
+
+    def watch_others(self) -> None:
+        """CPU used so far by every process outside the tree (and this one)."""
+        mine = {*self.seen, self.root, os.getpid()}
+        with contextlib.suppress(psutil.NoSuchProcess):
+            mine |= {child.pid for child in psutil.Process(self.root).children(recursive=True)}
+        for proc in psutil.process_iter(["create_time", "cpu_times"]):
+            if proc.pid in mine or proc.info["cpu_times"] is None:
+                continue
+            key = (proc.pid, proc.info["create_time"])
+            cpu = proc.info["cpu_times"].user + proc.info["cpu_times"].system
+            # a process born during the run used all of its CPU during the run
+            first = self.others.get(key, (0.0 if key[1] > self.started else cpu,))[0]
+            self.others[key] = (first, cpu)
+
+    @property
+    def other_cpu(self) -> float:
+        return sum(last - first for first, last in self.others.values())
 
     def sample(self) -> None:
         try:
@@ -174,12 +215,14 @@ def measure(
         text=True,
     )
     sampler = _Sampler(proc.pid, run_dir / "rounds.csv", interval)
+    sampler.watch_others()
     thread = threading.Thread(target=sampler.run, daemon=True)
     thread.start()
     output = proc.communicate()[0]
     wall = time.perf_counter() - started
     sampler.stop.set()
     thread.join()
+    sampler.watch_others()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}:\n{output[-3000:]}")
     with open(run_dir / "rounds.csv", newline="") as handle:
@@ -194,6 +237,7 @@ def measure(
         rss_at_round={r: m[0] for r, m in sampler.at_round.items()},
         pss_at_round={r: m[1] for r, m in sampler.at_round.items()},
         leaked=sampler.leaked(),
+        other_cpu=sampler.other_cpu,
         rounds=rounds,
         timings=config["timings_seconds"],
         load_before=load,

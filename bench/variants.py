@@ -115,6 +115,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def best(runs: list[Run], value: Callable[[Run], float]) -> float:
+    """The least disturbed figure of repeated runs: the minimum over the runs no one
+    else computed alongside (over all of them if every one was disturbed)."""
+    calm = [run for run in runs if not run.disturbed] or runs
+    return min(value(run) for run in calm)
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
