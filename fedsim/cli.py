@@ -6,7 +6,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import time
 import types
 import typing
@@ -132,8 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("fedsim: interrupted; completed rounds are kept (--resume goes on)", file=sys.stderr)
-        _exit_if_threads_linger(130)
-        return 130
+        _exit_now(130)
     except RuntimeError as error:
         from fedsim.server_app import RunAborted
 
@@ -144,13 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _exit_if_threads_linger(code: int) -> None:
-    """After Ctrl-C, Ray is down and every file is closed; threads Flower's engine left
-    blocked must not keep the process alive, so leave without waiting for them."""
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate()[1:]):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+def _exit_now(code: int) -> None:
+    """After Ctrl-C, Ray is down and every result file is fsynced and closed; leave at
+    once, since threads Flower's engine left blocked (or starts while it winds down)
+    would otherwise hold the interpreter's exit indefinitely."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _runner():
