@@ -1,10 +1,11 @@
 """The reference: the same FedAvg run as `simulate.py`, as a plain single-process loop.
 
 Same options, data cache, partitions, model, initial weights, per-client seeds, local
-training, client and central evaluation, and the same rounds.csv and config.json; no
-Flower, no Ray, no messages. Clients train one after another, each with all the
-machine's threads, on tensors gathered once before the first round. This is the
-physical limit the harness is measured against. Only FedAvg is implemented.
+training, client and central evaluation, and the same rounds.csv and config.json
+(clients.csv without bytes: nothing is sent); no Flower, no Ray, no messages. Clients
+train one after another, each with all the machine's threads, on tensors gathered once
+before the first round. This is the physical limit the harness is measured against.
+Only FedAvg is implemented.
 
     python -m bench.reference --clients 2 --rounds 3 --data ../shared/data/cifar10
 """
@@ -21,11 +22,18 @@ import psutil
 import torch
 
 from fedsim import cli, sweep, task
-from fedsim.client_app import client_seed
+from fedsim.algorithms.base import client_seed
 from fedsim.config import ConfigError, RunConfig
 from fedsim.data import cache_root, load_cifar
 from fedsim.partition import cached_partition_indices
-from fedsim.results import CsvRecorder, RoundRecord, Timings, run_name, write_config_json
+from fedsim.results import (
+    ClientRecord,
+    CsvRecorder,
+    RoundRecord,
+    Timings,
+    run_name,
+    write_config_json,
+)
 from fedsim.server_app import sample_clients
 
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -65,22 +73,27 @@ class ReferenceLoop:
 
     def round(self, server_round: int) -> RoundRecord:
         cfg, started = self.cfg, time.perf_counter()
-        states, losses, sizes = [], [], []
+        states, losses, sizes, clients = [], [], [], []
         for pid in sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_fit, 0):
+            tick = time.perf_counter()
             self.model.load_state_dict(self.state)
             generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, pid, 0))
             images, labels = self.train[pid]
-            losses.append(task.train(self.model, images, labels, self.settings, generator))
+            losses.append(task.train(self.model, images, labels, self.settings, generator).loss)
             states.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
             sizes.append(len(labels))
+            seconds = time.perf_counter() - tick
+            clients.append(
+                ClientRecord(
+                    server_round, "train", pid, len(labels), losses[-1], None, "ok", seconds, 0, 0
+                )
+            )
         tick = time.perf_counter()
         self.timings.train += tick - started
         self.state = {k: _weighted_mean([s[k] for s in states], sizes) for k in self.state}
         self.timings.aggregate += time.perf_counter() - tick
         record = RoundRecord(
-            round=server_round,
-            train_loss=_weighted_mean(losses, sizes),
-            clients_sampled=len(sizes),
+            round=server_round, train_loss=_weighted_mean(losses, sizes), clients=clients
         )
         if cfg.evaluates_on_clients:
             self._evaluate_on_clients(server_round, record)
@@ -101,6 +114,11 @@ class ReferenceLoop:
         self.timings.client_evaluate += time.perf_counter() - tick
 
 
+def _split(images: torch.Tensor, labels: torch.Tensor, rows: np.ndarray) -> Split:
+    index = torch.from_numpy(rows)
+    return images[index], labels[index]
+
+
 def run(cfg: RunConfig) -> Path:
     if cfg.strategy != "fedavg":
         raise ConfigError("--strategy", "the reference loop implements fedavg only")
@@ -114,15 +132,15 @@ def run(cfg: RunConfig) -> Path:
     timings.data_load = time.perf_counter() - tick
     tick = time.perf_counter()
     parts = cached_partition_indices(labels.numpy(), cfg, dataset.key, cache_root())
-    train = [(images[rows], labels[rows]) for rows in map(torch.from_numpy, parts.train)]
-    val = [(images[rows], labels[rows]) for rows in map(torch.from_numpy, parts.val)]
+    train = [_split(images, labels, parts.train(pid)) for pid in range(cfg.clients)]
+    val = [_split(images, labels, parts.val(pid)) for pid in range(cfg.clients)]
     timings.partition = time.perf_counter() - tick
 
     torch.set_num_threads(os.cpu_count() or 1)
     loop = ReferenceLoop(cfg, train, val, test, timings)
     run_dir = Path(cfg.results_dir) / run_name(cfg)
     run_dir.mkdir(parents=True)
-    recorder = CsvRecorder(run_dir / "rounds.csv")
+    recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv")
     loss, accuracy = loop.central()
     recorder.on_round_end(RoundRecord(0, central_loss=loss, central_accuracy=accuracy), None)
     for server_round in range(1, cfg.rounds + 1):

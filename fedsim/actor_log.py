@@ -24,6 +24,8 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedsim.protocol import BUNDLE
+
 ENV = "FEDSIM_ACTOR_LOG"
 
 
@@ -34,11 +36,11 @@ def log_calls(msg: Message, context: Context, call_next: ClientAppCallable) -> M
         return call_next(msg, context)
     start = time.time()
     reply = call_next(msg, context)
-    config = msg.content["config"]  # fedsim names the partition and round in every message
+    bundle = msg.content[BUNDLE]  # fedsim names the clients and round in every message
     entry = {
         "kind": msg.metadata.message_type,
-        "partition": config.get("partition-id"),
-        "round": config.get("server-round"),
+        "partitions": list(bundle["clients"]),
+        "round": bundle["round"],
         "start": start,
         "end": time.time(),
         "host": socket.gethostname(),

@@ -1,9 +1,10 @@
 """Crash safety: after every round, the state needed to go on from it, written atomically.
 
 A checkpoint holds the global model, the round it ends, the strategy object itself
-(FedAvgM's momentum, FedAdam's moments live there) and the driver's RNG states. With
-rounds.csv fsynced first, a run killed at any moment can be resumed from its last
-complete round and finish with the same numbers as an uninterrupted one.
+(FedAvgM's momentum, FedAdam's moments live there), the clients' memories and the
+driver's RNG states. With rounds.csv and clients.csv fsynced first, a run killed at
+any moment can be resumed from its last complete round and finish with the same
+numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.clients import ClientStates
+from fedsim.config import ConfigError
 from fedsim.results import RoundRecord, atomic_write
 
 CHECKPOINT = "checkpoint.pt"
@@ -29,20 +32,23 @@ class Checkpoint:
     round: int
     arrays: ArrayRecord
     strategy: Strategy
+    states: ClientStates
 
 
 class Checkpointer:
     """Writes checkpoint.pt at the end of every round (round 0 included)."""
 
-    def __init__(self, path: Path, strategy: Strategy) -> None:
+    def __init__(self, path: Path, strategy: Strategy, states: ClientStates) -> None:
         self.path = path
         self.strategy = strategy
+        self.states = states
 
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
         state = {
             "round": record.round,
             "model": arrays.to_torch_state_dict(),
             "strategy": pickle.dumps(self.strategy),
+            "client_states": self.states.to_bytes(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -56,23 +62,43 @@ class Checkpointer:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint back and put the driver's RNGs where they were."""
-    state = torch.load(path, weights_only=False)
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    torch.set_rng_state(state["rng"]["torch"])
-    return Checkpoint(
-        round=int(state["round"]),
-        arrays=ArrayRecord(state["model"]),
-        strategy=pickle.loads(state["strategy"]),
-    )
+    """Read a checkpoint back and put the driver's RNGs where they were; one that does
+    not read back whole (truncated, empty, not fedsim's) is a ConfigError on --resume."""
+    try:
+        state = torch.load(path, weights_only=False)
+        checkpoint = Checkpoint(
+            round=int(state["round"]),
+            arrays=ArrayRecord(state["model"]),
+            strategy=pickle.loads(state["strategy"]),
+            states=ClientStates.from_bytes(state.get("client_states", {})),
+        )
+        rng = state["rng"]
+    except Exception as error:  # torch.load raises many kinds on a damaged file
+        raise ConfigError(
+            "--resume",
+            f"{path} cannot be read ({type(error).__name__}: {error}); the run cannot go on "
+            "from it, start it again",
+        ) from None
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    return checkpoint
 
 
-def truncate_rounds(csv_path: Path, last_round: int) -> None:
-    """Drop rows after `last_round` (written before a crash cut the checkpoint short)."""
+def truncate_rows(csv_path: Path, last_round: int) -> None:
+    """Keep the header and the rows of rounds up to `last_round`: rows written before a
+    crash cut the checkpoint short go, and so do lines that are not rows at all (a
+    torn or foreign line), which would otherwise break every later read."""
     if not csv_path.exists():
         return
-    with open(csv_path, newline="") as handle:
+    with open(csv_path, newline="", errors="replace") as handle:
         rows = list(csv.reader(handle))
-    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= last_round]
-    atomic_write(csv_path, lambda handle: csv.writer(handle).writerows(kept), text=True)
+
+    def kept(row: list[str]) -> bool:
+        try:
+            return len(row) == len(rows[0]) and int(row[0]) <= last_round
+        except ValueError:
+            return False
+
+    rows = rows[:1] + [row for row in rows[1:] if kept(row)] if rows else []
+    atomic_write(csv_path, lambda handle: csv.writer(handle).writerows(rows), text=True)

@@ -1,37 +1,44 @@
-"""The Flower ClientApp: local training and evaluation on one client's partition.
+"""The Flower ClientApp: the clients of one bundle, trained or evaluated one after another.
 
 Built by a factory that closes over the run's config and a `ClientData` handle,
-because the simulation engine hands apps an empty run_config. Each actor process keeps
-one model object and one zero-copy view of the data, so a round costs a state-dict
-load, gathering the client's rows, and the training itself; its memory stays flat
-however many clients it serves.
+because the simulation engine hands apps an empty run_config. A message carries a
+bundle of virtual clients (fedsim.protocol); each one runs the algorithm's client side
+(fedsim.algorithms) with its own seeds, and fails alone: a client that raises is
+reported as failed and the next one runs. Each actor process keeps one model object
+and one zero-copy view of the data, so a client costs a weight load, gathering its
+rows, and the training itself; memory stays flat however many clients it serves.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
+import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MessageType
 from flwr.clientapp import ClientApp
 
-from fedsim import task
+from fedsim import algorithms, protocol, task
 from fedsim.actor_log import log_calls
+from fedsim.algorithms.base import Algorithm, ClientContext, ClientResult, client_seed
 from fedsim.config import RunConfig
 from fedsim.partition import Partitions
-
-PARTITION_KEY = "partition-id"
+from fedsim.protocol import BundleInfo, ClientOutcome, ClientTask
 
 # This module is what actors import first: keep Flower's per-actor chatter (such as
 # "Manually terminating ClientAppActor" at shutdown) off the console; fedsim counts and
 # reports client failures itself.
 logging.getLogger("flwr").setLevel(logging.ERROR)
+
+WATCHDOG_GRACE = 5.0  # seconds past its deadline after which a stuck client process ends
 
 
 class SimulatedDropout(RuntimeError):
@@ -98,95 +105,105 @@ def _given_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def _setup_process(cfg: RunConfig) -> None:
-    """Give torch as many threads as the actor has CPUs (Ray does not cap torch)."""
-    _per_process(("threads",), lambda: torch.set_num_threads(max(1, int(cfg.cpus_per_client))))
+class _Process:
+    """What one actor process keeps between messages: its torch threads, the run's
+    algorithm, one model per device and a view of the data."""
+
+    def __init__(self, cfg: RunConfig, data: ClientData) -> None:
+        torch.set_num_threads(max(1, int(cfg.cpus_per_client)))  # Ray does not cap torch
+        self.cfg = cfg
+        self.algorithm: Algorithm = algorithms.build(cfg)
+        self.device = client_device(cfg)
+        self.model = task.build_model(cfg.model).to(self.device)
+        self.images, self.labels, self.partitions = data.load()
+        self._weights: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    def load_model(self, arrays: ArrayRecord) -> torch.nn.Module:
+        """The process's model holding `arrays`; the state dict is converted once per
+        record (every client of a bundle usually gets the same one)."""
+        if self._weights is None or self._weights[0] != id(arrays):
+            self._weights = (id(arrays), arrays.to_torch_state_dict())
+        self.model.load_state_dict(self._weights[1])
+        return self.model
+
+    def load_data(self, pid: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One client's split as (uint8 images, int64 labels) on the device, gathered on
+        each call from the process's zero-copy view of the data (tens of milliseconds
+        for the seed job's 22,500 images). Keeping each client's copy would grow an
+        actor by every client it ever serves."""
+        rows = self.partitions.train(pid) if split == "train" else self.partitions.val(pid)
+        return (
+            torch.from_numpy(self.images[rows]).to(self.device),
+            torch.from_numpy(np.asarray(self.labels[rows], dtype=np.int64)).to(self.device),
+        )
 
 
-def _tensors(data: ClientData, pid: int, split: str, device: torch.device):
-    """One client's split as (uint8 images, int64 labels) on `device`, gathered on each
-    call from the process's zero-copy view of the data (tens of milliseconds for the
-    seed job's 22,500 images). Keeping each client's copy would grow an actor by every
-    client it ever serves: with 1000 clients, by the whole training set per actor."""
-    images, labels, parts = _per_process(("data", data.key), data.load)
-    rows = (parts.train if split == "train" else parts.val)[pid]
-    return (
-        torch.from_numpy(images[rows]).to(device),
-        torch.from_numpy(np.asarray(labels[rows], dtype=np.int64)).to(device),
+def _run_client(process: _Process, message_type: str, task_: ClientTask, info: BundleInfo):
+    cfg, pid = process.cfg, task_.pid
+    if info.deadline and time.time() > info.deadline:
+        return ClientOutcome(pid, protocol.TIMEOUT)  # the server has stopped waiting
+    started = time.perf_counter()
+    ctx = ClientContext(
+        cfg=cfg,
+        pid=pid,
+        server_round=info.server_round,
+        content=task_.content,
+        state=task_.state,
+        load_model=process.load_model,
+        load_data=partial(process.load_data, pid),
+    )
+    try:
+        if message_type == MessageType.TRAIN:
+            # Simulated dropout, decided by the seed alone
+            dropout = np.random.default_rng(client_seed(cfg.seed, info.server_round, pid, 1))
+            if cfg.client_failure_rate and dropout.random() < cfg.client_failure_rate:
+                raise SimulatedDropout(f"client {pid} dropped out in round {info.server_round}")
+            result: ClientResult = process.algorithm.train(ctx)
+        else:
+            result = process.algorithm.evaluate(ctx)
+    except SimulatedDropout as error:
+        return ClientOutcome(pid, protocol.DROPOUT, time.perf_counter() - started, error=str(error))
+    except Exception as error:  # the client fails alone; the bundle goes on
+        seconds = time.perf_counter() - started
+        return ClientOutcome(
+            pid, protocol.FAILED, seconds, error=f"{type(error).__name__}: {error}"
+        )
+    return ClientOutcome(
+        pid,
+        protocol.OK,
+        seconds=time.perf_counter() - started,
+        bytes_up=protocol.recorddict_bytes(result.content),
+        content=result.content,
+        state=result.state,
     )
 
 
-def _model(cfg: RunConfig, arrays: ArrayRecord, device: torch.device) -> torch.nn.Module:
-    model = _per_process(
-        ("model", cfg.model, str(device)), lambda: task.build_model(cfg.model).to(device)
+@contextmanager
+def _watchdog(deadline: float):
+    """A client that never returns (a deadlock, an endless loop) must not hold its actor
+    forever: past the deadline (plus a grace) the process dumps every thread's stack to
+    stderr and exits; Ray restarts the actor and the server has already counted the
+    bundle's clients as timed out. faulthandler's timer runs in C, so it fires even
+    when the stuck code holds the GIL."""
+    if not deadline:
+        yield
+        return
+    faulthandler.dump_traceback_later(
+        max(deadline - time.time(), 0.0) + WATCHDOG_GRACE, exit=True, file=sys.stderr
     )
-    model.load_state_dict(arrays.to_torch_state_dict())
-    return model
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
-def _partition_id(msg: Message, context: Context) -> int:
-    """The server names the partition in simulation; on real devices the node config does."""
-    config = msg.content["config"]
-    if PARTITION_KEY in config:
-        return int(config[PARTITION_KEY])
-    return int(context.node_config[PARTITION_KEY])
-
-
-def client_seed(seed: int, server_round: int, pid: int, stream: int) -> int:
-    """Independent, reproducible seeds per (run seed, round, client, purpose)."""
-    return int(np.random.default_rng([seed, server_round, pid, stream]).integers(2**62))
-
-
-def train_settings(cfg: RunConfig, proximal_mu: float) -> task.TrainSettings:
-    return task.TrainSettings(
-        epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        proximal_mu=proximal_mu,
-        augment=cfg.augment,
-    )
-
-
-def handle_train(cfg: RunConfig, data: ClientData, msg: Message, context: Context) -> Message:
-    _setup_process(cfg)
-    pid = _partition_id(msg, context)
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
-
-    # Simulated dropout, decided by the seed alone
-    dropout = np.random.default_rng(client_seed(cfg.seed, server_round, pid, 1))
-    if cfg.client_failure_rate and dropout.random() < cfg.client_failure_rate:
-        raise SimulatedDropout(f"client {pid} dropped out in round {server_round}")
-
-    # Load the global model and this client's data
-    device = client_device(cfg)
-    model = _model(cfg, msg.content["arrays"], device)
-    images, labels = _tensors(data, pid, "train", device)
-
-    # Train locally (FedProx's mu arrives in the config when the strategy sends it)
-    generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, pid, 0))
-    settings = train_settings(cfg, proximal_mu=float(config.get("proximal-mu", 0.0)))
-    loss = task.train(model, images, labels, settings, generator)
-
-    # Construct reply
-    metrics = MetricRecord({"train_loss": loss, "num-examples": len(labels)})
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
-    return Message(content=content, reply_to=msg)
-
-
-def handle_evaluate(cfg: RunConfig, data: ClientData, msg: Message, context: Context) -> Message:
-    _setup_process(cfg)
-    pid = _partition_id(msg, context)
-    device = client_device(cfg)
-    model = _model(cfg, msg.content["arrays"], device)
-    images, labels = _tensors(data, pid, "val", device)
-    loss, accuracy = task.evaluate(model, images, labels)
-    metrics = MetricRecord(
-        {"eval_loss": loss, "eval_accuracy": accuracy, "num-examples": len(labels)}
-    )
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+def handle_bundle(cfg: RunConfig, data: ClientData, msg: Message, context: Context) -> Message:
+    process = _per_process(("process", data.key, cfg), lambda: _Process(cfg, data))
+    tasks, info = protocol.unpack_tasks(msg.content)
+    message_type = msg.metadata.message_type
+    with _watchdog(info.deadline):
+        outcomes = [_run_client(process, message_type, task_, info) for task_ in tasks]
+    return Message(content=protocol.pack_outcomes(outcomes), reply_to=msg)
 
 
 def build_client_app(cfg: RunConfig, data: ClientData) -> ClientApp:
@@ -195,6 +212,6 @@ def build_client_app(cfg: RunConfig, data: ClientData) -> ClientApp:
     closure is pickled by value (2.5 ms of the driver's time per message), a module
     function by name (0.1 ms)."""
     app = ClientApp(mods=[log_calls])
-    app.train()(partial(handle_train, cfg, data))
-    app.evaluate()(partial(handle_evaluate, cfg, data))
+    app.train()(partial(handle_bundle, cfg, data))
+    app.evaluate()(partial(handle_bundle, cfg, data))
     return app

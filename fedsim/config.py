@@ -7,17 +7,22 @@ loader and the result files are all derived from these fields.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedsim.algorithms import ALGORITHMS
+
 HUB_CIFAR10 = "uoft-cs/cifar10"
 MODELS = ("cnn", "resnet18")
 PARTITIONS = ("iid", "dirichlet", "pathological", "shard")
-STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+STRATEGIES = tuple(ALGORITHMS)  # fedsim.algorithms: one module each
 NUM_CLASSES = 10
+MAX_SEED = 2**32 - 1  # numpy and torch both take it; a common bound users know
+MAX_NAME = 120  # characters of a run name: room for file names under any file system's limit
 
 
 class ConfigError(ValueError):
@@ -28,8 +33,16 @@ class ConfigError(ValueError):
         self.option = option
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+# Option roles, declared once on each field (`roles=`); the partition cache key, the
+# sweep planner, the experiment's staleness check and the summary derive from them.
+SPLITS = "splits"  # decides the partitions: part of the partition cache key
+FIXED = "fixed"  # one value per experiment, never swept or varied by [[variant]]
+WHERE = "where"  # where a run goes, not what it computes: no summary column
+NOT_COMPARED = "not-compared"  # how a run computes, not what: a finished run stays valid
+
+
+def _opt(default: Any, help: str, roles: tuple[str, ...] = (), **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, "roles": roles, **extra})
 
 
 @dataclass(frozen=True)
@@ -38,7 +51,10 @@ class RunConfig:
 
     # Federation
     clients: int = _opt(
-        2, "number of simulated clients (one data partition each)", bounds="[1, inf)"
+        2,
+        "number of simulated clients (one data partition each)",
+        roles=(SPLITS,),
+        bounds="[1, inf)",
     )
     rounds: int = _opt(3, "number of federated rounds", bounds="[1, inf)")
     fraction_fit: float = _opt(1.0, "share of clients sampled to train each round", bounds="(0, 1]")
@@ -46,6 +62,12 @@ class RunConfig:
         1.0,
         "share of clients sampled for client-side evaluation (0: none)",
         bounds="[0, 1]",
+    )
+    evaluate_all_every: int = _opt(
+        0,
+        "every K rounds and after the last, evaluate on every client's held-out share "
+        "(0: the sampled clients only)",
+        bounds="[0, inf)",
     )
     strategy: str = _opt("fedavg", "aggregation strategy", choices=STRATEGIES)
     proximal_mu: float = _opt(
@@ -68,29 +90,50 @@ class RunConfig:
         HUB_CIFAR10,
         "Hugging Face dataset id, HF parquet folder or cifar-10-batches-py folder "
         "(default: $FEDSIM_DATA or uoft-cs/cifar10)",
+        roles=(FIXED, NOT_COMPARED),  # compared by its content key instead
     )
-    partition: str = _opt("iid", "how the training set is split", choices=PARTITIONS)
+    partition: str = _opt(
+        "iid", "how the training set is split", roles=(SPLITS,), choices=PARTITIONS
+    )
     alpha: float = _opt(
         0.5,
         "Dirichlet concentration (--partition dirichlet)",
+        roles=(SPLITS,),
         bounds="(0, inf)",
+        applies=("partition", "dirichlet"),
+    )
+    dirichlet_balance: bool = _opt(
+        False,
+        "NIID-Bench's balancing: a client holding more than its share of examples gets no "
+        "more of the next label (flwr-datasets' self_balancing)",
+        roles=(SPLITS,),
+        applies=("partition", "dirichlet"),
+    )
+    min_partition_size: int = _opt(
+        0,
+        "redraw the Dirichlet split until every client holds at least this many examples",
+        roles=(SPLITS,),
+        bounds="[0, inf)",
         applies=("partition", "dirichlet"),
     )
     classes_per_client: int = _opt(
         2,
         "labels per client (--partition pathological)",
+        roles=(SPLITS,),
         bounds=f"[1, {NUM_CLASSES}]",
         applies=("partition", "pathological"),
     )
     shards_per_client: int = _opt(
         2,
         "label-sorted shards per client (--partition shard)",
+        roles=(SPLITS,),
         bounds="[1, inf)",
         applies=("partition", "shard"),
     )
     val_fraction: float = _opt(
         0.1,
         "share of each client's partition held out for its own evaluation",
+        roles=(SPLITS,),
         bounds="[0, 1)",
     )
     # Local training
@@ -101,17 +144,32 @@ class RunConfig:
     momentum: float = _opt(0.9, "client SGD momentum", bounds="[0, 1)")
     weight_decay: float = _opt(0.0, "client SGD weight decay", bounds="[0, inf)")
     augment: bool = _opt(False, "random crop (padding 4) + horizontal flip on clients")
-    seed: int = _opt(0, "seed for partitions, init, shuffling and sampling", bounds="[0, inf)")
-    # Resources
-    cpus_per_client: float = _opt(1.0, "CPUs reserved per client actor", bounds="(0, inf)")
+    seed: int = _opt(
+        0,
+        "seed for partitions, init, shuffling and sampling",
+        roles=(SPLITS,),
+        bounds=f"[0, {MAX_SEED}]",
+    )
+    # Resources and transport: how the simulation runs, never what it computes
+    cpus_per_client: float = _opt(
+        1.0, "CPUs reserved per client actor", roles=(NOT_COMPARED,), bounds="(0, inf)"
+    )
     gpus_per_client: float | None = _opt(
         None,
         "GPU share per client, e.g. 0.25 (default: 0 without CUDA, auto with)",
+        roles=(NOT_COMPARED,),
         bounds="[0, inf)",
+    )
+    clients_per_message: int | None = _opt(
+        None,
+        "virtual clients one engine message carries (default: auto; 1: one each)",
+        roles=(NOT_COMPARED,),
+        bounds="[1, inf)",
     )
     ray_address: str = _opt(
         "",
         "attach to an existing Ray cluster (HOST:PORT or auto); default: a private one",
+        roles=(FIXED, NOT_COMPARED),
     )
     # Reliability
     client_failure_rate: float = _opt(
@@ -127,11 +185,18 @@ class RunConfig:
     round_timeout: float = _opt(
         3600.0,
         "seconds to wait for client replies before cutting them off",
+        roles=(NOT_COMPARED,),
         bounds="(0, inf)",
     )
     # Output
-    results_dir: str = _opt("results", "parent folder of the run folders")
-    name: str = _opt("", "run folder name (default: time and key settings)")
+    results_dir: str = _opt(
+        "results", "parent folder of the run folders", roles=(FIXED, WHERE, NOT_COMPARED)
+    )
+    name: str = _opt(
+        "",
+        "run folder name (default: time and key settings)",
+        roles=(FIXED, WHERE, NOT_COMPARED),
+    )
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -146,6 +211,11 @@ class RunConfig:
 
 def fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(RunConfig)
+
+
+def with_role(role: str) -> tuple[str, ...]:
+    """The options tagged with `role`, in field order."""
+    return tuple(f.name for f in fields() if role in f.metadata["roles"])
 
 
 def applies(cfg: RunConfig, name: str) -> bool:
@@ -187,6 +257,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, f.name)
         bounds = f.metadata.get("bounds")
         choices = f.metadata.get("choices")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(flag(f.name), f"must be a finite number, got {value}")
         if bounds and value is not None and not _in_bounds(value, bounds):
             raise ConfigError(flag(f.name), f"got {value}, must be {_rule(bounds)}")
         if choices and value not in choices:
@@ -206,6 +278,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             flag("name"),
             f"{cfg.name!r} must be a plain folder name (no '/', '..' or leading '.')",
         )
+    if len(cfg.name) > MAX_NAME:
+        raise ConfigError(flag("name"), f"has {len(cfg.name)} characters, at most {MAX_NAME}")
     return cfg
 
 

@@ -82,6 +82,12 @@ def start_ray(cfg: RunConfig) -> Cluster:
             f"got {share:g}, but Ray has {gpus:g} GPUs on {where}; use 0, or declare "
             "GPUs on the cluster's nodes (ray start --num-gpus N)",
         )
+    if cfg.cpus_per_client > cpus:
+        ray.shutdown()
+        raise ConfigError(
+            flag("cpus_per_client"),
+            f"got {cfg.cpus_per_client:g}, but Ray has {cpus:g} CPUs; no client could run",
+        )
     if cfg.gpus_per_client is None and share:
         print(
             f"fedsim: Ray has {gpus:g} GPUs and no --gpus-per-client was given: "
@@ -107,12 +113,29 @@ def gpu_share(cfg: RunConfig, cpus: float, gpus: float) -> float:
     return 1.0 / max(1, min(cfg.clients, side_by_side, 8))
 
 
-def run_simulation(server_app, client_app, cfg: RunConfig, cluster: Cluster) -> None:
+WIND_DOWN_SECONDS = 10.0  # the engine's time to wind down once the rounds are over
+
+
+def run_simulation(
+    server_app,
+    client_app,
+    nodes: int,
+    cluster: Cluster,
+    finished: threading.Event,
+) -> None:
     """Run the apps on Flower's simulation engine over the Ray instance already up.
+
+    `nodes` engine nodes are mailboxes for bundles of virtual clients (fedsim.protocol),
+    so Flower's per-node polling costs what one round's messages need, not what the
+    population would. Client actors restart when their process dies (Flower's pool
+    would keep handing work to a dead one).
 
     The engine runs in a thread while the main thread waits in short, interruptible
     steps: a blocked main thread may never see Ctrl-C (the signal can land on one of
-    Ray's threads), so waiting here is what makes Ctrl-C reliable.
+    Ray's threads), so waiting here is what makes Ctrl-C reliable. Once the round loop
+    is over (`finished`), the engine gets WIND_DOWN_SECONDS to stop; an actor still
+    busy then (a client that never returns) cannot hold the run: Ray is shut down,
+    which ends the actors and releases the engine's threads.
     """
     from flwr.simulation import run_simulation as flower_run_simulation
 
@@ -125,16 +148,24 @@ def run_simulation(server_app, client_app, cfg: RunConfig, cluster: Cluster) -> 
             flower_run_simulation(
                 server_app=server_app,
                 client_app=client_app,
-                num_supernodes=cfg.clients,
-                backend_config={"client_resources": dict(cluster.client_resources)},
+                num_supernodes=nodes,
+                backend_config={
+                    # Flower passes client_resources to the actors' .options(): a killed
+                    # actor process is restarted, and the call it was running fails alone
+                    "client_resources": {**cluster.client_resources, "max_restarts": -1},
+                },
             )
         except BaseException as error:  # handed to the main thread below
             failure.append(error)
 
     engine = threading.Thread(target=simulate, name="fedsim-simulation", daemon=True)
     engine.start()
-    while engine.is_alive():
+    while engine.is_alive() and not finished.is_set():
         engine.join(timeout=0.1)
+    engine.join(timeout=WIND_DOWN_SECONDS)
+    if engine.is_alive():
+        stop_ray()  # the engine's threads wait on actors: ending the actors frees them
+        engine.join(timeout=WIND_DOWN_SECONDS)
     if failure:
         raise failure[0]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim import plots, runner
-from fedsim.config import ConfigError, RunConfig, applies, fields, flag
+from fedsim import config, plots, runner
+from fedsim.config import ConfigError, RunConfig, applies, fields, flag, with_role
 from fedsim.data import DecodedDataset, cache_root, load_cifar
 from fedsim.partition import cached_partition_indices, label_counts
 from fedsim.server_app import RunAborted
@@ -26,15 +26,7 @@ from fedsim.sweep import Experiment
 
 # Where and with what a run computes, not what: a finished run does not go stale
 # when these change (the data is compared by its content key instead).
-NOT_COMPARED = (
-    "data",
-    "results_dir",
-    "name",
-    "ray_address",
-    "cpus_per_client",
-    "gpus_per_client",
-    "round_timeout",
-)
+NOT_COMPARED = with_role(config.NOT_COMPARED)
 
 
 @dataclass(frozen=True)

@@ -3,32 +3,69 @@
 Only the labels take part: the partitioner sees a two-column table (label, row index)
 whose rows were shuffled with the run's seed, so every partitioner, IID included,
 gives different splits for different seeds and the same split for the same seed.
+
+The partitioner's assignment is read once for all clients (flwr-datasets' own
+`load_partition` selects one client's rows from the table per call: 35 s for 50,000
+clients), and kept as one flat row array with offsets, so 50,000 clients cost two
+arrays, not 100,000 small ones, in the cache, in Ray's object store and in each actor.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fedsim.config import ConfigError, RunConfig, flag
+from fedsim.config import SPLITS, ConfigError, RunConfig, flag, with_role
 
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"
 
 
 @dataclass(frozen=True)
 class Partitions:
-    """Row indices into the training set: each client's training and held-out part."""
+    """Each client's training and held-out rows: `train_rows[train_offsets[i]:
+    train_offsets[i + 1]]` are client i's training rows (likewise for val)."""
 
-    train: tuple[np.ndarray, ...]
-    val: tuple[np.ndarray, ...]
+    train_rows: np.ndarray
+    train_offsets: np.ndarray
+    val_rows: np.ndarray
+    val_offsets: np.ndarray
+
+    @classmethod
+    def from_lists(cls, train: list[np.ndarray], val: list[np.ndarray]) -> Partitions:
+        def flat(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+            np.cumsum([len(p) for p in parts], out=offsets[1:])
+            rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            return rows.astype(np.int64, copy=False), offsets
+
+        return cls(*flat(train), *flat(val))
+
+    @property
+    def clients(self) -> int:
+        return len(self.train_offsets) - 1
+
+    def train(self, pid: int) -> np.ndarray:
+        return self.train_rows[self.train_offsets[pid] : self.train_offsets[pid + 1]]
+
+    def val(self, pid: int) -> np.ndarray:
+        return self.val_rows[self.val_offsets[pid] : self.val_offsets[pid + 1]]
+
+    @property
+    def train_sizes(self) -> np.ndarray:
+        return np.diff(self.train_offsets)
+
+    @property
+    def val_sizes(self) -> np.ndarray:
+        return np.diff(self.val_offsets)
 
     @property
     def sizes(self) -> list[int]:
-        return [len(t) + len(v) for t, v in zip(self.train, self.val, strict=True)]
+        return (self.train_sizes + self.val_sizes).tolist()
 
 
 def _partitioner(cfg: RunConfig):
@@ -47,8 +84,8 @@ def _partitioner(cfg: RunConfig):
             num_partitions=n,
             partition_by="label",
             alpha=cfg.alpha,
-            min_partition_size=0,
-            self_balancing=False,
+            min_partition_size=cfg.min_partition_size,
+            self_balancing=cfg.dirichlet_balance,
             seed=cfg.seed,
         )
     if cfg.partition == "pathological":
@@ -67,6 +104,28 @@ def _partitioner(cfg: RunConfig):
     )
 
 
+def _assignment(partitioner, clients: int) -> list[np.ndarray]:
+    """Every client's rows of the training set, read from the partitioner once.
+
+    IidPartitioner's `load_partition` is `Dataset.shard(contiguous=True)`: contiguous
+    slices whose first `len % n` are one row longer, which is `np.array_split`. The
+    others compute their whole assignment when first asked for anything (here:
+    `num_partitions`) and keep it in `_partition_id_to_indices`, positions in their
+    `dataset` (which ShardPartitioner sorts by label first): what their `load_partition`
+    selects. That attribute is private in flwr-datasets 0.6.1, hence the exact pin;
+    tests/test_partition.py checks the result against `load_partition`, client by client.
+    """
+    from flwr_datasets.partitioner import IidPartitioner
+
+    if isinstance(partitioner, IidPartitioner):
+        rows = np.asarray(partitioner.dataset["row"], dtype=np.int64)
+        return np.array_split(rows, clients)
+    partitioner.num_partitions  # noqa: B018 - computes the assignment (see above)
+    rows = np.asarray(partitioner.dataset["row"], dtype=np.int64)
+    assigned = partitioner._partition_id_to_indices
+    return [rows[np.asarray(assigned[pid], dtype=np.int64)] for pid in range(clients)]
+
+
 def partition_indices(labels: np.ndarray, cfg: RunConfig) -> Partitions:
     """Each client's row indices, split into a training part and a held-out part."""
     from datasets import Dataset
@@ -76,68 +135,88 @@ def partition_indices(labels: np.ndarray, cfg: RunConfig) -> Partitions:
             flag("clients"),
             f"must be ≤ {len(labels)} (the training examples available), got {cfg.clients}",
         )
+    shards = cfg.clients * cfg.shards_per_client
+    if cfg.partition == "shard" and shards > len(labels):
+        raise ConfigError(
+            flag("shards_per_client"),
+            f"{cfg.clients} clients × {cfg.shards_per_client} shards need {shards} examples "
+            f"or more, the training set has {len(labels)}",
+        )
     order = np.random.default_rng(cfg.seed).permutation(len(labels))
     table = Dataset.from_dict({"label": np.asarray(labels)[order], "row": order})
     partitioner = _partitioner(cfg)
     partitioner.dataset = table
+    try:
+        assigned = _assignment(partitioner, cfg.clients)
+    except (ValueError, ZeroDivisionError) as error:  # flwr-datasets' checks: no split found
+        raise ConfigError(
+            flag("partition"), f"{cfg.partition} cannot split the data ({error})"
+        ) from None
     train, val = [], []
-    for pid in range(cfg.clients):
-        rows = np.asarray(partitioner.load_partition(pid)["row"], dtype=np.int64)
+    for pid, rows in enumerate(assigned):
         if len(rows) == 0:
             raise ConfigError(
                 flag("clients"),
                 f"client {pid} got no data under --partition {cfg.partition}; "
                 "use fewer clients or a less skewed partition",
             )
-        rows = np.random.default_rng([cfg.seed, pid]).permutation(rows)
+        if len(rows) > 1:  # (a generator per client costs 40 µs: 2 s for 50,000 of one row)
+            rows = np.random.default_rng([cfg.seed, pid]).permutation(rows)
         held_out = held_out_count(len(rows), cfg.val_fraction)
         val.append(rows[:held_out])
         train.append(rows[held_out:])
-    return Partitions(train=tuple(train), val=tuple(val))
+    return Partitions.from_lists(train, val)
+
+
+def cache_key(cfg: RunConfig, data_key: str) -> str:
+    """Everything that decides a partition: the data and the options tagged SPLITS."""
+    settings = (_CACHE_VERSION, data_key, *(getattr(cfg, name) for name in with_role(SPLITS)))
+    return hashlib.sha256(repr(settings).encode()).hexdigest()[:24]
 
 
 def cached_partition_indices(
     labels: np.ndarray, cfg: RunConfig, data_key: str, cache: Path
 ) -> Partitions:
     """`partition_indices`, stored under `cache` by everything that decides it, so a
-    repeated setting skips flwr-datasets (and its import) altogether."""
-    settings = (
-        _CACHE_VERSION,
-        data_key,
-        cfg.clients,
-        cfg.partition,
-        cfg.alpha,
-        cfg.classes_per_client,
-        cfg.shards_per_client,
-        cfg.seed,
-        cfg.val_fraction,
-    )
-    key = hashlib.sha256(repr(settings).encode()).hexdigest()[:24]
-    path = cache / "partitions" / f"{key}.npz"
-    if path.exists():
-        return _load(path)
+    repeated setting skips flwr-datasets (and its import) altogether. A stored file that
+    does not read back whole and consistent is computed again."""
+    path = cache / "partitions" / f"{cache_key(cfg, data_key)}.npz"
+    if path.exists() and (stored := _load(path, cfg.clients, len(labels))) is not None:
+        return stored
     parts = partition_indices(labels, cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}-{os.getpid()}.npz")
-    np.savez(
-        tmp,
-        train=np.concatenate(parts.train),
-        train_sizes=[len(t) for t in parts.train],
-        val=np.concatenate(parts.val),
-        val_sizes=[len(v) for v in parts.val],
-    )
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}-{os.getpid()}.npz")
+        np.savez(
+            tmp,
+            train=parts.train_rows,
+            train_offsets=parts.train_offsets,
+            val=parts.val_rows,
+            val_offsets=parts.val_offsets,
+        )
+        os.replace(tmp, path)
+    except OSError as error:
+        raise ConfigError("FEDSIM_CACHE", f"cannot write the partition cache: {error}") from None
     return parts
 
 
-def _load(path: Path) -> Partitions:
-    with np.load(path) as stored:
-
-        def split(name: str) -> tuple[np.ndarray, ...]:
-            bounds = np.cumsum(stored[f"{name}_sizes"])[:-1]
-            return tuple(np.split(stored[name], bounds))
-
-        return Partitions(train=split("train"), val=split("val"))
+def _load(path: Path, clients: int, examples: int) -> Partitions | None:
+    try:
+        with np.load(path) as stored:
+            parts = Partitions(
+                stored["train"], stored["train_offsets"], stored["val"], stored["val_offsets"]
+            )
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    rows = np.concatenate([parts.train_rows, parts.val_rows])
+    consistent = (
+        parts.clients == clients
+        and len(parts.val_offsets) == clients + 1
+        and parts.train_offsets[-1] == len(parts.train_rows)
+        and parts.val_offsets[-1] == len(parts.val_rows)
+        and (len(rows) == 0 or (rows.min() >= 0 and rows.max() < examples))
+    )
+    return parts if consistent else None
 
 
 def held_out_count(size: int, fraction: float) -> int:
@@ -149,9 +228,11 @@ def held_out_count(size: int, fraction: float) -> int:
 
 def label_counts(labels: np.ndarray, parts: Partitions, num_classes: int) -> np.ndarray:
     """(clients, classes) matrix of how many examples of each label each client holds."""
-    return np.stack(
-        [
-            np.bincount(labels[np.concatenate([t, v])], minlength=num_classes)
-            for t, v in zip(parts.train, parts.val, strict=True)
-        ]
-    )
+    counts = np.zeros((parts.clients, num_classes), dtype=np.int64)
+    for rows, offsets in (
+        (parts.train_rows, parts.train_offsets),
+        (parts.val_rows, parts.val_offsets),
+    ):
+        owner = np.repeat(np.arange(parts.clients), np.diff(offsets))
+        np.add.at(counts, (owner, labels[rows]), 1)
+    return counts

@@ -13,12 +13,13 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
@@ -34,12 +35,52 @@ CSV_COLUMNS = (
     "clients_sampled",
     "clients_failed",
     "round_seconds",
+    "bytes_down",
+    "bytes_up",
+    "eval_accuracy_p10",
+    "eval_accuracy_std",
 )
+CLIENT_COLUMNS = (
+    "round",
+    "phase",
+    "client",
+    "examples",
+    "loss",
+    "accuracy",
+    "status",
+    "seconds",
+    "bytes_down",
+    "bytes_up",
+)
+
+
+def _cells(values: Iterable[Any]) -> list[str]:
+    return ["" if v is None else (f"{v:.8g}" if isinstance(v, float) else str(v)) for v in values]
+
+
+@dataclass
+class ClientRecord:
+    """One row of clients.csv: one client's part in one phase of one round."""
+
+    round: int
+    phase: str  # train or evaluate
+    client: int  # partition id
+    examples: int
+    loss: float | None
+    accuracy: float | None
+    status: str  # ok, failed, timeout or dropout (fedsim.protocol)
+    seconds: float  # the client's own compute time, measured where it ran
+    bytes_down: int  # serialized size of what the server sent it
+    bytes_up: int  # serialized size of its reply
+    error: str = ""  # why it failed (console and config.json, not the CSV)
+
+    def row(self) -> list[str]:
+        return _cells(getattr(self, c) for c in CLIENT_COLUMNS)
 
 
 @dataclass
 class RoundRecord:
-    """One row of rounds.csv; None is written as an empty cell."""
+    """One row of rounds.csv (None is an empty cell), with its clients' rows."""
 
     round: int
     train_loss: float | None = None
@@ -47,15 +88,45 @@ class RoundRecord:
     eval_accuracy: float | None = None
     central_loss: float | None = None
     central_accuracy: float | None = None
-    clients_sampled: int = 0
-    clients_failed: int = 0
     round_seconds: float = 0.0
+    clients: list[ClientRecord] = field(default_factory=list)
+
+    def _of(self, phase: str) -> list[ClientRecord]:
+        return [c for c in self.clients if c.phase == phase]
+
+    @property
+    def clients_sampled(self) -> int:
+        return len(self._of("train"))
+
+    @property
+    def clients_failed(self) -> int:
+        return sum(c.status != "ok" for c in self._of("train"))
+
+    @property
+    def bytes_down(self) -> int:
+        return sum(c.bytes_down for c in self.clients)
+
+    @property
+    def bytes_up(self) -> int:
+        return sum(c.bytes_up for c in self.clients)
+
+    def _accuracies(self) -> np.ndarray:
+        return np.array(
+            [c.accuracy for c in self._of("evaluate") if c.accuracy is not None], dtype=float
+        )
+
+    @property
+    def eval_accuracy_p10(self) -> float | None:
+        accuracies = self._accuracies()
+        return float(np.percentile(accuracies, 10)) if len(accuracies) else None
+
+    @property
+    def eval_accuracy_std(self) -> float | None:
+        accuracies = self._accuracies()
+        return float(accuracies.std()) if len(accuracies) else None
 
     def row(self) -> list[str]:
-        return [
-            "" if v is None else (f"{v:.8g}" if isinstance(v, float) else str(v))
-            for v in (getattr(self, c) for c in CSV_COLUMNS)
-        ]
+        return _cells(getattr(self, c) for c in CSV_COLUMNS)
 
 
 @dataclass
@@ -92,27 +163,42 @@ class RoundCallback(Protocol):
     def on_run_end(self, arrays: ArrayRecord) -> None: ...
 
 
-class CsvRecorder:
-    """rounds.csv: a header, then one row per round, flushed and fsynced before moving on."""
+class _CsvFile:
+    """A CSV file open for appending: a header when new, rows flushed and fsynced."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path = path
         fresh = not path.exists() or path.stat().st_size == 0
         self._file = open(path, "a", newline="")  # noqa: SIM115 - open for the run
         self._writer = csv.writer(self._file)
         if fresh:
-            self._write(list(CSV_COLUMNS))
+            self.write([list(columns)])
 
-    def _write(self, row: list[str]) -> None:
-        self._writer.writerow(row)
+    def write(self, rows: list[list[str]]) -> None:
+        self._writer.writerows(rows)
         self._file.flush()
         os.fsync(self._file.fileno())
 
+    def close(self) -> None:
+        self._file.close()
+
+
+class CsvRecorder:
+    """rounds.csv and clients.csv: a row per round, and a row per client and phase of
+    the round, both on disk (fsynced) before the next round starts; clients.csv first,
+    so a round in rounds.csv always has its client rows."""
+
+    def __init__(self, rounds_path: Path, clients_path: Path) -> None:
+        self._clients = _CsvFile(clients_path, CLIENT_COLUMNS)
+        self._rounds = _CsvFile(rounds_path, CSV_COLUMNS)
+
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
-        self._write(record.row())
+        self._clients.write([client.row() for client in record.clients])
+        self._rounds.write([record.row()])
 
     def on_run_end(self, arrays: ArrayRecord) -> None:
-        self._file.close()
+        self._clients.close()
+        self._rounds.close()
 
 
 class ProgressPrinter:

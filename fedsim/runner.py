@@ -17,15 +17,16 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim import engine, task
+from fedsim import algorithms, engine, task
 from fedsim.checkpoint import (
     CHECKPOINT,
     Checkpoint,
     Checkpointer,
     load_checkpoint,
-    truncate_rounds,
+    truncate_rows,
 )
 from fedsim.client_app import RayObjectData, build_client_app
+from fedsim.clients import ClientStates
 from fedsim.config import ConfigError, RunConfig, flag, validate
 from fedsim.data import DecodedDataset, cache_root, load_cifar
 from fedsim.partition import Partitions, cached_partition_indices
@@ -37,10 +38,10 @@ from fedsim.results import (
     run_name,
     write_config_json,
 )
-from fedsim.server_app import FederatedLoop, build_server_app
-from fedsim.strategies import build_strategy
+from fedsim.server_app import FederatedLoop, Transport, build_server_app, nodes_needed
 
 ROUNDS_CSV = "rounds.csv"
+CLIENTS_CSV = "clients.csv"
 CONFIG_JSON = "config.json"
 
 
@@ -141,7 +142,8 @@ def _execute(
     timings.ray_start = time.perf_counter() - tick
     try:
         run_dir.mkdir(parents=True, exist_ok=checkpoint_path is not None)
-        truncate_rounds(run_dir / ROUNDS_CSV, checkpoint.round if checkpoint else -1)
+        for csv_name in (ROUNDS_CSV, CLIENTS_CSV):
+            truncate_rows(run_dir / csv_name, checkpoint.round if checkpoint else -1)
         extra = {
             "run_dir": str(run_dir),
             "data_cache_key": inputs.dataset.key,
@@ -153,12 +155,19 @@ def _execute(
         print(
             _announce(cfg, run_dir, cluster, checkpoint.round if checkpoint else None), flush=True
         )
-        loop = build_loop(inputs, run_dir, checkpoint)
+        transport = Transport(cluster.concurrent_clients, cfg.clients_per_message)
+        loop = build_loop(inputs, run_dir, checkpoint, transport)
         status = "failed"
         try:
             engine.run_simulation(
-                build_server_app(loop), build_client_app(cfg, _put_data(inputs)), cfg, cluster
+                build_server_app(loop),
+                build_client_app(cfg, _put_data(inputs)),
+                nodes_needed(cfg, transport, loop.reply_bytes),
+                cluster,
+                loop.finished,
             )
+            if loop.error is not None:  # the engine may have stopped before it said so
+                raise loop.error
             status = "complete"
         except KeyboardInterrupt:
             loop.stop.set()  # the server loop ends at its next poll; Ray goes down below
@@ -197,21 +206,25 @@ def _put_data(inputs: RunInputs) -> RayObjectData:
     )
 
 
-def build_loop(inputs: RunInputs, run_dir: Path, checkpoint: Checkpoint | None) -> FederatedLoop:
+def build_loop(
+    inputs: RunInputs, run_dir: Path, checkpoint: Checkpoint | None, transport: Transport
+) -> FederatedLoop:
     """The round loop with its result files; fedsim.flower_app runs it on Flower's grid."""
     cfg = inputs.cfg
     torch.set_num_threads(os.cpu_count() or 1)  # the driver evaluates while clients wait
     if checkpoint is None:
-        strategy = build_strategy(cfg)
+        strategy = algorithms.build(cfg).strategy()
         arrays = ArrayRecord(task.build_model(cfg.model, seed=cfg.seed).state_dict())
+        states = ClientStates()
     else:
-        strategy, arrays = checkpoint.strategy, checkpoint.arrays
+        strategy, arrays, states = checkpoint.strategy, checkpoint.arrays, checkpoint.states
     callbacks = [
-        CsvRecorder(run_dir / ROUNDS_CSV),
-        Checkpointer(run_dir / CHECKPOINT, strategy),
+        CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV),
+        Checkpointer(run_dir / CHECKPOINT, strategy, states),
         ProgressPrinter(cfg.rounds),
         ModelSaver(run_dir / "model.pt"),
     ]
+    parts = inputs.partitions
     return FederatedLoop(
         cfg,
         strategy,
@@ -219,5 +232,8 @@ def build_loop(inputs: RunInputs, run_dir: Path, checkpoint: Checkpoint | None) 
         CentralEvaluator(cfg, inputs.dataset),
         callbacks,
         inputs.timings,
+        sizes=(parts.train_sizes, parts.val_sizes),
+        transport=transport,
+        states=states,
         completed=checkpoint.round if checkpoint else None,
     )

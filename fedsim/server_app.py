@@ -1,33 +1,40 @@
 """The Flower ServerApp: a small round loop around a Flower strategy.
 
-The loop is `Strategy.start` with four changes a simulation harness needs: clients are
-sampled by partition id with a seeded generator (Flower samples random node ids with
-the global `random`), replies are aggregated in partition order (so the same seed gives
-the same numbers), failed and missing replies are counted, and every round ends in the
-callbacks, which write the results. Aggregation itself is the strategy's own.
+The loop is `Strategy.start` with what a simulation harness needs: clients are sampled
+by partition id with a seeded generator (Flower samples random node ids with the
+global `random`); the strategy's per-client messages travel in bundles of several
+virtual clients over a few engine nodes (fedsim.protocol) and come back as one reply
+per client, in partition order, so the same seed gives the same numbers whatever the
+bundling; every client's outcome (status, time, bytes) is recorded; clients' memory is
+kept between their rounds; and every round ends in the callbacks, which write the
+results. Aggregation itself is the strategy's own.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.client_app import PARTITION_KEY
+from fedsim import protocol
+from fedsim.clients import ClientStates
 from fedsim.config import RunConfig
-from fedsim.results import RoundCallback, RoundRecord, Timings
+from fedsim.protocol import BundleInfo, ClientOutcome, ClientTask
+from fedsim.results import ClientRecord, RoundCallback, RoundRecord, Timings
 
 CentralEvaluate = Callable[[ArrayRecord], tuple[float, float]]
+PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate"}
 
 
 class RunAborted(RuntimeError):
-    """The run cannot go on (every client failing, nodes never showing up)."""
+    """The run cannot go on (every client failing, diverging, nodes never showing up)."""
 
 
 class RunStopped(RuntimeError):
@@ -37,23 +44,97 @@ class RunStopped(RuntimeError):
 POLL_SECONDS = 0.02  # how often the loop looks for replies (Flower's own grid waits 0.1 s)
 
 
+def sample_count(clients: int, fraction: float) -> int:
+    return min(clients, max(1, int(clients * fraction)))
+
+
 def sample_clients(
     seed: int, server_round: int, clients: int, fraction: float, stream: int
 ) -> list[int]:
     """Which partitions take part: depends on the seed, round and fraction alone."""
-    count = min(clients, max(1, int(clients * fraction)))
+    count = sample_count(clients, fraction)
     if count == clients:
         return list(range(clients))
     rng = np.random.default_rng([seed, server_round, stream])
     return sorted(rng.choice(clients, size=count, replace=False).tolist())
 
 
-class _SampledGrid:
-    """A view of the grid that shows a strategy only the nodes fedsim sampled."""
+# ---- transport: which engine node carries which clients --------------------------------
 
-    def __init__(self, grid: Grid, node_ids: Sequence[int]) -> None:
+MAX_BUNDLE_BYTES = 256 * 2**20  # a bundle's reply carries one model per client
+
+
+def bundle_count(clients: int, concurrency: int, reply_bytes: int, per_message: int | None) -> int:
+    """How many messages carry `clients` clients: `--clients-per-message` if given; else
+    two per concurrent actor (room to balance unequal clients), more if the replies'
+    models would make a message larger than MAX_BUNDLE_BYTES (a ResNet-18 update is
+    45 MB)."""
+    if clients == 0:
+        return 0
+    if per_message:
+        return math.ceil(clients / per_message)
+    by_size = math.ceil(clients * reply_bytes / MAX_BUNDLE_BYTES)
+    return min(clients, max(2 * concurrency, by_size))
+
+
+def plan_bundles(pids: Sequence[int], work: Sequence[float], count: int) -> list[list[int]]:
+    """Split clients into `count` bundles of about equal work, at most ⌈n/count⌉ each
+    (longest first onto the least loaded bundle); each bundle lists its clients in
+    partition order. Deterministic, and it changes no result: only who waits for whom."""
+    cap = math.ceil(len(pids) / count) if count else 0
+    bundles: list[list[int]] = [[] for _ in range(count)]
+    load = [0.0] * count
+    for weight, pid in sorted(zip(work, pids, strict=True), key=lambda x: (-x[0], x[1])):
+        open_ = [b for b in range(count) if len(bundles[b]) < cap]
+        target = min(open_, key=lambda b: (load[b], b))
+        bundles[target].append(pid)
+        load[target] += weight
+    return [sorted(b) for b in bundles if b]
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How the loop reaches clients. In simulation, engine nodes are mailboxes: a
+    message names its clients, so `nodes` is what one round needs, not the population.
+    On Flower's Deployment Engine, node i is the device holding partition i."""
+
+    concurrency: int = 1  # clients the engine runs at a time
+    per_message: int | None = None  # --clients-per-message
+    one_node_per_client: bool = False
+
+    def route(
+        self, nodes: list[int], pids: list[int], work: list[float], reply_bytes: int
+    ) -> list[tuple[int, list[int]]]:
+        if self.one_node_per_client:
+            return [(nodes[pid], [pid]) for pid in pids]
+        count = bundle_count(len(pids), self.concurrency, reply_bytes, self.per_message)
+        bundles = plan_bundles(pids, work, count)
+        return [(nodes[i % len(nodes)], bundle) for i, bundle in enumerate(bundles)]
+
+
+def nodes_needed(cfg: RunConfig, transport: Transport, reply_bytes: int) -> int:
+    """Engine nodes a run needs: the most messages one phase of a round sends."""
+    counts = {sample_count(cfg.clients, cfg.fraction_fit): reply_bytes}
+    if cfg.evaluates_on_clients:
+        counts.setdefault(sample_count(cfg.clients, cfg.fraction_evaluate), 0)
+        if cfg.evaluate_all_every:
+            counts.setdefault(cfg.clients, 0)
+    return max(
+        bundle_count(n, transport.concurrency, size, transport.per_message)
+        for n, size in counts.items()
+    )
+
+
+# ---- the loop ----------------------------------------------------------------------------
+
+
+class _SampledGrid:
+    """A view of the grid that shows a strategy one node id per sampled client (its
+    partition id + 1); the strategy addresses its messages to those."""
+
+    def __init__(self, grid: Grid, pids: Sequence[int]) -> None:
         self._grid = grid
-        self._node_ids = list(node_ids)
+        self._node_ids = [pid + 1 for pid in pids]
 
     def get_node_ids(self) -> list[int]:
         return self._node_ids
@@ -63,20 +144,16 @@ class _SampledGrid:
 
 
 @dataclass
-class _Exchange:
-    replies: list[Message]  # successful replies, in partition order
-    sampled: int
-    failed: int
+class Exchange:
+    """One phase of a round: every sampled client's outcome, and the replies of the
+    ones that succeeded (in partition order) as the strategy aggregates them."""
 
+    replies: list[Message]
+    clients: list[ClientRecord] = field(default_factory=list)
 
-def _with_partition(message: Message, pid: int) -> Message:
-    content = RecordDict(dict(message.content.items()))
-    content["config"] = ConfigRecord({**message.content["config"], PARTITION_KEY: pid})
-    return Message(
-        content=content,
-        dst_node_id=message.metadata.dst_node_id,
-        message_type=message.metadata.message_type,
-    )
+    @property
+    def failed(self) -> int:
+        return sum(c.status != protocol.OK for c in self.clients)
 
 
 class FederatedLoop:
@@ -94,6 +171,9 @@ class FederatedLoop:
         central_evaluate: CentralEvaluate,
         callbacks: Iterable[RoundCallback],
         timings: Timings,
+        sizes: tuple[np.ndarray, np.ndarray],
+        transport: Transport,
+        states: ClientStates | None = None,
         completed: int | None = None,
     ) -> None:
         self.cfg = cfg
@@ -102,18 +182,35 @@ class FederatedLoop:
         self.central_evaluate = central_evaluate
         self.callbacks = list(callbacks)
         self.timings = timings
+        self.train_sizes, self.val_sizes = sizes
+        self.transport = transport
+        self.states = states if states is not None else ClientStates()
         self.completed = completed
         self.stop = threading.Event()
+        self.finished = threading.Event()  # set when the rounds are over, however
+        self.error: BaseException | None = None  # why they ended early, if they did
+        self.nodes: list[int] = []
+        self.reply_bytes = protocol.recorddict_bytes(RecordDict({protocol.ARRAYS: arrays}))
 
     def run(self, grid: Grid) -> None:
-        nodes = self._wait_for_nodes(grid)
+        try:
+            self._run(grid)
+        except BaseException as error:
+            self.error = error
+            raise
+        finally:
+            self.finished.set()
+
+    def _run(self, grid: Grid) -> None:
+        self.nodes = self._wait_for_nodes(grid)
         if self.completed is None:
             loss, accuracy = self._central()
             self._emit(RoundRecord(round=0, central_loss=loss, central_accuracy=accuracy))
         failed_in_a_row = 0
         for server_round in range((self.completed or 0) + 1, self.cfg.rounds + 1):
-            record = self._round(grid, nodes, server_round)
+            record = self._round(grid, server_round)
             failed_in_a_row = failed_in_a_row + 1 if record.train_loss is None else 0
+            _check_finite(record)  # a diverged round is not kept: resume starts before it
             self._emit(record)
             if failed_in_a_row >= self.cfg.max_failed_rounds:
                 raise RunAborted(
@@ -123,76 +220,131 @@ class FederatedLoop:
         for callback in self.callbacks:
             callback.on_run_end(self.arrays)
 
-    def _round(self, grid: Grid, nodes: list[int], server_round: int) -> RoundRecord:
+    def _round(self, grid: Grid, server_round: int) -> RoundRecord:
         cfg, started = self.cfg, time.perf_counter()
         sampled = sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_fit, 0)
-        train = self._exchange(grid, nodes, self.strategy.configure_train, server_round, sampled)
+        train = self.exchange(grid, MessageType.TRAIN, server_round, sampled)
         self.timings.train += time.perf_counter() - started
-        record = RoundRecord(
-            round=server_round, clients_sampled=train.sampled, clients_failed=train.failed
-        )
+        record = RoundRecord(round=server_round, clients=train.clients)
         if train.replies:
             tick = time.perf_counter()
             arrays, metrics = self.strategy.aggregate_train(server_round, train.replies)
             self.timings.aggregate += time.perf_counter() - tick
             if arrays is not None:
                 self.arrays = arrays
-            record.train_loss = _metric(metrics, "train_loss")
+            record.train_loss = _metric(metrics, protocol.TRAIN_LOSS)
             if cfg.evaluates_on_clients:
-                self._evaluate_on_clients(grid, nodes, server_round, record)
+                self._evaluate_on_clients(grid, server_round, record)
             record.central_loss, record.central_accuracy = self._central()
         record.round_seconds = time.perf_counter() - started
         self.timings.per_round.append(record.round_seconds)
         self.timings.rounds += record.round_seconds
         return record
 
-    def _evaluate_on_clients(
-        self, grid: Grid, nodes: list[int], server_round: int, record: RoundRecord
-    ) -> None:
+    def _evaluation_sample(self, server_round: int) -> list[int]:
+        """The sampled clients (or all of them, every --evaluate-all-every rounds and
+        after the last); clients without held-out examples have nothing to evaluate."""
+        cfg = self.cfg
+        every = cfg.evaluate_all_every
+        if every and (server_round % every == 0 or server_round == cfg.rounds):
+            pids = list(range(cfg.clients))
+        else:
+            pids = sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_evaluate, 1)
+        return [pid for pid in pids if self.val_sizes[pid] > 0]
+
+    def _evaluate_on_clients(self, grid: Grid, server_round: int, record: RoundRecord) -> None:
         tick = time.perf_counter()
-        sampled = sample_clients(
-            self.cfg.seed, server_round, self.cfg.clients, self.cfg.fraction_evaluate, 1
-        )
-        evaluation = self._exchange(
-            grid, nodes, self.strategy.configure_evaluate, server_round, sampled
-        )
+        pids = self._evaluation_sample(server_round)
+        evaluation = self.exchange(grid, MessageType.EVALUATE, server_round, pids)
+        record.clients += evaluation.clients
         if evaluation.replies:
             metrics = self.strategy.aggregate_evaluate(server_round, evaluation.replies)
-            record.eval_loss = _metric(metrics, "eval_loss")
-            record.eval_accuracy = _metric(metrics, "eval_accuracy")
+            record.eval_loss = _metric(metrics, protocol.EVAL_LOSS)
+            record.eval_accuracy = _metric(metrics, protocol.EVAL_ACCURACY)
         self.timings.client_evaluate += time.perf_counter() - tick
 
-    def _exchange(
-        self, grid: Grid, nodes: list[int], configure, server_round: int, pids: list[int]
-    ) -> _Exchange:
-        """Let the strategy build its messages for the sampled nodes, name each one's
-        partition, send them, and sort the replies back into partition order."""
-        pid_of = {nodes[pid]: pid for pid in pids}
-        view = _SampledGrid(grid, list(pid_of))
-        messages = [
-            _with_partition(m, pid_of[m.metadata.dst_node_id])
-            for m in configure(server_round, self.arrays, ConfigRecord(), view)
-        ]
-        replies = self._send_and_receive(grid, messages)
-        ok = sorted(
-            (r for r in replies if not r.has_error()), key=lambda r: pid_of[r.metadata.src_node_id]
-        )
-        return _Exchange(replies=ok, sampled=len(messages), failed=len(messages) - len(ok))
+    # ---- one phase: strategy messages -> bundles -> engine -> per-client replies -------
 
-    def _send_and_receive(self, grid: Grid, messages: list[Message]) -> list[Message]:
-        """Grid.send_and_receive, but stoppable and polling faster; replies that have not
-        come by --round-timeout are left behind (and counted as failures)."""
-        waiting = set(grid.push_messages(messages))
-        deadline = time.monotonic() + self.cfg.round_timeout
-        replies: list[Message] = []
-        while waiting and time.monotonic() < deadline:
+    def exchange(
+        self, grid: Grid, message_type: str, server_round: int, pids: list[int]
+    ) -> Exchange:
+        """Let the strategy build its messages for `pids`, carry them in bundles, and
+        hand back one reply per client in partition order."""
+        if not pids:
+            return Exchange(replies=[])
+        configure = (
+            self.strategy.configure_train
+            if message_type == MessageType.TRAIN
+            else self.strategy.configure_evaluate
+        )
+        view = _SampledGrid(grid, pids)
+        messages_ = configure(server_round, self.arrays, ConfigRecord(), view)
+        sent = {m.metadata.dst_node_id - 1: m for m in messages_}
+        training = message_type == MessageType.TRAIN
+        sizes = self.train_sizes if training else self.val_sizes
+        work = [float(sizes[pid]) * (self.cfg.local_epochs if training else 1) for pid in sent]
+        routes = self.transport.route(
+            self.nodes, sorted(sent), work, self.reply_bytes if training else 0
+        )
+        deadline = time.time() + self.cfg.round_timeout
+        info = BundleInfo(server_round=server_round, deadline=deadline)
+        down = _Measured()
+        messages = []
+        for node, bundle in routes:
+            state = self.states.get if training else lambda pid: RecordDict()
+            tasks = [ClientTask(pid, sent[pid].content, state(pid)) for pid in bundle]
+            message = Message(
+                content=protocol.pack_tasks(tasks, info),
+                dst_node_id=node,
+                message_type=message_type,
+            )
+            messages.append((message, bundle))
+        outcomes = self._send_and_receive(grid, messages, deadline)
+        exchange = Exchange(replies=[])
+        for pid in sorted(sent):
+            outcome = outcomes[pid]
+            if outcome.status == protocol.OK:
+                exchange.replies.append(Message(content=outcome.content, reply_to=sent[pid]))
+                if training and outcome.state is not None:
+                    self.states.set(pid, outcome.state)
+            exchange.clients.append(
+                _client_record(
+                    server_round,
+                    PHASES[message_type],
+                    pid,
+                    int(sizes[pid]),
+                    outcome,
+                    down.bytes(sent[pid].content),
+                )
+            )
+        return exchange
+
+    def _send_and_receive(
+        self, grid: Grid, messages: list[tuple[Message, list[int]]], deadline: float
+    ) -> dict[int, ClientOutcome]:
+        """Push the bundles, wait for their replies until the deadline (stoppable,
+        polling faster than Flower's grid), and read each client's outcome; the clients
+        of a bundle that failed as a whole (its process died) or did not answer in time
+        fail with it."""
+        ids = grid.push_messages([m for m, _ in messages])
+        waiting = {mid: bundle for mid, (_, bundle) in zip(ids, messages, strict=True)}
+        outcomes: dict[int, ClientOutcome] = {}
+        while waiting and time.time() < deadline:
             self._check_stop()
-            arrived = list(grid.pull_messages(waiting))
-            replies.extend(arrived)
-            waiting.difference_update(m.metadata.reply_to_message_id for m in arrived)
+            for reply in grid.pull_messages(list(waiting)):
+                bundle = waiting.pop(reply.metadata.reply_to_message_id)
+                if reply.has_error():
+                    error = reply.error.reason
+                    outcomes.update(
+                        (pid, ClientOutcome(pid, protocol.FAILED, error=error)) for pid in bundle
+                    )
+                else:
+                    outcomes.update((o.pid, o) for o in protocol.unpack_outcomes(reply.content))
             if waiting:
                 time.sleep(POLL_SECONDS)
-        return replies
+        for bundle in waiting.values():
+            outcomes.update((pid, ClientOutcome(pid, protocol.TIMEOUT)) for pid in bundle)
+        return outcomes
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -209,20 +361,71 @@ class FederatedLoop:
             callback.on_round_end(record, self.arrays)
 
     def _wait_for_nodes(self, grid: Grid, patience: float = 120.0) -> list[int]:
-        """All virtual nodes, in a fixed order: position i carries partition i."""
+        """The engine's nodes, in a fixed order."""
         deadline = time.monotonic() + patience
-        while len(nodes := sorted(grid.get_node_ids())) < self.cfg.clients:
+        wanted = self.cfg.clients if self.transport.one_node_per_client else 1
+        while len(nodes := sorted(grid.get_node_ids())) < wanted:
             if time.monotonic() > deadline:
-                raise RunAborted(f"only {len(nodes)} of {self.cfg.clients} nodes registered")
+                raise RunAborted(f"only {len(nodes)} of {wanted} nodes registered")
             self._check_stop()
             time.sleep(POLL_SECONDS)
         return nodes
+
+
+class _Measured:
+    """Serialized sizes of what the strategy sends, measured once per distinct content
+    (a FedAvg round sends every client the same RecordDict)."""
+
+    def __init__(self) -> None:
+        self._sizes: dict[int, tuple[RecordDict, int]] = {}
+
+    def bytes(self, content: RecordDict) -> int:
+        if id(content) not in self._sizes:
+            self._sizes[id(content)] = (content, protocol.recorddict_bytes(content))
+        return self._sizes[id(content)][1]
+
+
+def _client_record(
+    server_round: int, phase: str, pid: int, examples: int, outcome: ClientOutcome, down: int
+) -> ClientRecord:
+    metrics = {}
+    if outcome.content is not None:
+        metrics = next(iter(outcome.content.metric_records.values()), {})
+    loss_key = protocol.TRAIN_LOSS if phase == "train" else protocol.EVAL_LOSS
+    return ClientRecord(
+        round=server_round,
+        phase=phase,
+        client=pid,
+        examples=examples,
+        loss=_float(metrics.get(loss_key)),
+        accuracy=_float(metrics.get(protocol.EVAL_ACCURACY)) if phase == "evaluate" else None,
+        status=outcome.status,
+        seconds=outcome.seconds,
+        bytes_down=down,
+        bytes_up=outcome.bytes_up,
+        error=outcome.error,
+    )
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def _metric(metrics, name: str) -> float | None:
     if metrics is None or name not in metrics:
         return None
     return float(metrics[name])
+
+
+def _check_finite(record: RoundRecord) -> None:
+    """A diverged model (NaN or infinite loss) cannot recover: stop at the first one."""
+    for name in ("train_loss", "eval_loss", "central_loss"):
+        value = getattr(record, name)
+        if value is not None and not math.isfinite(value):
+            raise RunAborted(
+                f"the model diverged in round {record.round}: {name} is {value} "
+                "(try a smaller --lr); the rounds before it are kept"
+            )
 
 
 def build_server_app(loop: FederatedLoop) -> ServerApp:

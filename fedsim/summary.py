@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsim.config import RunConfig, applies, fields
+from fedsim.config import WHERE, RunConfig, applies, fields, with_role
 
 SUMMARY_CSV = "summary.csv"
 ROUNDS_CSV = "rounds.csv"
 CONFIG_JSON = "config.json"
 ALWAYS_SHOWN = ("clients", "seed")  # the plots' axes, shown even when not swept
-NOT_SETTINGS = ("name", "results_dir")  # where a run went, not what it computed
+NOT_SETTINGS = with_role(WHERE)  # where a run went, not what it computed
 METRICS = (
     "final_accuracy",
     "best_accuracy",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config import (
+    FIXED,
     ConfigError,
     RunConfig,
     applies,
@@ -23,6 +24,7 @@ from fedsim.config import (
     fields,
     validate,
     value_type,
+    with_role,
 )
 
 Grid = dict[str, list[Any]]  # option -> the values to sweep (one value: fixed)
@@ -36,7 +38,7 @@ ALIASES = {
     "fraction-train": "fraction_fit",
     "seeds": "seed",
 }
-ONE_VALUE = ("data", "results_dir", "name", "ray_address")  # the same for every run
+ONE_VALUE = with_role(FIXED)  # the same for every run
 _FIELDS = {f.name: f for f in fields()}
 
 

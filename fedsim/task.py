@@ -64,8 +64,23 @@ class TrainSettings:
     lr: float
     momentum: float
     weight_decay: float = 0.0
-    proximal_mu: float = 0.0
     augment: bool = False
+
+
+@dataclass(frozen=True)
+class LocalHooks:
+    """What an algorithm changes in local SGD (fedsim.algorithms): a term added to each
+    batch's loss (FedProx's proximal term), and a correction applied to the weights
+    after each optimizer step (SCAFFOLD's control variates)."""
+
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None
+    after_step: Callable[[nn.Module], None] | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float  # mean training loss over the local steps
+    steps: int  # optimizer steps taken (FedNova and SCAFFOLD need it)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -125,11 +140,11 @@ def train(
     labels: torch.Tensor,
     settings: TrainSettings,
     generator: torch.Generator,
-) -> float:
-    """Local SGD (with an optional FedProx term); returns the mean training loss."""
+    hooks: LocalHooks = LocalHooks(),
+) -> TrainResult:
+    """Local SGD, as the algorithm's hooks change it."""
     model.train()
     optimizer = SGD(list(model.parameters()), settings.lr, settings.momentum, settings.weight_decay)
-    anchor = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu else []
     total, steps = torch.zeros((), device=images.device), 0
     for _ in range(settings.epochs):
         order = torch.randperm(len(labels), generator=generator).to(images.device)
@@ -139,16 +154,25 @@ def train(
             if settings.augment:
                 batch = augment_batch(batch, generator)
             loss = F.cross_entropy(model(normalize(batch)), labels[index])
-            if anchor:
-                drift = sum(
-                    (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
-                )
-                loss = loss + settings.proximal_mu / 2 * drift
+            if hooks.extra_loss is not None:
+                loss = loss + hooks.extra_loss(model)
             loss.backward()
             optimizer.step()
+            if hooks.after_step is not None:
+                hooks.after_step(model)
             total += loss.detach()
             steps += 1
-    return float(total) / max(steps, 1)
+    return TrainResult(loss=float(total) / max(steps, 1), steps=steps)
+
+
+def proximal_term(anchor: list[torch.Tensor], mu: float) -> Callable[[nn.Module], torch.Tensor]:
+    """FedProx (Li et al., 2020): mu/2 · ||w - w_global||², added to each batch's loss."""
+
+    def term(model: nn.Module) -> torch.Tensor:
+        drift = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+        return mu / 2 * drift
+
+    return term
 
 
 @torch.no_grad()

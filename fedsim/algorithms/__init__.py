@@ -1,0 +1,34 @@
+"""The federated algorithms, one module each: its client side and its server side.
+
+Adding an algorithm = one module here (a subclass of `base.Algorithm`), its test, and
+one line in ALGORITHMS. Entries are import paths so that naming and validating an
+algorithm (the command line, experiment files) imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedsim.algorithms.base import Algorithm
+    from fedsim.config import RunConfig
+
+ALGORITHMS = {
+    "fedavg": "fedsim.algorithms.fedavg:FedAvg",
+    "fedprox": "fedsim.algorithms.fedprox:FedProx",
+    "fedavgm": "fedsim.algorithms.fedavgm:FedAvgM",
+    "fedadam": "fedsim.algorithms.fedopt:FedAdam",
+    "fedyogi": "fedsim.algorithms.fedopt:FedYogi",
+    "fedadagrad": "fedsim.algorithms.fedopt:FedAdagrad",
+}
+
+
+def algorithm_class(name: str) -> type[Algorithm]:
+    module, _, attribute = ALGORITHMS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def build(cfg: RunConfig) -> Algorithm:
+    """The run's algorithm, configured from its options."""
+    return algorithm_class(cfg.strategy)(cfg)

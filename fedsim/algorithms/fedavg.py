@@ -1,0 +1,13 @@
+"""FedAvg (McMahan et al., 2017): local SGD, the server averages the weights by the
+clients' example counts. Flower's FedAvg."""
+
+from __future__ import annotations
+
+from flwr.serverapp import strategy
+
+from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
+
+
+class FedAvg(Algorithm):
+    def strategy(self) -> strategy.Strategy:
+        return strategy.FedAvg(**SAMPLE_ALL)

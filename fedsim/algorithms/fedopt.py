@@ -1,0 +1,28 @@
+"""Adaptive Federated Optimization (Reddi et al., ICLR 2021): FedAvg whose server
+applies the averaged client update with an adaptive optimizer, FedAdam, FedYogi or
+FedAdagrad. One algorithm with three server optimizers: Flower's FedOpt classes."""
+
+from __future__ import annotations
+
+from flwr.serverapp import strategy
+
+from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, given
+
+
+class _FedOpt(Algorithm):
+    optimizer: type[strategy.Strategy]
+
+    def strategy(self) -> strategy.Strategy:
+        return self.optimizer(**SAMPLE_ALL, eta_l=self.cfg.lr, **given(eta=self.cfg.server_lr))
+
+
+class FedAdam(_FedOpt):
+    optimizer = strategy.FedAdam
+
+
+class FedYogi(_FedOpt):
+    optimizer = strategy.FedYogi
+
+
+class FedAdagrad(_FedOpt):
+    optimizer = strategy.FedAdagrad
