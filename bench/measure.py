@@ -41,7 +41,7 @@ class Run:
     cpu: float  # user + system seconds of the tree's processes, as last sampled
     peak_rss: int  # bytes: the largest sum of RSS over the tree at one moment
     peak_pss: int  # the same with shared pages (Ray's object store) counted once
-    rss_at_round: dict[int, int]  # tree RSS sampled just after each round's row appeared
+    rss_at_round: dict[int, int]  # tree RSS at the last sample taken while round r ran
     pss_at_round: dict[int, int]
     leaked: list[str]  # processes of the tree still alive after the run ended
     other_cpu: float  # CPU seconds other processes on the machine used meanwhile
@@ -137,8 +137,8 @@ class _Sampler:
             self.cpu[proc.pid] = times.user + times.system
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
         done = _completed_rounds(self.rounds_csv)
-        if done is not None and done not in self.at_round:
-            self.at_round[done] = (rss, pss)
+        if done is not None and rss:  # rss 0: the tree has just exited
+            self.at_round[done + 1] = (rss, pss)
 
     def cpu_by_process(self) -> dict[str, float]:
         totals: dict[str, float] = {}
@@ -234,8 +234,8 @@ def measure(
         cpu_by_process=sampler.cpu_by_process(),
         peak_rss=sampler.peak_rss,
         peak_pss=sampler.peak_pss,
-        rss_at_round={r: m[0] for r, m in sampler.at_round.items()},
-        pss_at_round={r: m[1] for r, m in sampler.at_round.items()},
+        rss_at_round={r: m[0] for r, m in sampler.at_round.items() if r < len(rounds)},
+        pss_at_round={r: m[1] for r, m in sampler.at_round.items() if r < len(rounds)},
         leaked=sampler.leaked(),
         other_cpu=sampler.other_cpu,
         rounds=rounds,

@@ -1,49 +1,84 @@
-"""The floor: fedsim's round loop with clients that do no work and no central evaluation.
-
-A train call sends the global model straight back; what remains per round is Flower's
-dispatch through Ray (messages, actors, records), the sampling and the aggregation.
+"""The floor: Flower's own round loop (`FedAvg.start`) on its simulation engine, one
+engine node per client as Flower's examples run it, with clients that do no work (a
+train call sends the model straight back) and no evaluation. What remains per round is
+Flower's dispatch through Ray: messages, node polling, actors, records.
 
     python -m bench.noop_app --clients 1000 --fraction-fit 0.05 --rounds 10 --data ...
+
+It writes rounds.csv (round_seconds: from one `evaluate_fn` call to the next, which
+Flower makes after every round) and config.json like a fedsim run, so bench/measure.py
+reads it the same way.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+import sys
+import threading
+import time
+from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
 
-from bench.swap import simulate_with
-from fedsim.config import RunConfig
+from bench.reference import config_from
+from fedsim import engine, task
+from fedsim.results import CsvRecorder, RoundRecord, Timings, run_name, write_config_json
 
-
-class NoCentralEvaluation:
-    """Stands in for the runner's CentralEvaluator: nothing to compute, NaN to report."""
-
-    def __init__(self, cfg: RunConfig, dataset: Any) -> None:
-        pass
-
-    def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
-        return math.nan, math.nan
+client_app = ClientApp()
 
 
-def build_client_app(cfg: RunConfig, data: Any) -> ClientApp:
-    app = ClientApp()
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    metrics = MetricRecord({"train_loss": 0.0, "num-examples": 1})
+    content = RecordDict({"arrays": msg.content["arrays"], "metrics": metrics})
+    return Message(content=content, reply_to=msg)
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        metrics = MetricRecord({"train_loss": 0.0, "num-examples": 1})
-        content = RecordDict({"arrays": msg.content["arrays"], "metrics": metrics})
-        return Message(content=content, reply_to=msg)
 
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        metrics = MetricRecord({"eval_loss": 0.0, "eval_accuracy": 0.0, "num-examples": 1})
-        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+def main(argv: list[str]) -> Path:
+    started = time.perf_counter()
+    cfg = config_from(argv)
+    run_dir = Path(cfg.results_dir) / run_name(cfg)
+    run_dir.mkdir(parents=True)
+    timings = Timings()
+    recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv")
+    last = [time.perf_counter()]
 
-    return app
+    def record_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        now = time.perf_counter()
+        record = RoundRecord(round=server_round, round_seconds=now - last[0] if server_round else 0)
+        recorder.on_round_end(record, arrays)
+        last[0] = now
+        return None
+
+    server_app = ServerApp()
+    finished = threading.Event()
+
+    @server_app.main()
+    def serve(grid: Grid, context: Context) -> None:
+        strategy = FedAvg(
+            fraction_train=cfg.fraction_fit,
+            fraction_evaluate=0.0,
+            min_train_nodes=1,
+            min_available_nodes=cfg.clients,
+        )
+        initial = ArrayRecord(task.build_model(cfg.model, seed=cfg.seed).state_dict())
+        try:
+            strategy.start(grid, initial, num_rounds=cfg.rounds, evaluate_fn=record_round)
+        finally:
+            finished.set()
+
+    cluster = engine.start_ray(cfg)
+    try:
+        engine.run_simulation(server_app, client_app, cfg.clients, cluster, finished)
+    finally:
+        engine.stop_ray()
+    recorder.on_run_end(None)
+    timings.total = time.perf_counter() - started
+    write_config_json(run_dir / "config.json", cfg, timings, "complete", {})
+    return run_dir
 
 
 if __name__ == "__main__":
-    raise SystemExit(simulate_with(build_client_app, NoCentralEvaluation))
+    print(f"noop: done -> {main(sys.argv[1:])}")

@@ -20,8 +20,7 @@ from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
 from bench.swap import simulate_with
-from fedsim import task
-from fedsim.client_app import PARTITION_KEY
+from fedsim import protocol, task
 from fedsim.config import RunConfig
 
 _fds = None  # the quickstart's per-process FederatedDataset cache
@@ -84,38 +83,50 @@ def test_fn(model: torch.nn.Module, loader: DataLoader) -> tuple[float, float]:
 
 
 def build_client_app(cfg: RunConfig, data: Any) -> ClientApp:
-    """The quickstart's two handlers; fedsim's prepared `data` is ignored on purpose."""
+    """The quickstart's two handlers, run for each client of a bundle (fedsim.protocol);
+    fedsim's prepared `data` is ignored on purpose."""
     app = ClientApp()
     source = str(Path(cfg.data).resolve())
 
-    def model_from(msg: Message) -> torch.nn.Module:
+    def model_from(content: RecordDict) -> torch.nn.Module:
         model = task.build_model(cfg.model)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        model.load_state_dict(content["arrays"].to_torch_state_dict())
         return model
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        model = model_from(msg)
-        trainloader, _ = load_data(cfg, source, int(msg.content["config"][PARTITION_KEY]))
+    def train(pid: int, content: RecordDict) -> RecordDict:
+        model = model_from(content)
+        trainloader, _ = load_data(cfg, source, pid)
         train_loss = train_fn(model, trainloader, cfg)
         metrics = {"train_loss": train_loss, "num-examples": len(trainloader.dataset)}
-        content = RecordDict(
+        return RecordDict(
             {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
         )
-        return Message(content=content, reply_to=msg)
 
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        model = model_from(msg)
-        _, valloader = load_data(cfg, source, int(msg.content["config"][PARTITION_KEY]))
+    def evaluate(pid: int, content: RecordDict) -> RecordDict:
+        model = model_from(content)
+        _, valloader = load_data(cfg, source, pid)
         eval_loss, eval_acc = test_fn(model, valloader)
         metrics = {
             "eval_loss": eval_loss,
             "eval_accuracy": eval_acc,
             "num-examples": len(valloader.dataset),
         }
-        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        return RecordDict({"metrics": MetricRecord(metrics)})
 
+    def each_client(handle):
+        def handler(msg: Message, context: Context) -> Message:
+            tasks, _ = protocol.unpack_tasks(msg.content)
+            outcomes = []
+            for job in tasks:
+                content = handle(job.pid, job.content)
+                size = protocol.recorddict_bytes(content)
+                outcomes.append(protocol.ClientOutcome(job.pid, protocol.OK, 0.0, size, content))
+            return Message(content=protocol.pack_outcomes(outcomes), reply_to=msg)
+
+        return handler
+
+    app.train()(each_client(train))
+    app.evaluate()(each_client(evaluate))
     return app
 
 

@@ -3,7 +3,7 @@ options, and the command line every benchmark script shares.
 
 - reference: the plain PyTorch loop (bench/reference.py)
 - tutorial: Flower's quickstart client pattern through fedsim's server (bench/tutorial_app.py)
-- noop: clients that do no work, no central evaluation: the dispatch floor (bench/noop_app.py)
+- noop: Flower's own FedAvg.start, one node per client, clients that do no work (bench/noop_app.py)
 - fedsim: `simulate.py` itself
 """
 

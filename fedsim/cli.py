@@ -98,11 +98,17 @@ def given_options(args: argparse.Namespace) -> sweep.Grid:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """The first Ctrl-C or SIGTERM stops the run; later ones are ignored, so that they
+    cannot cut short the shutdown that the first one started (Ray's processes would
+    be left behind)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run as cleanly as Ctrl-C
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -143,9 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _exit_now(code: int) -> None:
-    """After Ctrl-C, Ray is down and every result file is fsynced and closed; leave at
-    once, since threads Flower's engine left blocked (or starts while it winds down)
+    """After Ctrl-C every result file is fsynced and closed; stop Ray (a no-op when the
+    run already did, needed when the interrupt came while Ray was starting), then leave
+    at once, since threads Flower's engine left blocked (or starts while it winds down)
     would otherwise hold the interpreter's exit indefinitely."""
+    if "ray" in sys.modules:
+        from fedsim import engine
+
+        engine.stop_ray()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -160,6 +171,11 @@ def _runner():
 def _resume(args: argparse.Namespace, given: sweep.Grid, started: float) -> None:
     """A resumed run keeps its stored config; only --rounds may change (to extend it)."""
     others = [flag(name) for name in given if name != "rounds"]
-    if others or args.plot or args.experiment or len(given.get("rounds", [])) > 1:
-        raise ConfigError("--resume", f"takes a run folder and at most one --rounds, not {others}")
+    others += ["--plot"] * bool(args.plot) + ["--experiment"] * bool(args.experiment)
+    if others:
+        raise ConfigError(
+            "--resume", f"takes a run folder and at most --rounds; drop {', '.join(others)}"
+        )
+    if len(given.get("rounds", [])) > 1:
+        raise ConfigError("--resume", "takes one --rounds value, not a list")
     _runner().resume(Path(args.resume), given.get("rounds", [None])[0], started)

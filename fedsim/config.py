@@ -192,6 +192,17 @@ class RunConfig:
     results_dir: str = _opt(
         "results", "parent folder of the run folders", roles=(FIXED, WHERE, NOT_COMPARED)
     )
+    tensorboard: str = _opt(
+        "",
+        "write TensorBoard event files (config and every round's metrics) to this folder",
+        roles=(FIXED, WHERE, NOT_COMPARED),
+    )
+    mlflow: str = _opt(
+        "",
+        "log the config and every round's metrics to MLflow: a local folder (file store) "
+        "or a tracking server URI",
+        roles=(FIXED, WHERE, NOT_COMPARED),
+    )
     name: str = _opt(
         "",
         "run folder name (default: time and key settings)",

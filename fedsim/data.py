@@ -2,7 +2,8 @@
 
 Images are decoded once, in the driver, and cached on disk as NCHW uint8 `.npy`
 files keyed by the source and its content; later runs memory-map the cache and start
-in well under a second. Nothing decodes an image inside a training loop.
+in well under a second (a cache that does not match its meta.json is decoded again).
+Nothing decodes an image inside a training loop.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fedsim.config import ConfigError
+from fedsim.config import NUM_CLASSES, ConfigError
 
 IMAGE_SHAPE = (3, 32, 32)
 _ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 _CACHE_VERSION = "1"
+Decode = Callable[[], tuple[dict[str, np.ndarray], list[str]]]
 
 
 class DataError(ConfigError):
@@ -61,14 +65,13 @@ def load_cifar(source: str, cache: Path | None = None) -> DecodedDataset:
     cache = cache or cache_root()
     path = Path(source).expanduser()
     if path.is_dir():
-        batches = _find_batches_folder(path)
-        if batches is not None:
-            files = sorted(p for p in batches.iterdir() if p.is_file())
+        found = _locate(path)
+        if isinstance(found, Path):
+            files = sorted(p for p in found.iterdir() if p.is_file())
             key = _content_key("batches", files)
-            return _cached(cache, key, source, lambda: _read_batches(batches))
-        splits = _find_parquet_splits(path)
-        key = _content_key("parquet", splits["train"] + splits["test"])
-        return _cached(cache, key, source, lambda: _read_parquet(splits))
+            return _cached(cache, key, source, lambda: _read_batches(found))
+        key = _content_key("parquet", found["train"] + found["test"])
+        return _cached(cache, key, source, lambda: _read_parquet(found))
     if path.exists():
         raise DataError(f"{source} is a file, not a dataset folder")
     if _looks_like_path(source):
@@ -80,6 +83,50 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") != 1
 
 
+def _locate(path: Path) -> Path | dict[str, list[Path]]:
+    """The one cifar-10-batches-py folder under `path`, else the parquet files of each
+    split. Two copies of the dataset would be read as one with every image twice, so
+    they are refused rather than concatenated."""
+    batches = sorted({p.parent for p in path.rglob("data_batch_1") if p.is_file()})
+    splits = {split: _split_files(path, split) for split in ("train", "test")}
+    parquet = {file.parent for files in splits.values() for file in files}
+    if len(batches) > 1 or (batches and parquet):
+        raise _copies(path, batches + sorted(parquet))
+    if batches:
+        return batches[0]
+    if not splits["train"] or not splits["test"]:
+        raise DataError(
+            f"{path} is not a dataset: expected Hugging Face parquet files "
+            "(train-*.parquet and test-*.parquet) or a cifar-10-batches-py folder"
+        )
+    return splits
+
+
+def _split_files(path: Path, split: str) -> list[Path]:
+    """The parquet shards of `split`, all from one folder and, where their names count
+    them (train-00000-of-00002.parquet), all of them: a missing shard is missing data."""
+    files = sorted(path.rglob(f"{split}-*.parquet")) or sorted(path.rglob(f"{split}.parquet"))
+    folders = sorted({file.parent for file in files})
+    if len(folders) > 1:
+        raise _copies(path, folders)
+    counted = [re.fullmatch(rf"{split}-(\d+)-of-(\d+)\.parquet", file.name) for file in files]
+    if files and all(counted):
+        totals = {int(match[2]) for match in counted}
+        if totals != {len(files)}:
+            raise DataError(
+                f"{folders[0]} has {len(files)} {split} shards, but their names say "
+                f"{' or '.join(map(str, sorted(totals)))}"
+            )
+    return files
+
+
+def _copies(path: Path, folders: list[Path]) -> DataError:
+    return DataError(
+        f"{path} holds more than one copy of the dataset ({', '.join(map(str, folders))}); "
+        "point --data at one of them"
+    )
+
+
 def _content_key(kind: str, files: list[Path]) -> str:
     digest = hashlib.sha256(f"{_CACHE_VERSION}:{kind}".encode())
     for file in files:
@@ -89,43 +136,92 @@ def _content_key(kind: str, files: list[Path]) -> str:
     return digest.hexdigest()[:24]
 
 
-def _cached(cache: Path, key: str, source: str, decode: Any) -> DecodedDataset:
+# --- the decoded cache ----------------------------------------------------------------
+
+
+def _cached(cache: Path, key: str, source: str, decode: Decode) -> DecodedDataset:
+    """The arrays from the cache, decoded (again) first when they are missing or do not
+    verify: a full disk or a killed copy leaves a truncated cache, which must cost one
+    decode, not a failed run or wrong data."""
     folder = cache / "decoded" / key
-    if not (folder / "meta.json").exists():
-        arrays, classes = decode()
-        _write_atomically(folder, arrays, {"source": source, "classes": list(classes)})
-    meta = json.loads((folder / "meta.json").read_text())
-    loaded = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
-    return DecodedDataset(**loaded, classes=tuple(meta["classes"]), key=key, source=source)
+    stored = _read_cache(folder)
+    if stored is None:
+        _rebuild(folder, source, decode)
+        stored = _read_cache(folder)
+        if stored is None:
+            raise ConfigError("FEDSIM_CACHE", f"{folder} does not read back after writing it")
+    arrays, classes = stored
+    return DecodedDataset(**arrays, classes=tuple(classes), key=key, source=source)
 
 
-def _write_atomically(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+def _describe(array: np.ndarray) -> dict[str, Any]:
+    return {"shape": list(array.shape), "dtype": str(array.dtype)}
+
+
+def _read_cache(folder: Path) -> tuple[dict[str, np.ndarray], list[str]] | None:
+    """The memory-mapped arrays and class names; None unless every array is there with
+    the shape and dtype meta.json records (caches written before it recorded them too)."""
     try:
-        for name in _ARRAYS:
-            np.save(tmp / f"{name}.npy", arrays[name])
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        meta = json.loads((folder / "meta.json").read_text())
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+    except (OSError, ValueError, EOFError):  # missing, truncated or garbled
+        return None
+    described = {name: _describe(array) for name, array in arrays.items()}
+    if not isinstance(meta, dict) or meta.get("arrays") != described:
+        return None
+    if not isinstance(meta.get("classes"), list):
+        return None
+    return arrays, meta["classes"]
+
+
+def _rebuild(folder: Path, source: str, decode: Decode) -> None:
+    """Decode into a staging folder and move it into place in one rename. The staging
+    folder is made first, so an unwritable cache fails at once, not after the decode."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    except OSError as error:
+        raise _unwritable(folder, error) from None
+    try:
+        arrays, classes = decode()
+        meta = {
+            "source": source,
+            "classes": list(classes),
+            "arrays": {name: _describe(arrays[name]) for name in _ARRAYS},
+        }
         try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same cache first
-            if not (folder / "meta.json").exists():
-                raise
+            for name in _ARRAYS:
+                np.save(tmp / f"{name}.npy", arrays[name])
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            _install(tmp, folder)
+        except OSError as error:
+            raise _unwritable(folder, error) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _install(tmp: Path, folder: Path) -> None:
+    """Replace a cache that does not verify (set aside first: a directory is renamed only
+    onto an empty one); keep one that another process installed meanwhile."""
+    if folder.exists() and _read_cache(folder) is None:
+        stale = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".stale-"))
+        os.replace(folder, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished the same cache first
+        if _read_cache(folder) is None:
+            raise
+
+
+def _unwritable(folder: Path, error: OSError) -> ConfigError:
+    return ConfigError("FEDSIM_CACHE", f"cannot write the decoded data to {folder}: {error}")
 
 
 # --- torchvision's cifar-10-batches-py ------------------------------------------------
 
 
-def _find_batches_folder(path: Path) -> Path | None:
-    for candidate in (path, path / "cifar-10-batches-py"):
-        if (candidate / "data_batch_1").is_file():
-            return candidate
-    return None
-
-
-def _unpickle(file: Path) -> dict:
+def _unpickle(file: Path) -> Any:
     try:
         with open(file, "rb") as handle:
             return pickle.load(handle, encoding="latin1")
@@ -133,12 +229,40 @@ def _unpickle(file: Path) -> dict:
         raise DataError(f"{file}: not a readable CIFAR-10 batch ({error})") from error
 
 
+def _check_labels(labels: np.ndarray, where: str) -> None:
+    """Every label must index one of the classes: the model has NUM_CLASSES outputs, and
+    partitions and label counts index by label."""
+    bad = np.unique(labels[(labels < 0) | (labels >= NUM_CLASSES)])
+    if bad.size:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
+        raise DataError(f"{where} has labels outside 0-{NUM_CLASSES - 1}: {shown}")
+
+
+def _read_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch's images and labels, checked here, where the message can name the file:
+    once concatenated, a short batch would shift every later image off its label."""
+    batch = _unpickle(file)
+    if not isinstance(batch, dict) or not {"data", "labels"} <= batch.keys():
+        raise DataError(f"{file}: not a CIFAR-10 batch (no 'data' and 'labels')")
+    data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+    pixels = int(np.prod(IMAGE_SHAPE))
+    if data.dtype != np.uint8 or data.size % pixels:
+        raise DataError(
+            f"{file}: data is {data.dtype} of shape {data.shape}, "
+            f"expected uint8 images of {pixels} values each"
+        )
+    if labels.ndim != 1 or len(labels) != data.size // pixels:
+        raise DataError(f"{file}: {labels.size} labels for {data.size // pixels} images")
+    if labels.size and labels.dtype.kind not in "iu":
+        raise DataError(f"{file}: labels are {labels.dtype}, expected integer class indices")
+    _check_labels(labels, str(file))
+    return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
+
+
 def _read_batches(folder: Path) -> tuple[dict[str, np.ndarray], list[str]]:
     def split(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        parts = [_unpickle(folder / name) for name in names]
-        x = np.concatenate([p["data"] for p in parts]).reshape(-1, *IMAGE_SHAPE)
-        y = np.concatenate([p["labels"] for p in parts]).astype(np.int64)
-        return np.ascontiguousarray(x, dtype=np.uint8), y
+        parts = [_read_batch(folder / name) for name in names]
+        return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
     missing = [
         n
@@ -156,19 +280,6 @@ def _read_batches(folder: Path) -> tuple[dict[str, np.ndarray], list[str]]:
 
 
 # --- Hugging Face parquet (local folder or the hub) -----------------------------------
-
-
-def _find_parquet_splits(path: Path) -> dict[str, list[Path]]:
-    splits = {
-        split: sorted(path.rglob(f"{split}-*.parquet")) or sorted(path.rglob(f"{split}.parquet"))
-        for split in ("train", "test")
-    }
-    if not splits["train"] or not splits["test"]:
-        raise DataError(
-            f"{path} is not a dataset: expected Hugging Face parquet files "
-            "(train-*.parquet and test-*.parquet) or a cifar-10-batches-py folder"
-        )
-    return splits
 
 
 def _read_parquet(splits: dict[str, list[Path]]) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -205,10 +316,41 @@ def _decode_table(table: Any, features: dict, split: str) -> tuple[np.ndarray, n
     if image_col is None or label_col is None:
         raise DataError(f"the {split} split has no image and label columns (found {names})")
     classes = features.get(label_col, {}).get("names") or [str(i) for i in range(10)]
-    images = table.column(image_col).combine_chunks()
-    encoded = images.field("bytes").to_pylist() if hasattr(images, "field") else images.to_pylist()
-    labels = np.asarray(table.column(label_col).to_numpy(), dtype=np.int64)
+    encoded = _encoded_images(table.column(image_col), image_col, split)
+    labels = _column_labels(table.column(label_col), label_col, split)
     return decode_images(encoded, split), labels, list(classes)
+
+
+def _encoded_images(column: Any, name: str, split: str) -> list[bytes]:
+    """The bytes of an HF Image column (a struct with `bytes`) or of a binary column;
+    anything else (numbers, strings, raw pixels) is refused, not read as image bytes."""
+    import pyarrow as pa
+
+    images = column.combine_chunks()
+    if pa.types.is_struct(images.type) and images.type.get_field_index("bytes") >= 0:
+        images = images.field("bytes")
+    if not (pa.types.is_binary(images.type) or pa.types.is_large_binary(images.type)):
+        raise DataError(
+            f"the {split} split's image column {name!r} holds {column.type}, expected "
+            "encoded images (binary, or a struct with bytes)"
+        )
+    return images.to_pylist()
+
+
+def _column_labels(column: Any, name: str, split: str) -> np.ndarray:
+    """Integer class indices, one per row: a null would turn into a huge negative int."""
+    import pyarrow as pa
+
+    if not pa.types.is_integer(column.type):
+        raise DataError(
+            f"the {split} split's label column {name!r} holds {column.type}, "
+            "expected integer class indices"
+        )
+    if column.null_count:
+        raise DataError(f"the {split} split has {column.null_count} rows without a label")
+    labels = np.asarray(column.to_numpy(), dtype=np.int64)
+    _check_labels(labels, f"the {split} split")
+    return labels
 
 
 def decode_images(encoded: list[bytes], split: str = "images") -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ def start_ray(cfg: RunConfig) -> Cluster:
         runtime_env = None
     else:
         runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(
         address=address,
         include_dashboard=False,
@@ -70,6 +72,10 @@ def start_ray(cfg: RunConfig) -> Cluster:
         log_to_driver=True,
         runtime_env=runtime_env,
     )
+    if threading.current_thread() is threading.main_thread():
+        # ray.init installs a SIGTERM handler of its own in the driver (a stack dump and
+        # exit 134): put the caller's back, so `kill` stops a run as Ctrl-C does.
+        signal.signal(signal.SIGTERM, on_sigterm)
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     share = gpu_share(cfg, cpus, gpus)

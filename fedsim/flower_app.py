@@ -31,6 +31,7 @@ from fedsim.config import ConfigError, RunConfig, fields, flag
 from fedsim.data import cache_root, load_cifar
 from fedsim.partition import Partitions, cached_partition_indices
 from fedsim.results import Timings, run_name, write_config_json
+from fedsim.server_app import Transport
 
 _FIELDS = {f.name for f in fields()}
 
@@ -116,7 +117,8 @@ def main(grid: Grid, context: Context) -> None:
     inputs = runner.RunInputs(cfg, dataset, partitions, timings)
     status = "failed"
     try:
-        runner.build_loop(inputs, run_dir, checkpoint=None).run(grid)
+        transport = Transport(one_node_per_client=True)  # node i holds partition i
+        runner.build_loop(inputs, run_dir, None, transport).run(grid)
         status = "complete"
     finally:
         timings.total = time.perf_counter() - started

@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -199,6 +200,41 @@ class CsvRecorder:
     def on_run_end(self, arrays: ArrayRecord) -> None:
         self._clients.close()
         self._rounds.close()
+
+
+class FailureReporter:
+    """Clients that failed or timed out, said on the console in the round they did
+    (Flower drops such replies silently) and summed for config.json; dropouts that
+    --client-failure-rate asked for are only counted. clients.csv has every one."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.counts: Counter[str] = Counter()
+        self.errors: list[str] = []  # the first few distinct reasons
+
+    def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
+        bad = [c for c in record.clients if c.status != "ok"]
+        self.counts.update(c.status for c in bad)
+        for client in bad:
+            if client.error and client.error not in self.errors and len(self.errors) < 5:
+                self.errors.append(client.error)
+        unexpected = [c for c in bad if c.status in ("failed", "timeout")]
+        if unexpected:
+            kinds = Counter(f"{c.phase} {c.status}" for c in unexpected)
+            said = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+            first = next((c for c in unexpected if c.error), unexpected[0])
+            why = f"client {first.client}: {first.error}" if first.error else "no answer in time"
+            print(
+                f"fedsim: round {record.round}: {said} ({why}; clients.csv has each one)",
+                file=self.stream,
+                flush=True,
+            )
+
+    def on_run_end(self, arrays: ArrayRecord) -> None:
+        pass
+
+    def summary(self) -> dict[str, Any]:
+        return {"client_outcomes": dict(self.counts), "client_errors": self.errors}
 
 
 class ProgressPrinter:

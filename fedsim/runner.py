@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim import algorithms, engine, task
+from fedsim import algorithms, engine, lifecycle, task
 from fedsim.checkpoint import (
     CHECKPOINT,
     Checkpoint,
@@ -32,17 +32,17 @@ from fedsim.data import DecodedDataset, cache_root, load_cifar
 from fedsim.partition import Partitions, cached_partition_indices
 from fedsim.results import (
     CsvRecorder,
+    FailureReporter,
     ModelSaver,
     ProgressPrinter,
     Timings,
-    run_name,
-    write_config_json,
 )
 from fedsim.server_app import FederatedLoop, Transport, build_server_app, nodes_needed
 
 ROUNDS_CSV = "rounds.csv"
 CLIENTS_CSV = "clients.csv"
-CONFIG_JSON = "config.json"
+CONFIG_JSON = lifecycle.CONFIG_JSON
+MODEL = "model.pt"
 
 
 class CentralEvaluator:
@@ -87,61 +87,75 @@ def _prepare(cfg: RunConfig, started: float) -> RunInputs:
     return RunInputs(cfg, dataset, partitions, timings)
 
 
-def _check_results_dir(parent: Path) -> None:
-    """The nearest existing folder on the way to `parent` must be a writable folder."""
-    existing = parent.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(flag("results_dir"), f"{parent} cannot be written (check {existing})")
-
-
 def run(cfg: RunConfig, started: float | None = None) -> Path:
     """A fresh run; returns its folder."""
     started = started or time.perf_counter()
     if Path(cfg.data).expanduser().exists():  # config.json records where the data was
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
     inputs = _prepare(cfg, started)
-    run_dir = Path(cfg.results_dir) / run_name(cfg)
-    _check_results_dir(run_dir.parent)
-    if run_dir.exists():
-        raise ConfigError(
-            flag("name"), f"{run_dir} already exists; choose another --name or --resume it"
-        )
-    return _execute(inputs, run_dir, started, checkpoint_path=None)
+    run_dir = lifecycle.claim_run_dir(cfg)
+    with lifecycle.released_on_error(run_dir):
+        cluster = _start_ray(inputs)
+    return _execute(inputs, run_dir, started, cluster, checkpoint=None)
 
 
 def resume(run_dir: Path, rounds: int | None = None, started: float | None = None) -> Path:
-    """Go on with an interrupted run from its last checkpoint (optionally to more rounds)."""
+    """Go on with an interrupted run from its last checkpoint (optionally to more rounds).
+    A run whose rounds were all done but whose bookkeeping was cut short (killed before
+    its final status and model.pt) gets them, without running anything again."""
     started = started or time.perf_counter()
     try:
-        stored = json.loads((run_dir / CONFIG_JSON).read_text())["config"]
-        cfg = validate(RunConfig(**stored))
+        document = json.loads((run_dir / CONFIG_JSON).read_text())
+        cfg = validate(RunConfig(**document["config"]))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError("--resume", f"{run_dir} is not a fedsim run folder ({error})") from None
     if rounds is not None:
         cfg = validate(cfg.replace(rounds=rounds))
-    _check_results_dir(run_dir)
-    checkpoint_path = run_dir / CHECKPOINT
-    return _execute(_prepare(cfg, started), run_dir, started, checkpoint_path)
+    lifecycle.check_results_dir(run_dir)
+    checkpoint = None
+    if (run_dir / CHECKPOINT).exists():
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+        if checkpoint.round >= cfg.rounds:
+            _finish_bookkeeping(run_dir, cfg, document, checkpoint)
+            return run_dir
+    inputs = _prepare(cfg, started)
+    return _execute(inputs, run_dir, started, _start_ray(inputs), checkpoint)
+
+
+def _finish_bookkeeping(
+    run_dir: Path, cfg: RunConfig, document: dict, checkpoint: Checkpoint
+) -> None:
+    if document.get("status") == "complete" and (run_dir / MODEL).exists():
+        print(f"fedsim: {run_dir} is already complete ({checkpoint.round} rounds)")
+        return
+    for csv_name in (ROUNDS_CSV, CLIENTS_CSV):
+        truncate_rows(run_dir / csv_name, checkpoint.round)
+    ModelSaver(run_dir / MODEL).on_run_end(checkpoint.arrays)
+    timings = Timings(**document.get("timings_seconds", {}))
+    extra = {k: v for k, v in document.items() if k not in lifecycle.STATUS_KEYS}
+    lifecycle.RunStatus(run_dir, cfg, timings, extra).write("complete", error=None)
+    print(
+        f"fedsim: {run_dir}: all {checkpoint.round} rounds were done; wrote what the run "
+        "had not (model.pt, status complete)"
+    )
+
+
+def _start_ray(inputs: RunInputs) -> engine.Cluster:
+    tick = time.perf_counter()
+    cluster = engine.start_ray(inputs.cfg)
+    inputs.timings.ray_start = time.perf_counter() - tick
+    return cluster
 
 
 def _execute(
-    inputs: RunInputs, run_dir: Path, started: float, checkpoint_path: Path | None
+    inputs: RunInputs,
+    run_dir: Path,
+    started: float,
+    cluster: engine.Cluster,
+    checkpoint: Checkpoint | None,
 ) -> Path:
-    cfg, timings = inputs.cfg, inputs.timings
-    checkpoint = None
-    if checkpoint_path is not None and checkpoint_path.exists():
-        checkpoint = load_checkpoint(checkpoint_path)
-        if checkpoint.round >= cfg.rounds:
-            print(f"fedsim: {run_dir} is already complete ({checkpoint.round} rounds)")
-            return run_dir
-
-    tick = time.perf_counter()
-    cluster = engine.start_ray(cfg)
-    timings.ray_start = time.perf_counter() - tick
+    cfg = inputs.cfg
     try:
-        run_dir.mkdir(parents=True, exist_ok=checkpoint_path is not None)
         for csv_name in (ROUNDS_CSV, CLIENTS_CSV):
             truncate_rows(run_dir / csv_name, checkpoint.round if checkpoint else -1)
         extra = {
@@ -151,34 +165,29 @@ def _execute(
             "resumed_from_round": checkpoint.round if checkpoint else None,
             "cluster": cluster.describe(),
         }
-        write_config_json(run_dir / CONFIG_JSON, cfg, timings, "running", extra)
+        status = lifecycle.RunStatus(run_dir, cfg, inputs.timings, extra)
         print(
             _announce(cfg, run_dir, cluster, checkpoint.round if checkpoint else None), flush=True
         )
         transport = Transport(cluster.concurrent_clients, cfg.clients_per_message)
-        loop = build_loop(inputs, run_dir, checkpoint, transport)
-        status = "failed"
-        try:
-            engine.run_simulation(
-                build_server_app(loop),
-                build_client_app(cfg, _put_data(inputs)),
-                nodes_needed(cfg, transport, loop.reply_bytes),
-                cluster,
-                loop.finished,
-            )
+        loop = build_loop(inputs, run_dir, checkpoint, transport, status.failures)
+        with status.running(started):
+            try:
+                engine.run_simulation(
+                    build_server_app(loop),
+                    build_client_app(cfg, _put_data(inputs)),
+                    nodes_needed(cfg, transport, loop.reply_bytes),
+                    cluster,
+                    loop.finished,
+                )
+            except KeyboardInterrupt:
+                loop.stop.set()  # the server loop ends at its next poll; Ray goes down below
+                raise
             if loop.error is not None:  # the engine may have stopped before it said so
                 raise loop.error
-            status = "complete"
-        except KeyboardInterrupt:
-            loop.stop.set()  # the server loop ends at its next poll; Ray goes down below
-            status = "interrupted"
-            raise
-        finally:
-            timings.total = time.perf_counter() - started
-            write_config_json(run_dir / CONFIG_JSON, cfg, timings, status, extra)
     finally:
         engine.stop_ray()
-    print(f"fedsim: done in {timings.total:.1f} s -> {run_dir}", flush=True)
+    print(f"fedsim: done in {inputs.timings.total:.1f} s -> {run_dir}", flush=True)
     return run_dir
 
 
@@ -207,7 +216,11 @@ def _put_data(inputs: RunInputs) -> RayObjectData:
 
 
 def build_loop(
-    inputs: RunInputs, run_dir: Path, checkpoint: Checkpoint | None, transport: Transport
+    inputs: RunInputs,
+    run_dir: Path,
+    checkpoint: Checkpoint | None,
+    transport: Transport,
+    failures: FailureReporter,
 ) -> FederatedLoop:
     """The round loop with its result files; fedsim.flower_app runs it on Flower's grid."""
     cfg = inputs.cfg
@@ -222,7 +235,8 @@ def build_loop(
         CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV),
         Checkpointer(run_dir / CHECKPOINT, strategy, states),
         ProgressPrinter(cfg.rounds),
-        ModelSaver(run_dir / "model.pt"),
+        failures,
+        ModelSaver(run_dir / MODEL),
     ]
     parts = inputs.partitions
     return FederatedLoop(

@@ -34,7 +34,15 @@ PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate"}
 
 
 class RunAborted(RuntimeError):
-    """The run cannot go on (every client failing, diverging, nodes never showing up)."""
+    """The run cannot go on (every client failing, nodes never showing up)."""
+
+    status = "aborted"  # what config.json says
+
+
+class Diverged(RunAborted):
+    """The model's loss became NaN or infinite: nothing after it can be trusted."""
+
+    status = "diverged"
 
 
 class RunStopped(RuntimeError):
@@ -422,7 +430,7 @@ def _check_finite(record: RoundRecord) -> None:
     for name in ("train_loss", "eval_loss", "central_loss"):
         value = getattr(record, name)
         if value is not None and not math.isfinite(value):
-            raise RunAborted(
+            raise Diverged(
                 f"the model diverged in round {record.round}: {name} is {value} "
                 "(try a smaller --lr); the rounds before it are kept"
             )

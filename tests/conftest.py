@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +91,46 @@ def simulate(data: Path, results: Path, name: str, options: str, **kwargs):
     )
     csv = results / name / "rounds.csv"
     return done, (pd.read_csv(csv) if csv.exists() else None)
+
+
+@pytest.fixture
+def start_run():
+    """Start `simulate.py ARGS` in its own process group (like a job in a terminal), with
+    a private Ray temp folder that every Ray process of the run names on its command
+    line; teardown kills whatever is left of both, whatever the test did."""
+    started: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(args: list[str]) -> tuple[subprocess.Popen, Path]:
+        ray_tmp = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "simulate.py"), *args],
+            cwd=ROOT,
+            env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        started.append((process, ray_tmp))
+        return process, ray_tmp
+
+    yield start
+    for process, ray_tmp in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], check=False)
+
+
+def leftovers(ray_tmp: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", str(ray_tmp)], capture_output=True, text=True)
+    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
+
+
+def wait_for_rounds(csv_path: Path, rounds: int, process: subprocess.Popen, limit: float = 180):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if csv_path.exists() and len(pd.read_csv(csv_path)) >= rounds + 1:
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"{csv_path} never reached round {rounds}")

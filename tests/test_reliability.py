@@ -4,65 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli, simulate
+from tests.conftest import leftovers, run_cli, simulate, wait_for_rounds
 
 TIMING = ["round_seconds"]
 
 
 def _metrics(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(run_dir / "rounds.csv").drop(columns=TIMING)
-
-
-@pytest.fixture
-def start_run():
-    """Start `simulate.py ARGS` in its own process group (like a job in a terminal), with
-    a private Ray temp folder that every Ray process of the run names on its command
-    line; teardown kills whatever is left of both, whatever the test did."""
-    started: list[tuple[subprocess.Popen, Path]] = []
-
-    def start(args: list[str]) -> tuple[subprocess.Popen, Path]:
-        ray_tmp = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "simulate.py"), *args],
-            cwd=ROOT,
-            env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        started.append((process, ray_tmp))
-        return process, ray_tmp
-
-    yield start
-    for process, ray_tmp in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], check=False)
-
-
-def _leftovers(ray_tmp: Path) -> list[str]:
-    found = subprocess.run(["pgrep", "-af", str(ray_tmp)], capture_output=True, text=True)
-    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
-
-
-def _wait_for_rounds(csv_path: Path, rounds: int, process: subprocess.Popen, limit: float = 180):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if csv_path.exists() and len(pd.read_csv(csv_path)) >= rounds + 1:
-            return
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
-    raise AssertionError(f"{csv_path} never reached round {rounds}")
 
 
 # --- bad input: one line, exit code 2, nothing written -------------------------------
@@ -132,7 +86,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar, tmp_path, 
     killed = tmp_path / "killed"
     where = ["--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "killed"]
     process, _ = start_run([*RUN.split(), *where])
-    _wait_for_rounds(killed / "rounds.csv", 2, process)
+    wait_for_rounds(killed / "rounds.csv", 2, process)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and every Ray process with it
     process.wait(timeout=30)
     partial = pd.read_csv(killed / "rounds.csv")  # readable, and holds whole rounds only
@@ -153,7 +107,7 @@ def test_ctrl_c_stops_fast_keeps_rounds_and_leaves_no_processes(
 ) -> None:
     where = ["--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "stopped"]
     process, ray_tmp = start_run(["--clients", "2", "--rounds", "500", *where])
-    _wait_for_rounds(tmp_path / "stopped" / "rounds.csv", 2, process)
+    wait_for_rounds(tmp_path / "stopped" / "rounds.csv", 2, process)
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     sent = time.monotonic()
     _, stderr = process.communicate(timeout=60)
@@ -162,7 +116,7 @@ def test_ctrl_c_stops_fast_keeps_rounds_and_leaves_no_processes(
     assert "interrupted" in stderr
     assert len(pd.read_csv(tmp_path / "stopped" / "rounds.csv")) >= 3
     time.sleep(1)
-    assert _leftovers(ray_tmp) == []
+    assert leftovers(ray_tmp) == []
 
 
 # --- client failures -------------------------------------------------------------------

@@ -1,0 +1,186 @@
+"""Experiment tracking in the tools people already use: TensorBoard and MLflow.
+
+`--tensorboard DIR` and `--mlflow URI` each add a round callback (fedsim.results) that
+logs the resolved config once and every rounds.csv number of every round, at step =
+round. rounds.csv stays the record; these are copies in a viewer's format. Each package
+is imported only when its option is set (`pip install "fedsim[tracking]"`).
+
+Resumed runs (`--resume`): TensorBoard gets a new event file in the same folder, which
+starts by purging the steps from the resumed round on, so rounds the crashed process
+logged after its last checkpoint are replaced rather than doubled. MLflow gets a new
+MLflow run of the same name (tagged with the run folder), holding the rounds from the
+resumed one on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from fedsim.config import ConfigError, RunConfig, flag
+from fedsim.results import CSV_COLUMNS, RoundRecord
+
+INSTALL = 'pip install "fedsim[tracking]"'
+EXPERIMENT = "fedsim"  # the MLflow experiment every run goes to
+RUN_DIR_TAG = "fedsim.run_dir"  # MLflow run tag: the run folder, to find a run's MLflow runs
+METRICS = tuple(c for c in CSV_COLUMNS if c != "round")  # the step is the round
+
+
+def trackers(cfg: RunConfig, run_dir: Path) -> list[Any]:
+    """The tracking callbacks `cfg` asks for (none: nothing is imported)."""
+    found: list[Any] = []
+    if cfg.tensorboard:
+        found.append(TensorBoardTracker(cfg, run_dir))
+    if cfg.mlflow:
+        found.append(MlflowTracker(cfg, run_dir))
+    return found
+
+
+def metrics(record: RoundRecord) -> dict[str, float]:
+    """The round's rounds.csv numbers (an empty cell, None, is left out)."""
+    values = {name: getattr(record, name) for name in METRICS}
+    return {name: float(value) for name, value in values.items() if value is not None}
+
+
+def _make_folder(option: str, folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(flag(option), f"cannot create {folder}: {error.strerror or error}")
+    return folder
+
+
+def _config_markdown(cfg: RunConfig) -> str:
+    rows = [f"| {name} | {_cell(value)} |" for name, value in cfg.as_dict().items()]
+    return "\n".join(["| option | value |", "| --- | --- |", *rows])
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|")
+
+
+class TensorBoardTracker:
+    """Event files in `<--tensorboard>/<run folder name>`, so an experiment's runs sit
+    side by side in one `tensorboard --logdir`: the config as text, each rounds.csv
+    number as a scalar, flushed every round."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                flag("tensorboard"), f"needs the tensorboard package: {INSTALL}"
+            ) from None
+        self._summary_writer = SummaryWriter
+        self.cfg = cfg
+        self.log_dir = _make_folder("tensorboard", Path(cfg.tensorboard) / run_dir.name)
+        self._writer: Any = None  # opened at the first round, which it purges from
+
+    def on_round_end(self, record: RoundRecord, arrays: Any) -> None:
+        if self._writer is None:
+            # purge_step: a resumed run's file hides what an earlier file holds from
+            # this round on (TensorBoard's own resume mechanism)
+            self._writer = self._summary_writer(str(self.log_dir), purge_step=record.round)
+            self._writer.add_text("config", _config_markdown(self.cfg), record.round)
+        for name, value in metrics(record).items():
+            self._writer.add_scalar(name, value, record.round)
+        self._writer.flush()
+
+    def on_run_end(self, arrays: Any) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def mlflow_uri(value: str) -> str:
+    """A URI with a scheme (http:, https:, file:, sqlite:, ...) as it is; anything else
+    is a folder for a local file store, made absolute."""
+    scheme = urlparse(value).scheme
+    if len(scheme) > 1:  # a Windows drive letter is a path
+        return value
+    folder = _make_folder("mlflow", Path(value).expanduser().resolve())
+    return folder.as_uri()
+
+
+class MlflowTracker:
+    """An MLflow run named after the run folder in experiment "fedsim": the config as
+    params, each rounds.csv number as a metric at step = round. The tracking URI is
+    this client's own; MLflow's global state (mlflow.set_tracking_uri) is left alone.
+
+    MLflow ≥ 3.x refuses a file store unless MLFLOW_ALLOW_FILE_STORE is true; asking
+    for a folder sets it for this process (unless already set), and `mlflow ui` needs
+    it too: `MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri DIR`.
+
+    A tracking server that stops answering mid-run does not stop the training: the
+    error is said once on stderr and the tracker stops logging (rounds.csv has it all).
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
+        try:
+            import mlflow
+            from mlflow.entities import Metric, Param
+        except ImportError:
+            raise ConfigError(flag("mlflow"), f"needs the mlflow package: {INSTALL}") from None
+        self._metric = Metric
+        self.uri = mlflow_uri(cfg.mlflow)
+        if self.uri.startswith("file:"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        try:
+            self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+            experiment_id = self._experiment_id()
+            run = self.client.create_run(
+                experiment_id,
+                run_name=run_dir.name,
+                tags={RUN_DIR_TAG: str(run_dir.resolve())},
+            )
+            self.run_id = run.info.run_id
+            params = [Param(name, str(value)) for name, value in cfg.as_dict().items()]
+            for start in range(0, len(params), 100):  # MLflow's batch limit
+                self.client.log_batch(self.run_id, params=params[start : start + 100])
+        except Exception as error:
+            raise ConfigError(flag("mlflow"), f"{self.uri}: {_one_line(error)}") from None
+        self._broken = False
+
+    def _experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(EXPERIMENT)
+        except Exception:  # another run created it meanwhile
+            experiment = self.client.get_experiment_by_name(EXPERIMENT)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def on_round_end(self, record: RoundRecord, arrays: Any) -> None:
+        now = int(time.time() * 1000)
+        batch = [
+            self._metric(name, value, now, record.round) for name, value in metrics(record).items()
+        ]
+        self._call(f"round {record.round}", lambda: self.client.log_batch(self.run_id, batch))
+
+    def on_run_end(self, arrays: Any) -> None:
+        self._call("the run's end", lambda: self.client.set_terminated(self.run_id))
+
+    def _call(self, what: str, call: Any) -> None:
+        if self._broken:
+            return
+        try:
+            call()
+        except Exception as error:
+            self._broken = True
+            print(
+                f"fedsim: --mlflow: {what} not logged, stopped logging to {self.uri} "
+                f"({_one_line(error)}); rounds.csv has every round",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

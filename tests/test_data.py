@@ -1,0 +1,246 @@
+"""Data loading: bad sources are one `--data` (or FEDSIM_CACHE) error, never wrong data."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from fedsim import data
+from fedsim.config import ConfigError
+from fedsim.data import DataError, load_cifar
+from tests.conftest import run_cli, write_cifar_batches
+
+ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+CLASSES = [f"class{i}" for i in range(10)]
+HF_METADATA = {
+    b"huggingface": json.dumps(
+        {
+            "info": {
+                "features": {
+                    "img": {"_type": "Image"},
+                    "label": {"names": CLASSES, "_type": "ClassLabel"},
+                }
+            }
+        }
+    ).encode()
+}
+
+
+def _images(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_parquet(file: Path, labels: list[int], image_column: pa.Array | None = None) -> None:
+    """An HF-layout parquet file: `img` structs of PNG bytes (or `image_column`), `label`."""
+    if image_column is None:
+        blobs = [_png(image) for image in _images(len(labels), seed=len(file.name))]
+        image_column = pa.array(
+            [{"bytes": blob, "path": None} for blob in blobs],
+            pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+        )
+    table = pa.table({"img": image_column, "label": pa.array(labels, pa.int64())})
+    file.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.replace_schema_metadata(HF_METADATA), file)
+
+
+def _parquet_folder(root: Path, train: list[int] | None = None, test: list[int] | None = None):
+    """root/plain_text/{train,test}-00000-of-00001.parquet, as the hub lays CIFAR-10 out."""
+    _write_parquet(root / "plain_text" / "train-00000-of-00001.parquet", train or [0, 1, 2, 3])
+    _write_parquet(root / "plain_text" / "test-00000-of-00001.parquet", test or [4, 5])
+    return root
+
+
+def _rewrite_batch(folder: Path, name: str, **changes) -> None:
+    batch = pickle.loads((folder / name).read_bytes())
+    (folder / name).write_bytes(pickle.dumps({**batch, **changes}))
+
+
+@pytest.fixture
+def batches(tmp_path: Path) -> Path:
+    """A small cifar-10-batches-py folder of the test's own, free to damage."""
+    return write_cifar_batches(tmp_path / "data" / "cifar-10-batches-py", 50, 10)
+
+
+# --- what works ---------------------------------------------------------------------
+
+
+def test_parquet_folder_decodes_to_the_pixels_and_labels(tmp_path) -> None:
+    root = _parquet_folder(tmp_path / "cifar", train=[3, 1, 4, 1], test=[5, 9])
+    loaded = load_cifar(str(root), tmp_path / "cache")
+    expected = _images(4, seed=len("train-00000-of-00001.parquet")).transpose(0, 3, 1, 2)
+    assert np.array_equal(loaded.train_x, expected)
+    assert loaded.train_y.tolist() == [3, 1, 4, 1] and loaded.test_y.tolist() == [5, 9]
+    assert loaded.test_x.shape == (2, 3, 32, 32) and loaded.classes == tuple(CLASSES)
+
+
+def test_shards_of_one_split_are_concatenated(tmp_path) -> None:
+    folder = _parquet_folder(tmp_path / "cifar") / "plain_text"
+    (folder / "train-00000-of-00001.parquet").unlink()
+    _write_parquet(folder / "train-00000-of-00002.parquet", [0, 1, 2])
+    _write_parquet(folder / "train-00001-of-00002.parquet", [7, 8])
+    loaded = load_cifar(str(folder.parent), tmp_path / "cache")
+    assert loaded.train_y.tolist() == [0, 1, 2, 7, 8] and len(loaded.train_x) == 5
+
+
+def test_missing_shard_is_refused(tmp_path) -> None:
+    folder = _parquet_folder(tmp_path / "cifar") / "plain_text"
+    (folder / "train-00000-of-00001.parquet").rename(folder / "train-00000-of-00002.parquet")
+    with pytest.raises(DataError, match="has 1 train shards, but their names say 2"):
+        load_cifar(str(folder.parent), tmp_path / "cache")
+
+
+# --- 1. labels outside 0-9 ----------------------------------------------------------
+
+
+def test_parquet_labels_outside_0_9_are_refused(tmp_path) -> None:
+    root = _parquet_folder(tmp_path / "cifar", train=[0, 10, -1, 10])
+    with pytest.raises(DataError, match=r"the train split has labels outside 0-9: -1, 10$"):
+        load_cifar(str(root), tmp_path / "cache")
+
+
+def test_batches_labels_outside_0_9_are_refused(batches, tmp_path) -> None:
+    _rewrite_batch(batches, "test_batch", labels=[12] + [0] * 9)
+    with pytest.raises(DataError, match=r"test_batch has labels outside 0-9: 12$"):
+        load_cifar(str(batches), tmp_path / "cache")
+
+
+# --- 2. columns of the wrong type ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("column", "type_name"),
+    [(pa.array([1, 2, 3, 4]), "int64"), (pa.array(["a", "b", "c", "d"]), "string")],
+    ids=["ints", "strings"],
+)
+def test_image_column_of_wrong_type_is_refused(column, type_name, tmp_path) -> None:
+    root = _parquet_folder(tmp_path / "cifar")
+    _write_parquet(root / "plain_text" / "train-00000-of-00001.parquet", [0, 1, 2, 3], column)
+    with pytest.raises(DataError, match=f"image column 'img' holds {type_name}, expected encoded"):
+        load_cifar(str(root), tmp_path / "cache")
+
+
+def test_label_column_of_wrong_type_is_refused(tmp_path) -> None:
+    root = _parquet_folder(tmp_path / "cifar")
+    file = root / "plain_text" / "test-00000-of-00001.parquet"
+    table = pq.read_table(file)
+    table = table.set_column(1, "label", pa.array(["cat", "dog"]))
+    pq.write_table(table, file)
+    with pytest.raises(DataError, match="label column 'label' holds string, expected integer"):
+        load_cifar(str(root), tmp_path / "cache")
+
+
+# --- 3. batches of the wrong size ---------------------------------------------------
+
+
+def test_batch_with_a_partial_image_is_refused(batches, tmp_path) -> None:
+    _rewrite_batch(batches, "data_batch_3", data=np.zeros(10 * 3072 - 1, np.uint8))
+    with pytest.raises(DataError, match=r"data_batch_3: data is uint8 of shape \(30719,\)"):
+        load_cifar(str(batches), tmp_path / "cache")
+
+
+def test_batch_with_fewer_labels_than_images_is_refused(batches, tmp_path) -> None:
+    _rewrite_batch(batches, "data_batch_2", labels=[1] * 9)
+    with pytest.raises(DataError, match="data_batch_2: 9 labels for 10 images"):
+        load_cifar(str(batches), tmp_path / "cache")
+
+
+# --- 4. an unwritable cache ---------------------------------------------------------
+
+
+def test_unwritable_cache_names_FEDSIM_CACHE_before_decoding(batches, tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(data, "_read_batches", lambda folder: pytest.fail("decoded anyway"))
+    with pytest.raises(ConfigError, match="cannot write the decoded data") as raised:
+        load_cifar(str(batches), tmp_path / "afile" / "cache")
+    assert raised.value.option == "FEDSIM_CACHE" and not isinstance(raised.value, DataError)
+
+
+# --- 5. a damaged cache is decoded again --------------------------------------------
+
+
+def _truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[:-100])
+
+
+DAMAGE = {
+    "train_x truncated": lambda f: _truncate(f / "train_x.npy"),
+    "test_y empty": lambda f: (f / "test_y.npy").write_bytes(b""),
+    "test_x missing": lambda f: (f / "test_x.npy").unlink(),
+    "meta.json garbage": lambda f: (f / "meta.json").write_bytes(b"\xff{not json"),
+    "meta.json of an older version": lambda f: (f / "meta.json").write_text(
+        json.dumps({"source": "x", "classes": CLASSES})
+    ),
+    "train_y of another length": lambda f: np.save(f / "train_y.npy", np.zeros(7, np.int64)),
+    "meta.json missing": lambda f: (f / "meta.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+def test_damaged_cache_is_decoded_again(damage, batches, tmp_path, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    first = load_cifar(str(batches), cache)
+    arrays = {name: np.array(getattr(first, name)) for name in ARRAYS}  # off the damaged map
+    (folder,) = (cache / "decoded").iterdir()
+    damage(folder)
+    again = load_cifar(str(batches), cache)
+    for name in ARRAYS:
+        assert np.array_equal(getattr(again, name), arrays[name]), name
+    assert again.classes == first.classes and again.key == first.key
+    monkeypatch.setattr(data, "_read_batches", lambda folder: pytest.fail("decoded again"))
+    load_cifar(str(batches), cache)  # the rebuilt cache verifies: no third decode
+    assert [p.name for p in (cache / "decoded").iterdir()] == [folder.name]
+
+
+# --- 6. two copies of the dataset ---------------------------------------------------
+
+
+def test_two_parquet_copies_are_refused(tmp_path) -> None:
+    root = _parquet_folder(tmp_path / "cifar")
+    shutil.copytree(root / "plain_text", root / "copy" / "plain_text")
+    message = (
+        rf"{root} holds more than one copy of the dataset \({root}/copy/plain_text, "
+        rf"{root}/plain_text\); point --data at one of them"
+    )
+    with pytest.raises(DataError, match=message):
+        load_cifar(str(root), tmp_path / "cache")
+
+
+def test_two_batches_copies_are_refused(batches, tmp_path) -> None:
+    shutil.copytree(batches, tmp_path / "data" / "copy" / "cifar-10-batches-py")
+    with pytest.raises(DataError, match="more than one copy of the dataset"):
+        load_cifar(str(tmp_path / "data"), tmp_path / "cache")
+
+
+def test_batches_beside_parquet_are_refused(batches, tmp_path) -> None:
+    _parquet_folder(tmp_path / "data")
+    with pytest.raises(DataError, match=f"more than one copy of the dataset \\({batches}, "):
+        load_cifar(str(tmp_path / "data"), tmp_path / "cache")
+
+
+# --- through the CLI ----------------------------------------------------------------
+
+
+def test_bad_data_is_one_line_exit_2_and_nothing_written(batches, tmp_path) -> None:
+    _rewrite_batch(batches, "data_batch_1", labels=[-3] + [0] * 9)
+    results = tmp_path / "results"
+    done = run_cli("--data", str(batches), "--results-dir", str(results), timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --data: "), done.stderr
+    assert "data_batch_1 has labels outside 0-9: -3" in lines[0]
+    assert not results.exists()

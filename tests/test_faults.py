@@ -1,0 +1,137 @@
+"""Faults through the real engine: no hang and no silent corruption.
+
+A frozen client, a client process that dies, a model that diverges, SIGTERM, two quick
+Ctrl-C, a kill -9 between the last round and the final status, and input that looks
+valid until the run starts. Each of these was reproduced first (issue 14).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, leftovers, run_cli, simulate, wait_for_rounds
+
+
+def _faulty(fault: str, data, results, name: str, options: str, **kwargs):
+    """`simulate.py OPTIONS` with one misbehaving client (tests/faulty_clients.py)."""
+    command = [sys.executable, "-m", "tests.faulty_clients", fault, *options.split()]
+    command += ["--data", str(data), "--results-dir", str(results), "--name", name]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, **kwargs)
+    return done, pd.read_csv(results / name / "clients.csv")
+
+
+def _status(run_dir) -> dict:
+    return json.loads((run_dir / "config.json").read_text())
+
+
+def test_a_frozen_client_is_cut_off_and_the_run_ends(tiny_cifar, tmp_path) -> None:
+    """Client 0 never returns in round 2: the round timeout counts it, its actor ends
+    itself (watchdog) and is restarted, round 3 has every client, and the run ends."""
+    options = "--clients 2 --rounds 3 --round-timeout 8 --fraction-evaluate 0"
+    started = time.monotonic()
+    done, clients = _faulty("freeze:2:0", tiny_cifar, tmp_path, "frozen", options, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert time.monotonic() - started < 150
+    status = {(r, c): s for r, c, s in clients[["round", "client", "status"]].values.tolist()}
+    assert status == {
+        (1, 0): "ok",
+        (1, 1): "ok",
+        (2, 0): "timeout",
+        (2, 1): "ok",
+        (3, 0): "ok",
+        (3, 1): "ok",
+    }
+    assert "round 2: 1 train timeout" in done.stderr
+    config = _status(tmp_path / "frozen")
+    assert config["status"] == "complete" and config["client_outcomes"] == {"timeout": 1}
+
+
+def test_a_killed_client_process_is_replaced(tiny_cifar, tmp_path) -> None:
+    """The process running client 0 dies in round 2: its clients fail that round (said
+    on the console and in config.json), Ray restarts the actor, later rounds lose none."""
+    options = "--clients 2 --rounds 4 --fraction-evaluate 0"
+    done, clients = _faulty("kill:2:0", tiny_cifar, tmp_path, "killed", options, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    failed = clients[clients["status"] != "ok"]
+    assert failed[["round", "client", "status"]].values.tolist() == [[2, 0, "failed"]]
+    assert (clients.loc[clients["round"] > 2, "status"] == "ok").all()
+    assert len(clients[clients["round"] > 2]) == 4
+    assert "round 2: 1 train failed" in done.stderr
+    config = _status(tmp_path / "killed")
+    assert config["client_outcomes"] == {"failed": 1} and config["client_errors"]
+
+
+def test_divergence_stops_the_run_and_says_why(tiny_cifar, tmp_path) -> None:
+    done, frame = simulate(tiny_cifar, tmp_path, "diverged", "--clients 2 --rounds 4 --lr 1e12")
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: the model diverged in round 1")
+    assert frame["round"].tolist() == [0]  # the diverged round is not kept
+    config = _status(tmp_path / "diverged")
+    assert config["status"] == "diverged" and "diverged" in config["error"]
+    assert not (tmp_path / "diverged" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("option", ["--lr", "--alpha", "--client-failure-rate"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_non_finite_values_are_refused(option, value, tiny_cifar, tmp_path) -> None:
+    from fedsim.cli import main
+
+    results = tmp_path / "results"
+    assert main([option, value, "--data", str(tiny_cifar), "--results-dir", str(results)]) == 2
+    assert not results.exists()
+
+
+def test_sigterm_after_ray_started_is_an_interrupt(tiny_cifar, tmp_path, start_run) -> None:
+    where = ["--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "termed"]
+    process, ray_tmp = start_run(["--clients", "2", "--rounds", "500", *where])
+    wait_for_rounds(tmp_path / "termed" / "rounds.csv", 1, process)
+    os.kill(process.pid, signal.SIGTERM)  # what `kill PID` does
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert _status(tmp_path / "termed")["status"] == "interrupted"
+    time.sleep(3)
+    assert leftovers(ray_tmp) == []
+
+
+def test_two_quick_ctrl_c_leave_nothing_running(tiny_cifar, tmp_path, start_run) -> None:
+    where = ["--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "twice"]
+    process, ray_tmp = start_run(["--clients", "2", "--rounds", "500", *where])
+    wait_for_rounds(tmp_path / "twice" / "rounds.csv", 1, process)
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    deadline = time.monotonic() + 10
+    while leftovers(ray_tmp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leftovers(ray_tmp) == []
+
+
+def test_resume_finishes_the_bookkeeping_of_a_run_killed_after_its_last_round(
+    tiny_cifar, tmp_path
+) -> None:
+    done, frame = simulate(tiny_cifar, tmp_path, "late", "--clients 2 --rounds 2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = tmp_path / "late"
+    # What a kill -9 after the last round's checkpoint leaves: no model, status running
+    (run_dir / "model.pt").unlink()
+    config = _status(run_dir)
+    (run_dir / "config.json").write_text(json.dumps({**config, "status": "running"}))
+    resumed = run_cli("--resume", str(run_dir), timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "all 2 rounds were done" in resumed.stdout and "Ray has" not in resumed.stdout
+    assert (run_dir / "model.pt").exists() and _status(run_dir)["status"] == "complete"
+    assert pd.read_csv(run_dir / "rounds.csv").equals(frame)
+    again = run_cli("--resume", str(run_dir), timeout=120)
+    assert "is already complete" in again.stdout
