@@ -131,7 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_experiment(experiment)
             return 0
         (cfg,) = sweep.expand([given])
-        _runner().run(cfg, started)  # heavy imports (torch, flwr, ray) once the options are good
+        from fedsim import engine  # light: Ray is imported in its own thread
+
+        ray = engine.RayStarter(cfg)  # starts while the heavy imports (torch, flwr) run
+        _runner().run(cfg, started, ray)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from dataclasses import dataclass
@@ -49,6 +50,51 @@ def ray_address(cfg: RunConfig) -> str:
     return cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
 
 
+PROBE_SECONDS = 3.0  # how long a cluster address may take to answer a TCP connect
+
+
+def _lean_local_instance() -> None:
+    """A private one-machine instance needs neither the dashboard's API server nor the
+    autoscaler's monitor, but Ray 2.55 starts both even with include_dashboard=False:
+    about 1.4 s of start, 1.2 s of shutdown, 190 MB and 2 s of CPU on two cores. The
+    switches are private (`ray._private.node.Node`), hence ray's exact pin;
+    tests/test_engine.py checks that neither process runs and that actors still do.
+    Ray's two agents stay: the raylet dies without them. After a kill -9 of this
+    process they would wait 60 s for the dead GCS; 3 s is enough on one machine."""
+    from ray._private.node import Node
+
+    Node.start_api_server = lambda self, **kwargs: None
+    Node.start_monitor = lambda self: None
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "3")
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable cluster for minutes, with only warnings: try the
+    address for a few seconds first and say so in one line."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        resolved = canonicalize_bootstrap_address(address) if address == "auto" else address
+    except Exception as error:  # no cluster named in Ray's address file, or a bad one
+        raise ConfigError(flag("ray_address"), f"no Ray cluster to attach to ({error})") from None
+    host, _, port = (resolved or "").removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
+    except (OSError, ValueError):
+        raise ConfigError(
+            flag("ray_address"),
+            f"{resolved or address} does not answer (is the cluster up? `ray status` tells)",
+        ) from None
+
+
+class _NoSigtermNotice(logging.Filter):
+    """ray.init outside the main thread (RayStarter) warns that it set no SIGTERM
+    handler: fedsim's own handler is the one wanted, so the notice is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
 def start_ray(cfg: RunConfig) -> Cluster:
     """Start a private Ray instance (or attach to `--ray-address`) and size the clients;
     refuse a GPU share the cluster cannot give a single client."""
@@ -62,9 +108,12 @@ def start_ray(cfg: RunConfig) -> Cluster:
         # which costs seconds per actor.
         os.environ["PYTHONPATH"] = pythonpath
         runtime_env = None
+        _lean_local_instance()
     else:
+        _check_reachable(address)
         runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
     on_sigterm = signal.getsignal(signal.SIGTERM)
+    logging.getLogger("ray._private.worker").addFilter(_NoSigtermNotice())
     ray.init(
         address=address,
         include_dashboard=False,
@@ -182,3 +231,50 @@ def stop_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+class RayStarter:
+    """`start_ray` in a thread of its own, so that Ray starts (seconds) while the driver
+    imports torch and loads the data. The thread lives until Ray is stopped: Ray's
+    processes are started with a parent-death signal, which Linux sends when the
+    *thread* that started them ends."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self._cfg = cfg
+        self._ready = threading.Event()
+        self._release = threading.Event()
+        self._cluster: Cluster | None = None
+        self._error: BaseException | None = None
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._keep, name="fedsim-ray", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        import time
+
+        tick = time.perf_counter()
+        try:
+            self._cluster = start_ray(self._cfg)
+        except BaseException as error:  # handed to the caller by cluster()
+            self._error = error
+        finally:
+            self.seconds = time.perf_counter() - tick
+            self._ready.set()
+        if self._cluster is not None:
+            self._release.wait()
+            stop_ray()
+
+    def cluster(self) -> Cluster:
+        """Wait (interruptibly) until Ray is up; its start's error, if any, is raised."""
+        while not self._ready.wait(timeout=0.1):
+            pass
+        if self._error is not None:
+            raise self._error
+        assert self._cluster is not None
+        return self._cluster
+
+    def stop(self) -> None:
+        """Stop Ray (if it started) and let the thread end; safe to call twice."""
+        self._ready.wait(timeout=120)
+        self._release.set()
+        self._thread.join(timeout=30)

@@ -4,8 +4,8 @@ the Flower App (fedsim.flower_app) and the benchmarks' own loops (bench/).
 A run folder is claimed atomically (two runs named alike in the same second get two
 folders, never one), config.json says `running` while rounds are being written and
 then why the run ended: `complete`, `interrupted`, `aborted` or `diverged` (with the
-reason), or `failed` (with the error). A folder claimed by a run that then could not
-start is removed again: bad input leaves nothing behind.
+reason), or `failed` (with the error). The folder is claimed once everything that can
+be wrong with the input has been checked: bad input leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -57,17 +57,6 @@ def claim_run_dir(cfg: RunConfig) -> Path:
         except OSError as error:
             raise ConfigError(flag("results_dir"), f"cannot create {run_dir}: {error}") from None
     raise ConfigError(flag("name"), f"{parent} holds too many runs named {base}")
-
-
-@contextlib.contextmanager
-def released_on_error(run_dir: Path) -> Iterator[None]:
-    """Remove a freshly claimed folder if the run fails before writing anything to it."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(OSError):
-            run_dir.rmdir()  # only if still empty
-        raise
 
 
 class RunStatus:

@@ -87,16 +87,20 @@ def _prepare(cfg: RunConfig, started: float) -> RunInputs:
     return RunInputs(cfg, dataset, partitions, timings)
 
 
-def run(cfg: RunConfig, started: float | None = None) -> Path:
-    """A fresh run; returns its folder."""
+def run(cfg: RunConfig, started: float | None = None, ray: engine.RayStarter | None = None) -> Path:
+    """A fresh run; returns its folder. Ray starts (or `ray` has started) while the
+    data is loaded and checked; nothing is written before both are ready."""
     started = started or time.perf_counter()
     if Path(cfg.data).expanduser().exists():  # config.json records where the data was
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
-    inputs = _prepare(cfg, started)
-    run_dir = lifecycle.claim_run_dir(cfg)
-    with lifecycle.released_on_error(run_dir):
-        cluster = _start_ray(inputs)
-    return _execute(inputs, run_dir, started, cluster, checkpoint=None)
+    ray = ray or engine.RayStarter(cfg)
+    try:
+        inputs = _prepare(cfg, started)
+        cluster = _wait_for_ray(ray, inputs)
+        run_dir = lifecycle.claim_run_dir(cfg)
+        return _execute(inputs, run_dir, started, cluster, checkpoint=None)
+    finally:
+        ray.stop()
 
 
 def resume(run_dir: Path, rounds: int | None = None, started: float | None = None) -> Path:
@@ -118,8 +122,12 @@ def resume(run_dir: Path, rounds: int | None = None, started: float | None = Non
         if checkpoint.round >= cfg.rounds:
             _finish_bookkeeping(run_dir, cfg, document, checkpoint)
             return run_dir
-    inputs = _prepare(cfg, started)
-    return _execute(inputs, run_dir, started, _start_ray(inputs), checkpoint)
+    ray = engine.RayStarter(cfg)
+    try:
+        inputs = _prepare(cfg, started)
+        return _execute(inputs, run_dir, started, _wait_for_ray(ray, inputs), checkpoint)
+    finally:
+        ray.stop()
 
 
 def _finish_bookkeeping(
@@ -140,10 +148,9 @@ def _finish_bookkeeping(
     )
 
 
-def _start_ray(inputs: RunInputs) -> engine.Cluster:
-    tick = time.perf_counter()
-    cluster = engine.start_ray(inputs.cfg)
-    inputs.timings.ray_start = time.perf_counter() - tick
+def _wait_for_ray(ray: engine.RayStarter, inputs: RunInputs) -> engine.Cluster:
+    cluster = ray.cluster()
+    inputs.timings.ray_start = ray.seconds  # Ray's own start, mostly hidden behind the data's
     return cluster
 
 
@@ -155,38 +162,33 @@ def _execute(
     checkpoint: Checkpoint | None,
 ) -> Path:
     cfg = inputs.cfg
-    try:
-        for csv_name in (ROUNDS_CSV, CLIENTS_CSV):
-            truncate_rows(run_dir / csv_name, checkpoint.round if checkpoint else -1)
-        extra = {
-            "run_dir": str(run_dir),
-            "data_cache_key": inputs.dataset.key,
-            "partition_sizes": inputs.partitions.sizes,
-            "resumed_from_round": checkpoint.round if checkpoint else None,
-            "cluster": cluster.describe(),
-        }
-        status = lifecycle.RunStatus(run_dir, cfg, inputs.timings, extra)
-        print(
-            _announce(cfg, run_dir, cluster, checkpoint.round if checkpoint else None), flush=True
-        )
-        transport = Transport(cluster.concurrent_clients, cfg.clients_per_message)
-        loop = build_loop(inputs, run_dir, checkpoint, transport, status.failures)
-        with status.running(started):
-            try:
-                engine.run_simulation(
-                    build_server_app(loop),
-                    build_client_app(cfg, _put_data(inputs)),
-                    nodes_needed(cfg, transport, loop.reply_bytes),
-                    cluster,
-                    loop.finished,
-                )
-            except KeyboardInterrupt:
-                loop.stop.set()  # the server loop ends at its next poll; Ray goes down below
-                raise
-            if loop.error is not None:  # the engine may have stopped before it said so
-                raise loop.error
-    finally:
-        engine.stop_ray()
+    for csv_name in (ROUNDS_CSV, CLIENTS_CSV):
+        truncate_rows(run_dir / csv_name, checkpoint.round if checkpoint else -1)
+    extra = {
+        "run_dir": str(run_dir),
+        "data_cache_key": inputs.dataset.key,
+        "partition_sizes": inputs.partitions.sizes,
+        "resumed_from_round": checkpoint.round if checkpoint else None,
+        "cluster": cluster.describe(),
+    }
+    status = lifecycle.RunStatus(run_dir, cfg, inputs.timings, extra)
+    print(_announce(cfg, run_dir, cluster, checkpoint.round if checkpoint else None), flush=True)
+    transport = Transport(cluster.concurrent_clients, cfg.clients_per_message)
+    loop = build_loop(inputs, run_dir, checkpoint, transport, status.failures)
+    with status.running(started):
+        try:
+            engine.run_simulation(
+                build_server_app(loop),
+                build_client_app(cfg, _put_data(inputs)),
+                nodes_needed(cfg, transport, loop.reply_bytes),
+                cluster,
+                loop.finished,
+            )
+        except KeyboardInterrupt:
+            loop.stop.set()  # the server loop ends at its next poll; Ray goes down after
+            raise
+        if loop.error is not None:  # the engine may have stopped before it said so
+            raise loop.error
     print(f"fedsim: done in {inputs.timings.total:.1f} s -> {run_dir}", flush=True)
     return run_dir
 

@@ -50,6 +50,11 @@ class RunStopped(RuntimeError):
 
 
 POLL_SECONDS = 0.02  # how often the loop looks for replies (Flower's own grid waits 0.1 s)
+RESEND_SECONDS = 0.5  # wait before sending again a bundle that met a restarting actor
+# Ray 2.55's words for a call that reached an actor while it was being restarted (it
+# never ran, unlike a call whose process died under it): Flower hands the error over
+# as text, so the text is what there is to match (tests/test_faults.py covers it).
+RESTARTING = ("ActorUnavailableError", "The actor is restarting")
 
 
 def sample_count(clients: int, fraction: float) -> int:
@@ -333,24 +338,36 @@ class FederatedLoop:
         """Push the bundles, wait for their replies until the deadline (stoppable,
         polling faster than Flower's grid), and read each client's outcome; the clients
         of a bundle that failed as a whole (its process died) or did not answer in time
-        fail with it."""
-        ids = grid.push_messages([m for m, _ in messages])
-        waiting = {mid: bundle for mid, (_, bundle) in zip(ids, messages, strict=True)}
+        fail with it. A bundle that reached an actor while Ray was restarting it never
+        ran: it is sent again."""
+        waiting: dict[str, tuple[Message, list[int]]] = {}
+
+        def push(batch: list[tuple[Message, list[int]]]) -> None:
+            ids = grid.push_messages([m for m, _ in batch])
+            waiting.update(zip(ids, batch, strict=True))
+
+        push(messages)
         outcomes: dict[int, ClientOutcome] = {}
         while waiting and time.time() < deadline:
             self._check_stop()
+            again = []
             for reply in grid.pull_messages(list(waiting)):
-                bundle = waiting.pop(reply.metadata.reply_to_message_id)
-                if reply.has_error():
+                message, bundle = waiting.pop(reply.metadata.reply_to_message_id)
+                if reply.has_error() and _never_ran(reply.error.reason):
+                    again.append((_copy(message), bundle))
+                elif reply.has_error():
                     error = reply.error.reason
                     outcomes.update(
                         (pid, ClientOutcome(pid, protocol.FAILED, error=error)) for pid in bundle
                     )
                 else:
                     outcomes.update((o.pid, o) for o in protocol.unpack_outcomes(reply.content))
-            if waiting:
+            if again:
+                time.sleep(RESEND_SECONDS)  # the actor's restart takes about a second
+                push(again)
+            elif waiting:
                 time.sleep(POLL_SECONDS)
-        for bundle in waiting.values():
+        for _, bundle in waiting.values():
             outcomes.update((pid, ClientOutcome(pid, protocol.TIMEOUT)) for pid in bundle)
         return outcomes
 
@@ -412,6 +429,18 @@ def _client_record(
         bytes_down=down,
         bytes_up=outcome.bytes_up,
         error=outcome.error,
+    )
+
+
+def _never_ran(reason: str) -> bool:
+    return all(words in reason for words in RESTARTING)
+
+
+def _copy(message: Message) -> Message:
+    return Message(
+        content=message.content,
+        dst_node_id=message.metadata.dst_node_id,
+        message_type=message.metadata.message_type,
     )
 
 

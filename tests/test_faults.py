@@ -135,3 +135,46 @@ def test_resume_finishes_the_bookkeeping_of_a_run_killed_after_its_last_round(
     assert pd.read_csv(run_dir / "rounds.csv").equals(frame)
     again = run_cli("--resume", str(run_dir), timeout=120)
     assert "is already complete" in again.stdout
+
+
+def test_clients_without_held_out_examples_are_not_evaluated(tiny_cifar, tmp_path) -> None:
+    """1,000 clients of one image each: none has a held-out share to evaluate."""
+    done, frame = simulate(
+        tiny_cifar, tmp_path, "tiny-clients", "--clients 1000 --rounds 1 --fraction-fit 0.01"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert frame["eval_accuracy"].isna().all() and frame["central_accuracy"].notna().all()
+
+
+def test_runs_named_alike_get_folders_of_their_own(tmp_path) -> None:
+    from fedsim.config import ConfigError, RunConfig
+    from fedsim.lifecycle import claim_run_dir
+
+    cfg = RunConfig(results_dir=str(tmp_path))
+    first, second = claim_run_dir(cfg), claim_run_dir(cfg)  # the same second, the same name
+    assert first != second and second.name.startswith(first.name)
+    named = cfg.replace(name="mine")
+    claim_run_dir(named)
+    with pytest.raises(ConfigError, match=r"--name: .* already exists"):
+        claim_run_dir(named)
+
+
+def test_resume_skips_torn_or_foreign_lines(tmp_path) -> None:
+    from fedsim.checkpoint import truncate_rows
+
+    path = tmp_path / "rounds.csv"
+    path.write_text("round,a\n0,1\n1,2\ngarbage\x00\n2,3,4\n3,\n")
+    truncate_rows(path, 1)
+    assert path.read_text().splitlines() == ["round,a", "0,1", "1,2"]
+
+
+def test_a_damaged_checkpoint_is_one_line(tiny_cifar, tmp_path) -> None:
+    done, _ = simulate(tiny_cifar, tmp_path, "cut", "--clients 2 --rounds 1")
+    assert done.returncode == 0
+    checkpoint = tmp_path / "cut" / "checkpoint.pt"
+    for damaged in (checkpoint.read_bytes()[:200], b""):
+        checkpoint.write_bytes(damaged)
+        resumed = run_cli("--resume", str(tmp_path / "cut"), "--rounds", "2", timeout=120)
+        assert resumed.returncode == 2
+        lines = resumed.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --resume: "), lines
