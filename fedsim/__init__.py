@@ -6,6 +6,7 @@ import os
 # (they read these once): none of them may try to report usage.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # --mlflow
 # Ray's future default (fedsim picks each client's device itself); setting it also
 # silences Ray's warning about the change.
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim import algorithms, engine, lifecycle, task
+from fedsim import algorithms, engine, lifecycle, task, tracking
 from fedsim.checkpoint import (
     CHECKPOINT,
     Checkpoint,
@@ -239,6 +239,7 @@ def build_loop(
         ProgressPrinter(cfg.rounds),
         failures,
         ModelSaver(run_dir / MODEL),
+        *tracking.trackers(cfg, run_dir),
     ]
     parts = inputs.partitions
     return FederatedLoop(

@@ -141,11 +141,13 @@ def expand(grids: Sequence[Grid]) -> list[RunConfig]:
 
 
 def swept(grids: Sequence[Grid]) -> list[str]:
-    """The options that take more than one value across the grids, in field order."""
+    """The options that take more than one value among the runs they apply to, in
+    field order (alpha set for every Dirichlet variant alike is not swept)."""
+    configs = expand(grids)
     return [
         name
         for name in _FIELDS
-        if len({v for grid in grids for v in grid.get(name, [default(name)])}) > 1
+        if len({getattr(cfg, name) for cfg in configs if applies(cfg, name)}) > 1
     ]
 
 

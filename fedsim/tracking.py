@@ -15,8 +15,10 @@ resumed one on.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -50,7 +52,9 @@ def _make_folder(option: str, folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(flag(option), f"cannot create {folder}: {error.strerror or error}")
+        raise ConfigError(
+            flag(option), f"cannot create {folder}: {error.strerror or error}"
+        ) from None
     return folder
 
 
@@ -110,8 +114,8 @@ class MlflowTracker:
     params, each rounds.csv number as a metric at step = round. The tracking URI is
     this client's own; MLflow's global state (mlflow.set_tracking_uri) is left alone.
 
-    MLflow ≥ 3.x refuses a file store unless MLFLOW_ALLOW_FILE_STORE is true; asking
-    for a folder sets it for this process (unless already set), and `mlflow ui` needs
+    Recent MLflow (3.17) refuses a file store unless MLFLOW_ALLOW_FILE_STORE is true; a
+    folder sets it for this process (unless already set), and `mlflow ui` needs
     it too: `MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri DIR`.
 
     A tracking server that stops answering mid-run does not stop the training: the
@@ -126,6 +130,7 @@ class MlflowTracker:
             raise ConfigError(flag("mlflow"), f"needs the mlflow package: {INSTALL}") from None
         self._metric = Metric
         self.uri = mlflow_uri(cfg.mlflow)
+        _check_server(self.uri)
         if self.uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         try:
@@ -179,6 +184,24 @@ class MlflowTracker:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def _check_server(uri: str, timeout: float = 10.0) -> None:
+    """Fail in seconds on a tracking server nobody answers at, not after MLflow's
+    retries (minutes); behind a proxy that would carry the requests, leave it to MLflow."""
+    parts = urlparse(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        why = error.strerror or str(error) or type(error).__name__
+        raise ConfigError(
+            flag("mlflow"), f"{uri}: no server answers at {host}:{port} ({why})"
+        ) from None
 
 
 def _one_line(error: BaseException) -> str:

@@ -105,7 +105,16 @@ def test_shipped_experiments_hold_the_issue_grids() -> None:
     splits = {(c.partition, c.alpha, c.classes_per_client) for c in niid.runs}
     assert ("dirichlet", 0.5, 2) in splits
     assert {c.classes_per_client for c in niid.runs if c.partition == "pathological"} == {1, 2, 3}
-    assert {(c.strategy, c.proximal_mu) for c in niid.runs} == {("fedavg", 0.01), ("fedprox", 0.01)}
+    assert {
+        (c.strategy, c.partition, c.proximal_mu) for c in niid.runs if c.strategy == "fedprox"
+    } == {
+        ("fedprox", "iid", 0.01),
+        ("fedprox", "dirichlet", 0.001),  # NIID-Bench's mu for each partition
+        ("fedprox", "pathological", 0.01),
+    }
+    dirichlet = [c for c in niid.runs if c.partition == "dirichlet"]
+    assert all(c.dirichlet_balance and c.min_partition_size == 10 for c in dirichlet)
+    assert "fedavg_dirichlet_seed-0" in {c.name for c in niid.runs}
 
 
 TOML_ERRORS = [
