@@ -1,10 +1,11 @@
 """Crash safety: after every round, the state needed to go on from it, written atomically.
 
 A checkpoint holds the global model, the round it ends, the strategy object itself
-(FedAvgM's momentum, FedAdam's moments live there), the clients' memories and the
-driver's RNG states. With rounds.csv and clients.csv fsynced first, a run killed at
-any moment can be resumed from its last complete round and finish with the same
-numbers as an uninterrupted one.
+(FedAvgM's momentum, FedAdam's moments live there), the clients' memories, the
+simulated clock (its time, and FedBuff's clients in flight) and the driver's RNG
+states. With rounds.csv and clients.csv fsynced first, a run killed at any moment can
+be resumed from its last complete round and finish with the same numbers as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.clients import ClientStates
+from fedsim.clock import ClockState
 from fedsim.config import ConfigError
 from fedsim.results import RoundRecord, atomic_write
 
@@ -33,15 +35,19 @@ class Checkpoint:
     arrays: ArrayRecord
     strategy: Strategy
     states: ClientStates
+    clock: ClockState
 
 
 class Checkpointer:
     """Writes checkpoint.pt at the end of every round (round 0 included)."""
 
-    def __init__(self, path: Path, strategy: Strategy, states: ClientStates) -> None:
+    def __init__(
+        self, path: Path, strategy: Strategy, states: ClientStates, clock: ClockState
+    ) -> None:
         self.path = path
         self.strategy = strategy
         self.states = states
+        self.clock = clock
 
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
         state = {
@@ -49,6 +55,7 @@ class Checkpointer:
             "model": arrays.to_torch_state_dict(),
             "strategy": pickle.dumps(self.strategy),
             "client_states": self.states.to_bytes(),
+            "clock": self.clock.to_dict(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -71,6 +78,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             arrays=ArrayRecord(state["model"]),
             strategy=pickle.loads(state["strategy"]),
             states=ClientStates.from_bytes(state.get("client_states", {})),
+            clock=ClockState.from_dict(state.get("clock", {})),
         )
         rng = state["rng"]
     except Exception as error:  # torch.load raises many kinds on a damaged file

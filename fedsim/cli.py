@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsim import sweep
-from fedsim.config import ConfigError, RunConfig, fields, flag, value_type
+from fedsim.config import ConfigError, RunConfig, fields, flag, shown, value_type
+from fedsim.profiles import load_profiles
 
 _TYPES = typing.get_type_hints(RunConfig)
 
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plot",
         metavar="DIR",
-        help="only redraw summary.csv and the plots of results/<experiment> from its CSVs",
+        help="only redraw summary.csv and the plots of results/<experiment> from its CSVs "
+        "(with --target-accuracy: the time to reach it)",
     )
     for f in fields():
         if value_type(f.name) is bool:
@@ -73,12 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})",
             )
         else:
-            shown = "auto" if f.default is None else f.default
             parser.add_argument(
                 flag(f.name),
                 metavar=f.name.upper(),
                 default=None,
-                help=f"{f.metadata['help']} (default: {shown})",
+                help=f"{f.metadata['help']} (default: {shown(f.name, f.default)})",
             )
     return parser
 
@@ -118,11 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _resume(args, given, started)
             return 0
         if args.plot:
-            if given or args.experiment:
-                raise ConfigError("--plot", "takes the experiment folder alone, no run options")
+            if set(given) - {"target_accuracy"} or args.experiment:
+                raise ConfigError(
+                    "--plot",
+                    "takes the experiment folder alone, no run options (but --target-accuracy)",
+                )
             from fedsim import plots
 
-            plots.report(Path(args.plot))
+            plots.report(Path(args.plot), given.get("target_accuracy", [None])[0])
             return 0
         experiment = sweep.plan_from(args.experiment, given)
         if experiment is not None:
@@ -131,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_experiment(experiment)
             return 0
         (cfg,) = sweep.expand([given])
+        load_profiles(cfg)  # a bad profiles file is refused before Ray starts
         from fedsim import engine  # light: Ray is imported in its own thread
 
         ray = engine.RayStarter(cfg)  # starts while the heavy imports (torch, flwr) run

@@ -15,6 +15,17 @@ from flwr.common import serde
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 
+def to_bytes(record: RecordDict) -> bytes:
+    """Flower's own serialization (protobuf): exact, and independent of pickling."""
+    return serde.recorddict_to_proto(record).SerializeToString()
+
+
+def from_bytes(blob: bytes) -> RecordDict:
+    proto = ProtoRecordDict()
+    proto.ParseFromString(blob)
+    return serde.recorddict_from_proto(proto)
+
+
 class ClientStates:
     """partition id -> RecordDict, for the clients that have one."""
 
@@ -34,17 +45,8 @@ class ClientStates:
         return len(self._states)
 
     def to_bytes(self) -> dict[int, bytes]:
-        """Flower's own serialization (protobuf): exact, and independent of pickling."""
-        return {
-            pid: serde.recorddict_to_proto(state).SerializeToString()
-            for pid, state in self._states.items()
-        }
+        return {pid: to_bytes(state) for pid, state in self._states.items()}
 
     @classmethod
     def from_bytes(cls, stored: dict[int, bytes]) -> ClientStates:
-        states = {}
-        for pid, blob in stored.items():
-            proto = ProtoRecordDict()
-            proto.ParseFromString(blob)
-            states[int(pid)] = serde.recorddict_from_proto(proto)
-        return cls(states)
+        return cls({int(pid): from_bytes(blob) for pid, blob in stored.items()})

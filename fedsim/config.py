@@ -14,12 +14,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedsim.algorithms import ALGORITHMS
+from fedsim.algorithms import ALGORITHMS, ASYNCHRONOUS
 
 HUB_CIFAR10 = "uoft-cs/cifar10"
 MODELS = ("cnn", "resnet18")
 PARTITIONS = ("iid", "dirichlet", "pathological", "shard")
 STRATEGIES = tuple(ALGORITHMS)  # fedsim.algorithms: one module each
+SYNCHRONOUS = tuple(s for s in STRATEGIES if s not in ASYNCHRONOUS)  # rounds of sampled clients
 NUM_CLASSES = 10
 MAX_SEED = 2**32 - 1  # numpy and torch both take it; a common bound users know
 MAX_NAME = 120  # characters of a run name: room for file names under any file system's limit
@@ -75,15 +76,58 @@ class RunConfig:
     )
     server_lr: float | None = _opt(
         None,
-        "server learning rate (fedavgm, fedadam, fedyogi, fedadagrad; default: Flower's)",
+        "server learning rate (fedavgm, fedadam, fedyogi, fedadagrad: default Flower's; "
+        "fedbuff: default 1)",
         bounds="(0, inf)",
-        applies=("strategy", "fedavgm", "fedadam", "fedyogi", "fedadagrad"),
+        applies=("strategy", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedbuff"),
     )
     server_momentum: float | None = _opt(
         None,
         "server momentum (fedavgm; default: Flower's)",
         bounds="[0, 1)",
         applies=("strategy", "fedavgm"),
+    )
+    # The simulated clock (fedsim.clock): device profiles, how a round ends, FedBuff
+    profiles: str = _opt(
+        "",
+        "client device profiles: a CSV file (client, examples_per_second, down_mbps, up_mbps, "
+        "online) or 'lognormal' (seeded draws around published medians); default: every "
+        "client the median device, always online",
+    )
+    deadline: float | None = _opt(
+        None,
+        "simulated seconds a round waits: the updates of clients not done by then are "
+        "discarded and counted as stragglers (default: wait for every client)",
+        bounds="(0, inf)",
+        applies=("strategy", *SYNCHRONOUS),
+        unset="none",
+    )
+    over_select: float | None = _opt(
+        None,
+        "sample ceil(F·k) clients and keep the first k to finish (Bonawitz et al. 2019: 1.3)",
+        bounds="[1, inf)",
+        applies=("strategy", *SYNCHRONOUS),
+        unset="none",
+    )
+    buffer_size: int = _opt(
+        10,
+        "FedBuff: client updates the server waits for before each model update (K)",
+        bounds="[1, inf)",
+        applies=("strategy", *ASYNCHRONOUS),
+    )
+    concurrency: int = _opt(
+        20,
+        "FedBuff: clients training at once in simulated time (C)",
+        bounds="[1, inf)",
+        applies=("strategy", *ASYNCHRONOUS),
+    )
+    target_accuracy: float | None = _opt(
+        None,
+        "summary.csv's sim_seconds_to_target: simulated seconds until central accuracy "
+        "first reaches this",
+        roles=(FIXED, NOT_COMPARED),  # it only reads the rounds: a finished run stays valid
+        bounds="(0, 1]",
+        unset="none",
     )
     # Data
     data: str = _opt(
@@ -242,6 +286,14 @@ def value_type(name: str) -> type:
     if isinstance(hint, types.UnionType):
         return next(t for t in typing.get_args(hint) if t is not type(None))
     return hint
+
+
+def shown(name: str, value: Any) -> str:
+    """An option's value as help text and run labels say it; an unset optional one is
+    `auto` (fedsim picks) unless its field says what unset means (`none`)."""
+    if value is not None:
+        return str(value)
+    return next(f for f in fields() if f.name == name).metadata.get("unset", "auto")
 
 
 def default_data() -> str:

@@ -20,6 +20,7 @@ from fedsim import config, plots, runner
 from fedsim.config import ConfigError, RunConfig, applies, fields, flag, with_role
 from fedsim.data import DecodedDataset, cache_root, load_cifar
 from fedsim.partition import cached_partition_indices, label_counts
+from fedsim.profiles import load_profiles
 from fedsim.server_app import RunAborted
 from fedsim.summary import CONFIG_JSON, is_complete
 from fedsim.sweep import Experiment
@@ -50,12 +51,12 @@ def _state(cfg: RunConfig, folder: Path, data_key: str) -> str:
             f"{folder} is in the way: not a fedsim run ({error.__class__.__name__}), "
             "move it or choose another --name for the experiment",
         ) from None
-    changed = [
-        f"{f.name} {stored.get(f.name)!r} there, {getattr(cfg, f.name)!r} here"
+    changed = [  # an option newer than the run was at its default there
+        f"{f.name} {stored.get(f.name, f.default)!r} there, {getattr(cfg, f.name)!r} here"
         for f in fields()
         if f.name not in NOT_COMPARED
         and applies(cfg, f.name)
-        and stored.get(f.name) != getattr(cfg, f.name)
+        and stored.get(f.name, f.default) != getattr(cfg, f.name)
     ]
     if document.get("data_cache_key") != data_key:
         changed.append("other data")
@@ -69,10 +70,11 @@ def _state(cfg: RunConfig, folder: Path, data_key: str) -> str:
 
 
 def _check(experiment: Experiment) -> list[_Planned]:
-    """Data, partitions and run folder of every run, before any of them starts."""
+    """Data, partitions, profiles and run folder of every run, before any of them starts."""
     datasets: dict[str, DecodedDataset] = {}
     planned = []
     for cfg in experiment.runs:
+        load_profiles(cfg)
         if cfg.data not in datasets:
             datasets[cfg.data] = load_cifar(cfg.data, cache_root())
         dataset = datasets[cfg.data]
@@ -106,6 +108,6 @@ def run_experiment(experiment: Experiment) -> None:
                 failed.append(run.cfg.name)
         if run.folder.is_dir():
             run.counts.to_csv(run.folder / plots.LABEL_COUNTS_CSV)
-    plots.report(experiment.folder)
+    plots.report(experiment.folder, experiment.runs[0].target_accuracy)  # one per experiment
     if failed:
         raise RunAborted(f"{len(failed)} of {total} runs failed: {', '.join(failed)}")

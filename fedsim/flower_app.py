@@ -30,6 +30,7 @@ from fedsim.client_app import build_client_app
 from fedsim.config import ConfigError, RunConfig, fields, flag
 from fedsim.data import cache_root, load_cifar
 from fedsim.partition import Partitions, cached_partition_indices
+from fedsim.profiles import load_profiles
 from fedsim.results import Timings, run_name, write_config_json
 from fedsim.server_app import Transport
 
@@ -102,6 +103,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     cfg = config_from(context.run_config)
     timings = Timings()
+    profiles = load_profiles(cfg)
     dataset = load_cifar(cfg.data, cache_root())
     labels = np.asarray(dataset.train_y)
     partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root())
@@ -114,7 +116,7 @@ def main(grid: Grid, context: Context) -> None:
     config_path = run_dir / runner.CONFIG_JSON
     extra = {"run_dir": str(run_dir), "engine": "flower-app", "data_cache_key": dataset.key}
     write_config_json(config_path, cfg, timings, "running", extra)
-    inputs = runner.RunInputs(cfg, dataset, partitions, timings)
+    inputs = runner.RunInputs(cfg, dataset, partitions, timings, profiles)
     status = "failed"
     try:
         transport = Transport(one_node_per_client=True)  # node i holds partition i

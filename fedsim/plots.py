@@ -30,6 +30,7 @@ PLOTS = (
     "final_accuracy_vs_clients.png",
     "seconds_per_round_vs_clients.png",
     "label_distribution.png",
+    "accuracy_vs_sim_hours.png",
 )
 
 Group = tuple[str, pd.DataFrame]
@@ -73,27 +74,40 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
-def _accuracy_curves(folder: Path, runs: pd.DataFrame) -> pd.DataFrame:
-    """Central accuracy by round, a column per run (seed)."""
-    curves = [
-        pd.read_csv(folder / run / ROUNDS_CSV, usecols=["round", "central_accuracy"])
-        .set_index("round")["central_accuracy"]
-        .rename(run)
-        for run in runs["run"]
-        if (folder / run / ROUNDS_CSV).exists()
-    ]
-    return pd.concat(curves, axis=1) if curves else pd.DataFrame()
+def _curve(path: Path, x: str) -> pd.Series | None:
+    """One run's central accuracy by round, or by simulated hours (None without)."""
+    frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    if x not in frame:
+        return None
+    if x == "round":
+        return frame.set_index("round")["central_accuracy"]
+    curve = frame.set_index(frame["sim_clock"] / 3600)["central_accuracy"]
+    return curve[~curve.index.duplicated(keep="last")]  # rows that took no simulated time
 
 
-def accuracy_vs_round(folder: Path, summary: pd.DataFrame) -> Path:
+def _accuracy_curves(folder: Path, runs: pd.DataFrame, x: str = "round") -> pd.DataFrame:
+    """Central accuracy by `x` (round or sim_clock), a column per run (seed). On the
+    simulated clock runs report at different times: each holds its accuracy from one
+    row to its next, up to its last."""
+    curves = {run: _curve(folder / run / ROUNDS_CSV, x) for run in runs["run"]}
+    found = [curve.rename(run) for run, curve in curves.items() if curve is not None]
+    if not found:
+        return pd.DataFrame()
+    table = pd.concat(found, axis=1).sort_index()
+    return table if x == "round" else table.ffill().where(table.bfill().notna())
+
+
+def _accuracy_vs(folder: Path, summary: pd.DataFrame, x: str, xlabel: str, name: str):
     panel_keys, line_keys = _layout(summary)
     panels = _groups(summary, panel_keys)
     figure, axes = _panels(len(panels))
+    drawn = False
     for axis, (title, panel) in zip(axes, panels, strict=True):
         for label, runs in _groups(panel, line_keys):
-            curves = _accuracy_curves(folder, runs)
+            curves = _accuracy_curves(folder, runs, x)
             if curves.empty:
                 continue
+            drawn = True
             (line,) = axis.plot(curves.index, curves.mean(axis=1), label=label or "all runs")
             if curves.shape[1] > 1:
                 axis.fill_between(
@@ -103,11 +117,25 @@ def accuracy_vs_round(folder: Path, summary: pd.DataFrame) -> Path:
                     color=line.get_color(),
                     alpha=0.2,
                 )
-        axis.set(title=title, xlabel="round", ylabel="central accuracy")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set(title=title, xlabel=xlabel, ylabel="central accuracy")
+        if x == "round":
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
-    return _save(figure, folder / PLOTS[0])
+    if not drawn:
+        plt.close(figure)
+        return None
+    return _save(figure, folder / name)
+
+
+def accuracy_vs_round(folder: Path, summary: pd.DataFrame) -> Path | None:
+    return _accuracy_vs(folder, summary, "round", "round", PLOTS[0])
+
+
+def accuracy_vs_sim_hours(folder: Path, summary: pd.DataFrame) -> Path | None:
+    """Central accuracy against the simulated clock (fedsim.clock); None for runs
+    written before it had one."""
+    return _accuracy_vs(folder, summary, "sim_clock", "simulated hours", PLOTS[4])
 
 
 def _versus_clients(folder: Path, summary: pd.DataFrame, column: str, ylabel: str, name: str):
@@ -207,6 +235,7 @@ DRAWERS: tuple[Callable[[Path, pd.DataFrame], Path | None], ...] = (
     final_accuracy_vs_clients,
     seconds_per_round_vs_clients,
     label_distribution,
+    accuracy_vs_sim_hours,
 )
 
 
@@ -217,11 +246,12 @@ def draw_all(folder: Path, summary: pd.DataFrame) -> list[Path]:
     return [path for draw in DRAWERS if (path := draw(folder, summary)) is not None]
 
 
-def report(folder: Path) -> None:
-    """summary.csv and every plot of the experiment in `folder`, from its CSVs alone."""
+def report(folder: Path, target: float | None = None) -> None:
+    """summary.csv and every plot of the experiment in `folder`, from its CSVs alone
+    (the time to `target` accuracy, else to each run's own --target-accuracy)."""
     if not folder.is_dir() or not run_folders(folder):
         raise ConfigError("--plot", f"{folder} holds no run folders, give results/<experiment>")
-    summary = write_summary(folder)
+    summary = write_summary(folder, target)
     print(f"fedsim: {folder / 'summary.csv'} ({len(summary)} runs)", flush=True)
     for path in draw_all(folder, summary):
         print(f"fedsim: {path}", flush=True)

@@ -42,7 +42,13 @@ OK = "ok"
 FAILED = "failed"  # the client raised
 TIMEOUT = "timeout"  # no answer by --round-timeout
 DROPOUT = "dropout"  # --client-failure-rate decided it drops out
-STATUSES = (OK, FAILED, TIMEOUT, DROPOUT)
+STRAGGLER = "straggler"  # trained, but its update came too late on the simulated clock
+STATUSES = (OK, FAILED, TIMEOUT, DROPOUT, STRAGGLER)
+FAILURES = (FAILED, TIMEOUT, DROPOUT)  # what clients_failed counts; stragglers are apart
+
+# The server's note on a buffered asynchronous update (FedBuff): how many server updates
+# happened while the client trained. A ConfigRecord, which Flower's reply checks ignore.
+STALENESS = "fedsim.staleness"
 
 
 def recorddict_bytes(content: RecordDict) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
+from fedsim import protocol
 from fedsim.config import RunConfig
 
 CSV_COLUMNS = (
@@ -40,6 +41,9 @@ CSV_COLUMNS = (
     "bytes_up",
     "eval_accuracy_p10",
     "eval_accuracy_std",
+    "sim_round_seconds",
+    "sim_clock",
+    "stragglers",
 )
 CLIENT_COLUMNS = (
     "round",
@@ -52,6 +56,7 @@ CLIENT_COLUMNS = (
     "seconds",
     "bytes_down",
     "bytes_up",
+    "sim_seconds",
 )
 
 
@@ -69,11 +74,12 @@ class ClientRecord:
     examples: int
     loss: float | None
     accuracy: float | None
-    status: str  # ok, failed, timeout or dropout (fedsim.protocol)
+    status: str  # ok, failed, timeout, dropout or straggler (fedsim.protocol)
     seconds: float  # the client's own compute time, measured where it ran
     bytes_down: int  # serialized size of what the server sent it
     bytes_up: int  # serialized size of its reply
     error: str = ""  # why it failed (console and config.json, not the CSV)
+    sim_seconds: float | None = None  # its training on the simulated clock (fedsim.clock)
 
     def row(self) -> list[str]:
         return _cells(getattr(self, c) for c in CLIENT_COLUMNS)
@@ -90,6 +96,8 @@ class RoundRecord:
     central_loss: float | None = None
     central_accuracy: float | None = None
     round_seconds: float = 0.0
+    sim_round_seconds: float | None = None  # simulated seconds since the previous row
+    sim_clock: float | None = None  # simulated seconds since the run began
     clients: list[ClientRecord] = field(default_factory=list)
 
     def _of(self, phase: str) -> list[ClientRecord]:
@@ -101,7 +109,16 @@ class RoundRecord:
 
     @property
     def clients_failed(self) -> int:
-        return sum(c.status != "ok" for c in self._of("train"))
+        """Clients that raised, timed out or dropped out; not stragglers."""
+        return sum(c.status in protocol.FAILURES for c in self._of("train"))
+
+    @property
+    def stragglers(self) -> int:
+        return sum(c.status == protocol.STRAGGLER for c in self._of("train"))
+
+    @property
+    def clients_aggregated(self) -> int:
+        return sum(c.status == protocol.OK for c in self._of("train"))
 
     @property
     def bytes_down(self) -> int:
@@ -205,7 +222,8 @@ class CsvRecorder:
 class FailureReporter:
     """Clients that failed or timed out, said on the console in the round they did
     (Flower drops such replies silently) and summed for config.json; dropouts that
-    --client-failure-rate asked for are only counted. clients.csv has every one."""
+    --client-failure-rate asked for and stragglers that --deadline or --over-select
+    discarded are only counted. clients.csv has every one."""
 
     def __init__(self, stream: Any = sys.stderr) -> None:
         self.stream = stream
@@ -213,12 +231,12 @@ class FailureReporter:
         self.errors: list[str] = []  # the first few distinct reasons
 
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
-        bad = [c for c in record.clients if c.status != "ok"]
+        bad = [c for c in record.clients if c.status != protocol.OK]
         self.counts.update(c.status for c in bad)
         for client in bad:
             if client.error and client.error not in self.errors and len(self.errors) < 5:
                 self.errors.append(client.error)
-        unexpected = [c for c in bad if c.status in ("failed", "timeout")]
+        unexpected = [c for c in bad if c.status in (protocol.FAILED, protocol.TIMEOUT)]
         if unexpected:
             kinds = Counter(f"{c.phase} {c.status}" for c in unexpected)
             said = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
@@ -251,10 +269,10 @@ class ProgressPrinter:
             if value is not None and not math.isnan(value):
                 parts.append(f"{name} {value:.4f}")
         if record.round:
-            parts.append(
-                f"clients {record.clients_sampled - record.clients_failed}/{record.clients_sampled}"
-            )
+            parts.append(f"clients {record.clients_aggregated}/{record.clients_sampled}")
             parts.append(f"{record.round_seconds:.1f} s")
+            if record.sim_clock is not None:
+                parts.append(f"sim {record.sim_clock / 3600:.2f} h")
         print("  ".join(parts), file=self.stream, flush=True)
 
     def on_run_end(self, arrays: ArrayRecord) -> None:

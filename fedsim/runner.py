@@ -18,6 +18,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsim import algorithms, engine, lifecycle, task, tracking
+from fedsim.asynchronous import BufferedSchedule
 from fedsim.checkpoint import (
     CHECKPOINT,
     Checkpoint,
@@ -27,9 +28,11 @@ from fedsim.checkpoint import (
 )
 from fedsim.client_app import RayObjectData, build_client_app
 from fedsim.clients import ClientStates
+from fedsim.clock import ClockState
 from fedsim.config import ConfigError, RunConfig, flag, validate
 from fedsim.data import DecodedDataset, cache_root, load_cifar
 from fedsim.partition import Partitions, cached_partition_indices
+from fedsim.profiles import Profiles, load_profiles
 from fedsim.results import (
     CsvRecorder,
     FailureReporter,
@@ -67,10 +70,12 @@ class RunInputs:
     dataset: DecodedDataset
     partitions: Partitions
     timings: Timings
+    profiles: Profiles
 
 
 def _prepare(cfg: RunConfig, started: float) -> RunInputs:
     timings = Timings(imports=time.perf_counter() - started)
+    profiles = load_profiles(cfg)  # a bad profiles file is refused before the data loads
     tick = time.perf_counter()
     dataset = load_cifar(cfg.data, cache_root())
     timings.data_load = time.perf_counter() - tick
@@ -84,7 +89,7 @@ def _prepare(cfg: RunConfig, started: float) -> RunInputs:
             f"got {cfg.gpus_per_client:g}, but no GPU is visible here (PyTorch sees no CUDA "
             "device); use 0, or --ray-address a cluster that has GPUs",
         )
-    return RunInputs(cfg, dataset, partitions, timings)
+    return RunInputs(cfg, dataset, partitions, timings, profiles)
 
 
 def run(cfg: RunConfig, started: float | None = None, ray: engine.RayStarter | None = None) -> Path:
@@ -230,12 +235,13 @@ def build_loop(
     if checkpoint is None:
         strategy = algorithms.build(cfg).strategy()
         arrays = ArrayRecord(task.build_model(cfg.model, seed=cfg.seed).state_dict())
-        states = ClientStates()
+        states, clock = ClientStates(), ClockState()
     else:
-        strategy, arrays, states = checkpoint.strategy, checkpoint.arrays, checkpoint.states
+        strategy, arrays = checkpoint.strategy, checkpoint.arrays
+        states, clock = checkpoint.states, checkpoint.clock
     callbacks = [
         CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV),
-        Checkpointer(run_dir / CHECKPOINT, strategy, states),
+        Checkpointer(run_dir / CHECKPOINT, strategy, states, clock),
         ProgressPrinter(cfg.rounds),
         failures,
         ModelSaver(run_dir / MODEL),
@@ -253,4 +259,7 @@ def build_loop(
         transport=transport,
         states=states,
         completed=checkpoint.round if checkpoint else None,
+        profiles=inputs.profiles,
+        clock=clock,
+        schedule=BufferedSchedule() if cfg.strategy in algorithms.ASYNCHRONOUS else None,
     )

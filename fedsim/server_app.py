@@ -8,6 +8,12 @@ per client, in partition order, so the same seed gives the same numbers whatever
 bundling; every client's outcome (status, time, bytes) is recorded; clients' memory is
 kept between their rounds; and every round ends in the callbacks, which write the
 results. Aggregation itself is the strategy's own.
+
+Rounds run on a simulated clock (fedsim.clock): a round samples among the clients online
+at its simulated start and ends when its updates have arrived, by one of three rules
+(wait for all, --deadline, --over-select); the late ones are stragglers, discarded
+before the strategy sees them. FedBuff replaces the round by its own schedule
+(fedsim.asynchronous), one buffered server update per row.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -24,8 +31,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import protocol
+from fedsim.algorithms import ASYNCHRONOUS
 from fedsim.clients import ClientStates
+from fedsim.clock import ClockState, round_end, sample_size, time_clients
 from fedsim.config import RunConfig
+from fedsim.profiles import Profiles, median_profiles
 from fedsim.protocol import BundleInfo, ClientOutcome, ClientTask
 from fedsim.results import ClientRecord, RoundCallback, RoundRecord, Timings
 
@@ -61,15 +71,31 @@ def sample_count(clients: int, fraction: float) -> int:
     return min(clients, max(1, int(clients * fraction)))
 
 
+def sample_from(
+    seed: int, draw: int, candidates: Sequence[int], count: int, stream: int
+) -> list[int]:
+    """`count` of `candidates` (all of them if there are no more), drawn by a generator
+    seeded by (seed, draw, stream) alone; sorted. `draw` is the round, or FedBuff's
+    count of draws so far."""
+    if count >= len(candidates):
+        return list(candidates)
+    rng = np.random.default_rng([seed, draw, stream])
+    return sorted(candidates[i] for i in rng.choice(len(candidates), size=count, replace=False))
+
+
 def sample_clients(
     seed: int, server_round: int, clients: int, fraction: float, stream: int
 ) -> list[int]:
     """Which partitions take part: depends on the seed, round and fraction alone."""
-    count = sample_count(clients, fraction)
-    if count == clients:
-        return list(range(clients))
-    rng = np.random.default_rng([seed, server_round, stream])
-    return sorted(rng.choice(clients, size=count, replace=False).tolist())
+    return sample_from(seed, server_round, range(clients), sample_count(clients, fraction), stream)
+
+
+def training_clients(cfg: RunConfig) -> int:
+    """The most clients one training exchange carries: a round's sample (over-selected
+    with --over-select), or FedBuff's clients in flight."""
+    if cfg.strategy in ASYNCHRONOUS:
+        return min(cfg.clients, cfg.concurrency)
+    return min(cfg.clients, sample_size(cfg, sample_count(cfg.clients, cfg.fraction_fit)))
 
 
 # ---- transport: which engine node carries which clients --------------------------------
@@ -127,7 +153,7 @@ class Transport:
 
 def nodes_needed(cfg: RunConfig, transport: Transport, reply_bytes: int) -> int:
     """Engine nodes a run needs: the most messages one phase of a round sends."""
-    counts = {sample_count(cfg.clients, cfg.fraction_fit): reply_bytes}
+    counts = {training_clients(cfg): reply_bytes}
     if cfg.evaluates_on_clients:
         counts.setdefault(sample_count(cfg.clients, cfg.fraction_evaluate), 0)
         if cfg.evaluate_all_every:
@@ -163,10 +189,29 @@ class Exchange:
 
     replies: list[Message]
     clients: list[ClientRecord] = field(default_factory=list)
+    # training clients' new memories, kept by the caller once their updates are
+    states: dict[int, RecordDict] = field(default_factory=dict)
 
-    @property
-    def failed(self) -> int:
-        return sum(c.status != protocol.OK for c in self.clients)
+    def by_client(self) -> dict[int, Message]:
+        """The replies by partition id."""
+        ok = [c.client for c in self.clients if c.status == protocol.OK]
+        return dict(zip(ok, self.replies, strict=True))
+
+    def discard(self, pids: Collection[int]) -> None:
+        """These clients' updates arrived too late: the strategy never sees them, their
+        memories are not kept, and clients.csv calls them stragglers."""
+        self.replies = [reply for pid, reply in self.by_client().items() if pid not in pids]
+        for client in self.clients:
+            if client.client in pids:
+                client.status = protocol.STRAGGLER
+        for pid in pids:
+            self.states.pop(pid, None)
+
+
+class Schedule(Protocol):
+    """How the training of one row comes about, when it is not a synchronous round."""
+
+    def train(self, loop: FederatedLoop, grid: Grid, server_round: int) -> Exchange: ...
 
 
 class FederatedLoop:
@@ -188,6 +233,9 @@ class FederatedLoop:
         transport: Transport,
         states: ClientStates | None = None,
         completed: int | None = None,
+        profiles: Profiles | None = None,
+        clock: ClockState | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         self.cfg = cfg
         self.strategy = strategy
@@ -199,6 +247,9 @@ class FederatedLoop:
         self.transport = transport
         self.states = states if states is not None else ClientStates()
         self.completed = completed
+        self.profiles = profiles if profiles is not None else median_profiles(cfg.clients)
+        self.clock = clock if clock is not None else ClockState()
+        self.schedule = schedule  # None: synchronous rounds
         self.stop = threading.Event()
         self.finished = threading.Event()  # set when the rounds are over, however
         self.error: BaseException | None = None  # why they ended early, if they did
@@ -218,7 +269,11 @@ class FederatedLoop:
         self.nodes = self._wait_for_nodes(grid)
         if self.completed is None:
             loss, accuracy = self._central()
-            self._emit(RoundRecord(round=0, central_loss=loss, central_accuracy=accuracy))
+            self._emit(
+                RoundRecord(
+                    round=0, central_loss=loss, central_accuracy=accuracy, sim_clock=self.clock.now
+                )
+            )
         failed_in_a_row = 0
         for server_round in range((self.completed or 0) + 1, self.cfg.rounds + 1):
             record = self._round(grid, server_round)
@@ -234,11 +289,18 @@ class FederatedLoop:
             callback.on_run_end(self.arrays)
 
     def _round(self, grid: Grid, server_round: int) -> RoundRecord:
-        cfg, started = self.cfg, time.perf_counter()
-        sampled = sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_fit, 0)
-        train = self.exchange(grid, MessageType.TRAIN, server_round, sampled)
+        cfg, started, before = self.cfg, time.perf_counter(), self.clock.now
+        if self.schedule is None:
+            train = self._train_synchronously(grid, server_round)
+        else:
+            train = self.schedule.train(self, grid, server_round)
         self.timings.train += time.perf_counter() - started
-        record = RoundRecord(round=server_round, clients=train.clients)
+        record = RoundRecord(
+            round=server_round,
+            clients=train.clients,
+            sim_round_seconds=self.clock.now - before,
+            sim_clock=self.clock.now,
+        )
         if train.replies:
             tick = time.perf_counter()
             arrays, metrics = self.strategy.aggregate_train(server_round, train.replies)
@@ -253,6 +315,25 @@ class FederatedLoop:
         self.timings.per_round.append(record.round_seconds)
         self.timings.rounds += record.round_seconds
         return record
+
+    def _train_synchronously(self, grid: Grid, server_round: int) -> Exchange:
+        """Sample among the clients online at the round's simulated start, train them,
+        and keep the updates that arrive in time; the clock moves to the round's end."""
+        cfg, clock = self.cfg, self.clock
+        start = self.profiles.next_online(clock.now)
+        if start is None:
+            raise RunAborted(f"no client is online after simulated second {clock.now:g}")
+        wanted = sample_count(cfg.clients, cfg.fraction_fit)
+        online = self.profiles.online_at(start)
+        sampled = sample_from(cfg.seed, server_round, online, sample_size(cfg, wanted), 0)
+        train = self.exchange(grid, MessageType.TRAIN, server_round, sampled)
+        finish = time_clients(self.profiles, train.clients, cfg.local_epochs)
+        end, late = round_end(finish, wanted if cfg.over_select else None, cfg.deadline)
+        train.discard(late)
+        for pid, state in train.states.items():
+            self.states.set(pid, state)
+        clock.now = start + end
+        return train
 
     def _evaluation_sample(self, server_round: int) -> list[int]:
         """The sampled clients (or all of them, every --evaluate-all-every rounds and
@@ -319,7 +400,7 @@ class FederatedLoop:
             if outcome.status == protocol.OK:
                 exchange.replies.append(Message(content=outcome.content, reply_to=sent[pid]))
                 if training and outcome.state is not None:
-                    self.states.set(pid, outcome.state)
+                    exchange.states[pid] = outcome.state
             exchange.clients.append(
                 _client_record(
                     server_round,

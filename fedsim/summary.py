@@ -26,6 +26,8 @@ METRICS = (
     "total_seconds",
     "seconds_per_round",
     "clients_failed",
+    "stragglers",
+    "sim_seconds_to_target",
 )
 
 
@@ -46,7 +48,16 @@ def run_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and (p / CONFIG_JSON).is_file())
 
 
-def _row(run_dir: Path, cfg: RunConfig, document: dict) -> dict:
+def sim_seconds_to_target(frame: pd.DataFrame, target: float | None) -> float | None:
+    """The simulated time of the first row whose central accuracy reaches `target`
+    (None if none does, or the run has no simulated clock)."""
+    if target is None or "sim_clock" not in frame:
+        return None
+    reached = frame[frame["central_accuracy"] >= target]
+    return float(reached["sim_clock"].iloc[0]) if len(reached) else None
+
+
+def _row(run_dir: Path, cfg: RunConfig, document: dict, target: float | None) -> dict:
     rounds_path = run_dir / ROUNDS_CSV
     frame = pd.read_csv(rounds_path) if rounds_path.exists() else pd.DataFrame()
     trained = frame[frame["round"] > 0] if len(frame) else frame
@@ -59,12 +70,15 @@ def _row(run_dir: Path, cfg: RunConfig, document: dict) -> dict:
         "total_seconds": document.get("timings_seconds", {}).get("total"),
         "seconds_per_round": trained["round_seconds"].mean() if len(trained) else None,
         "clients_failed": int(trained["clients_failed"].sum()) if len(trained) else 0,
+        "stragglers": int(trained["stragglers"].sum()) if "stragglers" in trained else 0,
+        "sim_seconds_to_target": sim_seconds_to_target(frame, target),
     }
 
 
-def summarize(folder: Path) -> pd.DataFrame:
+def summarize(folder: Path, target: float | None = None) -> pd.DataFrame:
     """One row per run: the settings that differ between runs (blank where a setting
-    does not apply, like alpha on an IID run), then the results."""
+    does not apply, like alpha on an IID run), then the results. The time to the
+    target accuracy is to `target`, else to each run's own --target-accuracy."""
     runs = []
     for run_dir in run_folders(folder):
         document = json.loads((run_dir / CONFIG_JSON).read_text())
@@ -79,7 +93,7 @@ def summarize(folder: Path) -> pd.DataFrame:
         {
             "run": run_dir.name,
             **{name: getattr(cfg, name) if applies(cfg, name) else None for name in settings},
-            **_row(run_dir, cfg, document),
+            **_row(run_dir, cfg, document, target or cfg.target_accuracy),
         }
         for run_dir, cfg, document in runs
     ]
@@ -87,8 +101,8 @@ def summarize(folder: Path) -> pd.DataFrame:
     return frame.sort_values(settings, kind="stable", na_position="first", ignore_index=True)
 
 
-def write_summary(folder: Path) -> pd.DataFrame:
-    frame = summarize(folder)
+def write_summary(folder: Path, target: float | None = None) -> pd.DataFrame:
+    frame = summarize(folder, target)
     frame.to_csv(folder / SUMMARY_CSV, index=False, float_format="%.6g")
     return frame
 

@@ -22,6 +22,7 @@ from fedsim.config import (
     applies,
     default_data,
     fields,
+    shown,
     validate,
     value_type,
     with_role,
@@ -151,17 +152,13 @@ def swept(grids: Sequence[Grid]) -> list[str]:
     ]
 
 
-def _text(value: Any) -> str:
-    return "auto" if value is None else str(value)
-
-
 def run_label(cfg: RunConfig, names: Sequence[str]) -> str:
     """A run's folder name: its value of each swept option that applies to it (no alpha
     for an IID run), choices bare (`fedprox`), others as `clients-8`."""
     parts = [
-        _text(getattr(cfg, name))
+        shown(name, getattr(cfg, name))
         if _FIELDS[name].metadata.get("choices")
-        else f"{name.replace('_', '-')}-{_text(getattr(cfg, name))}"
+        else f"{name.replace('_', '-')}-{shown(name, getattr(cfg, name))}"
         for name in names
         if applies(cfg, name)
     ]
@@ -194,7 +191,10 @@ def plan(file_grids: Sequence[Grid], given: Grid, default_name: str | None) -> E
 def _sweep_name(given: Grid) -> str:
     lists = [n for n, values in given.items() if len(values) > 1]
     return "_".join(
-        ["sweep", *(f"{n.replace('_', '-')}-{'-'.join(map(_text, given[n]))}" for n in lists)]
+        [
+            "sweep",
+            *(f"{n.replace('_', '-')}-{'-'.join(shown(n, v) for v in given[n])}" for n in lists),
+        ]
     )
 
 

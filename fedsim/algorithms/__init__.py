@@ -21,7 +21,11 @@ ALGORITHMS = {
     "fedadam": "fedsim.algorithms.fedopt:FedAdam",
     "fedyogi": "fedsim.algorithms.fedopt:FedYogi",
     "fedadagrad": "fedsim.algorithms.fedopt:FedAdagrad",
+    "fedbuff": "fedsim.algorithms.fedbuff:FedBuff",
 }
+# Asynchronous algorithms: no rounds of sampled clients, but a buffer of updates that
+# clients send whenever they finish on the simulated clock (fedsim.asynchronous).
+ASYNCHRONOUS = ("fedbuff",)
 
 
 def algorithm_class(name: str) -> type[Algorithm]:

@@ -105,7 +105,11 @@ class Algorithm:
         self, ctx: ClientContext, model: nn.Module, result: task.TrainResult, examples: int
     ) -> ClientResult:
         metrics = {protocol.TRAIN_LOSS: result.loss, protocol.NUM_EXAMPLES: examples}
-        return ClientResult(protocol.train_reply(ArrayRecord(model.state_dict()), metrics))
+        return ClientResult(protocol.train_reply(self.update(ctx, model), metrics))
+
+    def update(self, ctx: ClientContext, model: nn.Module) -> ArrayRecord:
+        """What the client sends back: its trained weights."""
+        return ArrayRecord(model.state_dict())
 
     def evaluate(self, ctx: ClientContext) -> ClientResult:
         model = ctx.load_model(ctx.content[protocol.ARRAYS])
