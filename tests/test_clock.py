@@ -9,10 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim import protocol
+from fedsim import algorithms, protocol, task
+from fedsim.algorithms.base import ClientContext
 from fedsim.algorithms.fedbuff import FedBuffStrategy
 from fedsim.asynchronous import BufferedSchedule
 from fedsim.cli import main
@@ -198,6 +200,27 @@ def test_fedbuff_weighs_updates_by_staleness_as_written_by_hand() -> None:
     np.testing.assert_allclose(result, reference, rtol=1e-6)
     assert metrics["train_loss"] == pytest.approx((10 * 1.0 + 30 * 3.0 + 10 * 2.0) / 50)
     assert strategy.current_arrays is arrays  # the next update applies to this model
+
+
+def test_fedbuff_clients_send_the_change_they_made() -> None:
+    cfg = RunConfig(strategy="fedbuff", batch_size=4)
+    model = task.build_model("cnn", seed=0)
+    start = ArrayRecord(model.state_dict())
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    ctx = ClientContext(
+        cfg=cfg,
+        pid=0,
+        server_round=1,
+        content=RecordDict({protocol.ARRAYS: start, protocol.CONFIG: ConfigRecord()}),
+        state=RecordDict(),
+        load_model=lambda arrays: model,  # it holds `start`, and is trained in place
+        load_data=lambda split: (images, torch.arange(8) % 10),
+    )
+    sent = algorithms.build(cfg).train(ctx).content[protocol.ARRAYS].to_torch_state_dict()
+    before, after = start.to_torch_state_dict(), model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    for name, delta in sent.items():
+        assert torch.equal(delta, before[name] - after[name]), name
 
 
 class _FakeLoop:
