@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim import algorithms, protocol, task
+from fedsim import algorithms, protocol, sweep, task
 from fedsim.algorithms.base import ClientContext
 from fedsim.algorithms.fedbuff import FedBuffStrategy
 from fedsim.asynchronous import BufferedSchedule
@@ -30,6 +30,7 @@ from fedsim.profiles import (
 from fedsim.results import ClientRecord
 from fedsim.server_app import Exchange, sample_clients, sample_from
 from fedsim.summary import sim_seconds_to_target
+from tests.conftest import ROOT
 
 HEADER = "client,examples_per_second,down_mbps,up_mbps,online\n"
 
@@ -306,3 +307,15 @@ def test_time_to_target_is_the_first_row_that_reaches_it() -> None:
     assert sim_seconds_to_target(frame, 0.7) is None
     assert sim_seconds_to_target(frame, None) is None
     assert sim_seconds_to_target(frame.drop(columns="sim_clock"), 0.5) is None
+
+
+def test_the_stragglers_experiment_compares_the_four_ways_to_end_a_round() -> None:
+    experiment = sweep.plan_from(str(ROOT / "experiments" / "stragglers.toml"), {})
+    ways = {(c.strategy, c.deadline, c.over_select) for c in experiment.runs}
+    assert ways == {("fedavg", None, None), ("fedavg", 20.0, None), ("fedavg", None, 1.3)} | {
+        ("fedbuff", None, None)
+    }
+    assert {
+        (c.clients, c.partition, c.alpha, c.profiles, c.local_epochs, c.fraction_fit)
+        for c in experiment.runs
+    } == {(50, "dirichlet", 0.5, "lognormal", 1, 0.2)}
