@@ -42,12 +42,23 @@ class Bench:
     def repeats(self) -> int:
         return self.args.repeats
 
-    def run(self, variant: str, name: str, extra: Sequence[str] = (), cold: bool = False) -> Run:
+    def run(
+        self,
+        variant: str,
+        name: str,
+        extra: Sequence[str] = (),
+        cold: bool = False,
+        cold_partitions: bool = False,
+    ) -> Run:
         """Measure one variant on a quiet machine, its results in bench/results/tmp/runs;
-        `cold`: with an empty data cache, so the run decodes and partitions first."""
-        cache = SCRATCH / "cold-cache" if cold else WARM_CACHE
-        if cold:
+        `cold`: with an empty data cache, so the run decodes and partitions first;
+        `cold_partitions`: with the decoded data cached but no partitions."""
+        cache = SCRATCH / "cold-cache" if cold or cold_partitions else WARM_CACHE
+        if cold or cold_partitions:
             shutil.rmtree(cache, ignore_errors=True)
+        if cold_partitions:
+            cache.mkdir(parents=True)
+            (cache / "decoded").symlink_to(WARM_CACHE / "decoded")
         if not self.args.no_wait:
             quiet = wait_until_quiet()
             self.notes.append(f"{name}: {quiet}")
@@ -120,6 +131,15 @@ def best(runs: list[Run], value: Callable[[Run], float]) -> float:
     else computed alongside (over all of them if every one was disturbed)."""
     calm = [run for run in runs if not run.disturbed] or runs
     return min(value(run) for run in calm)
+
+
+def recording_share(run: Run) -> float:
+    """clients.csv and byte counting's share of the round time: the server's own
+    recording time, plus the clients' (measuring their replies) spread over the actors
+    that run side by side."""
+    actors = run.config.get("cluster", {}).get("concurrent_clients", 1)
+    spent = run.timings["recording"] + run.timings["recording_in_clients"] / actors
+    return ratio(spent, run.timings["rounds"])
 
 
 def ratio(a: float, b: float) -> float:

@@ -168,11 +168,14 @@ def _run_client(process: _Process, message_type: str, task_: ClientTask, info: B
         return ClientOutcome(
             pid, protocol.FAILED, seconds, error=f"{type(error).__name__}: {error}"
         )
+    seconds = time.perf_counter() - started
+    bytes_up = protocol.recorddict_bytes(result.content)
     return ClientOutcome(
         pid,
         protocol.OK,
-        seconds=time.perf_counter() - started,
-        bytes_up=protocol.recorddict_bytes(result.content),
+        seconds=seconds,
+        bytes_up=bytes_up,
+        measured_in=time.perf_counter() - started - seconds,
         content=result.content,
         state=result.state,
     )

@@ -234,7 +234,7 @@ def build_loop(
     else:
         strategy, arrays, states = checkpoint.strategy, checkpoint.arrays, checkpoint.states
     callbacks = [
-        CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV),
+        CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV, inputs.timings),
         Checkpointer(run_dir / CHECKPOINT, strategy, states),
         ProgressPrinter(cfg.rounds),
         failures,
