@@ -55,10 +55,7 @@ def _row(variant: str, run: Run) -> dict:
 def main() -> None:
     bench = parse(__doc__, WORKLOAD)
     bench.prepare()
-    runs: dict[str, list[Run]] = {variant: [] for variant in VARIANTS}
-    for repeat in range(1, bench.repeats + 1):
-        for variant in VARIANTS:
-            runs[variant].append(bench.run(variant, f"cross-device-{variant}-{repeat}"))
+    runs = bench.repeat(VARIANTS, "cross-device")
     save_table("cross_device", [_row(k, r) for k, rs in runs.items() for r in rs], bench.notes)
 
     per_round = {k: best(rs, steady_round) for k, rs in runs.items()}

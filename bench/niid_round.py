@@ -24,10 +24,7 @@ def round_2(run: Run) -> float:
 def main() -> None:
     bench = parse(__doc__, WORKLOAD)
     bench.prepare()
-    runs: dict[str, list[Run]] = {variant: [] for variant in VARIANTS}
-    for repeat in range(1, bench.repeats + 1):
-        for variant in VARIANTS:
-            runs[variant].append(bench.run(variant, f"niid-{variant}-{repeat}"))
+    runs = bench.repeat(VARIANTS, "niid")
     rows = [
         {
             "variant": variant,

@@ -22,7 +22,7 @@ import psutil
 import torch
 
 from fedsim import cli, lifecycle, sweep, task
-from fedsim.algorithms.base import client_seed
+from fedsim.algorithms.base import client_seed, train_settings
 from fedsim.config import ConfigError, RunConfig
 from fedsim.data import cache_root, load_cifar
 from fedsim.partition import cached_partition_indices
@@ -46,14 +46,7 @@ class ReferenceLoop:
     ) -> None:
         self.cfg, self.train, self.val, self.test = cfg, train, val, test
         self.timings = timings
-        self.settings = task.TrainSettings(
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            augment=cfg.augment,
-        )
+        self.settings = train_settings(cfg)
         self.model = task.build_model(cfg.model, seed=cfg.seed)
         self.state: State = {k: v.clone() for k, v in self.model.state_dict().items()}
 

@@ -80,6 +80,14 @@ class Bench:
             print(f"bench: {name}: left running: {process}", flush=True)
         return result
 
+    def repeat(self, variants: Sequence[str], prefix: str) -> dict[str, list[Run]]:
+        """Every variant, --repeats times, interleaved (a drift hits them all alike)."""
+        runs: dict[str, list[Run]] = {variant: [] for variant in variants}
+        for repeat in range(1, self.repeats + 1):
+            for variant in variants:
+                runs[variant].append(self.run(variant, f"{prefix}-{variant}-{repeat}"))
+        return runs
+
     def prepare(self, extra: Sequence[str] = (), tutorial: bool = False) -> None:
         """Fill the warm caches, untimed: decoded data and partitions (and the tutorial
         pattern's Arrow cache, which flwr-datasets builds on first use)."""
