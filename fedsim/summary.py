@@ -26,9 +26,13 @@ METRICS = (
     "total_seconds",
     "seconds_per_round",
     "clients_failed",
+    "eval_accuracy_p10",
+    "eval_accuracy_std",
+    "total_mb",
     "stragglers",
     "sim_seconds_to_target",
 )
+MB = 1e6
 
 
 def completed_rounds(run_dir: Path) -> list[int]:
@@ -57,11 +61,18 @@ def sim_seconds_to_target(frame: pd.DataFrame, target: float | None) -> float | 
     return float(reached["sim_clock"].iloc[0]) if len(reached) else None
 
 
+def _last(frame: pd.DataFrame, column: str) -> float | None:
+    """The column's last value that is set (a round without client evaluation has none)."""
+    values = frame[column].dropna() if column in frame else pd.Series(dtype=float)
+    return values.iloc[-1] if len(values) else None
+
+
 def _row(run_dir: Path, cfg: RunConfig, document: dict, target: float | None) -> dict:
     rounds_path = run_dir / ROUNDS_CSV
     frame = pd.read_csv(rounds_path) if rounds_path.exists() else pd.DataFrame()
     trained = frame[frame["round"] > 0] if len(frame) else frame
     accuracy = frame["central_accuracy"] if len(frame) else pd.Series(dtype=float)
+    communicated = frame[["bytes_down", "bytes_up"]].to_numpy().sum() if len(frame) else 0
     return {
         "final_accuracy": accuracy.iloc[-1] if len(accuracy) else None,
         "best_accuracy": accuracy.max() if len(accuracy) else None,
@@ -70,6 +81,9 @@ def _row(run_dir: Path, cfg: RunConfig, document: dict, target: float | None) ->
         "total_seconds": document.get("timings_seconds", {}).get("total"),
         "seconds_per_round": trained["round_seconds"].mean() if len(trained) else None,
         "clients_failed": int(trained["clients_failed"].sum()) if len(trained) else 0,
+        "eval_accuracy_p10": _last(frame, "eval_accuracy_p10"),
+        "eval_accuracy_std": _last(frame, "eval_accuracy_std"),
+        "total_mb": communicated / MB,
         "stragglers": int(trained["stragglers"].sum()) if "stragglers" in trained else 0,
         "sim_seconds_to_target": sim_seconds_to_target(frame, target),
     }
