@@ -30,7 +30,7 @@ def _client(pid: int, phase: str, accuracy: float | None, status: str = "ok") ->
 
 def _rounds() -> list[RoundRecord]:
     """Round 0 holds only the central evaluation; rounds 1 and 2 hold every column."""
-    records = [RoundRecord(round=0, central_loss=2.31, central_accuracy=0.1)]
+    records = [RoundRecord(round=0, central_loss=2.31, central_accuracy=0.1, sim_clock=0.0)]
     for r in (1, 2):
         records.append(
             RoundRecord(
@@ -41,6 +41,8 @@ def _rounds() -> list[RoundRecord]:
                 central_loss=1.7 / r,
                 central_accuracy=0.25 * r,
                 round_seconds=1.5 + r,
+                sim_round_seconds=10.0 * r,
+                sim_clock=5.0 * r * (r + 1),  # the sum of the rounds' 10 and 20
                 clients=[
                     _client(0, "train", None),
                     _client(1, "train", None, status="failed"),
@@ -94,6 +96,8 @@ def test_metrics_are_the_rounds_csv_numbers_without_empty_cells() -> None:
         "clients_failed",
         "bytes_down",
         "bytes_up",
+        "sim_clock",
+        "stragglers",
     }
     assert set(metrics(second)) == set(METRICS)
     assert metrics(second)["clients_failed"] == 1.0
