@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import pickle
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,20 +94,30 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return checkpoint
 
 
-def truncate_rows(csv_path: Path, last_round: int) -> None:
+def truncate_rows(csv_path: Path, last_round: int, columns: Sequence[str]) -> None:
     """Keep the header and the rows of rounds up to `last_round`: rows written before a
     crash cut the checkpoint short go, and so do lines that are not rows at all (a
-    torn or foreign line), which would otherwise break every later read."""
+    torn or foreign line), which would otherwise break every later read. A file written
+    before fedsim appended columns gets them, empty in its old rows, so that the rows
+    the resumed run adds line up."""
     if not csv_path.exists():
         return
     with open(csv_path, newline="", errors="replace") as handle:
         rows = list(csv.reader(handle))
+    if not rows:
+        return
+    header = rows[0]
+    if list(columns[: len(header)]) != header:
+        raise ConfigError(
+            "--resume", f"{csv_path} has the columns {header}, not fedsim's {list(columns)}"
+        )
 
     def kept(row: list[str]) -> bool:
         try:
-            return len(row) == len(rows[0]) and int(row[0]) <= last_round
+            return len(row) == len(header) and int(row[0]) <= last_round
         except ValueError:
             return False
 
-    rows = rows[:1] + [row for row in rows[1:] if kept(row)] if rows else []
+    padding = [""] * (len(columns) - len(header))
+    rows = [list(columns)] + [row + padding for row in rows[1:] if kept(row)]
     atomic_write(csv_path, lambda handle: csv.writer(handle).writerows(rows), text=True)

@@ -7,6 +7,7 @@ the run can begin: a bad run leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -34,6 +35,8 @@ from fedsim.data import DecodedDataset, cache_root, load_cifar
 from fedsim.partition import Partitions, cached_partition_indices
 from fedsim.profiles import Profiles, load_profiles
 from fedsim.results import (
+    CLIENT_COLUMNS,
+    CSV_COLUMNS,
     CsvRecorder,
     FailureReporter,
     ModelSaver,
@@ -141,16 +144,23 @@ def _finish_bookkeeping(
     if document.get("status") == "complete" and (run_dir / MODEL).exists():
         print(f"fedsim: {run_dir} is already complete ({checkpoint.round} rounds)")
         return
-    for csv_name in (ROUNDS_CSV, CLIENTS_CSV):
-        truncate_rows(run_dir / csv_name, checkpoint.round)
+    _truncate(run_dir, checkpoint.round)
     ModelSaver(run_dir / MODEL).on_run_end(checkpoint.arrays)
-    timings = Timings(**document.get("timings_seconds", {}))
+    known = {f.name for f in dataclasses.fields(Timings)}
+    timings = Timings(
+        **{k: v for k, v in document.get("timings_seconds", {}).items() if k in known}
+    )
     extra = {k: v for k, v in document.items() if k not in lifecycle.STATUS_KEYS}
     lifecycle.RunStatus(run_dir, cfg, timings, extra).write("complete", error=None)
     print(
         f"fedsim: {run_dir}: all {checkpoint.round} rounds were done; wrote what the run "
         "had not (model.pt, status complete)"
     )
+
+
+def _truncate(run_dir: Path, last_round: int) -> None:
+    truncate_rows(run_dir / ROUNDS_CSV, last_round, CSV_COLUMNS)
+    truncate_rows(run_dir / CLIENTS_CSV, last_round, CLIENT_COLUMNS)
 
 
 def _wait_for_ray(ray: engine.RayStarter, inputs: RunInputs) -> engine.Cluster:
@@ -167,8 +177,7 @@ def _execute(
     checkpoint: Checkpoint | None,
 ) -> Path:
     cfg = inputs.cfg
-    for csv_name in (ROUNDS_CSV, CLIENTS_CSV):
-        truncate_rows(run_dir / csv_name, checkpoint.round if checkpoint else -1)
+    _truncate(run_dir, checkpoint.round if checkpoint else -1)
     extra = {
         "run_dir": str(run_dir),
         "data_cache_key": inputs.dataset.key,

@@ -161,11 +161,17 @@ def test_runs_named_alike_get_folders_of_their_own(tmp_path) -> None:
 
 def test_resume_skips_torn_or_foreign_lines(tmp_path) -> None:
     from fedsim.checkpoint import truncate_rows
+    from fedsim.config import ConfigError
 
     path = tmp_path / "rounds.csv"
     path.write_text("round,a\n0,1\n1,2\ngarbage\x00\n2,3,4\n3,\n")
-    truncate_rows(path, 1)
+    truncate_rows(path, 1, ["round", "a"])
     assert path.read_text().splitlines() == ["round,a", "0,1", "1,2"]
+    # a file from before a column was appended gets it, empty
+    truncate_rows(path, 1, ["round", "a", "b"])
+    assert path.read_text().splitlines() == ["round,a,b", "0,1,", "1,2,"]
+    with pytest.raises(ConfigError, match=r"--resume: .* has the columns"):
+        truncate_rows(path, 1, ["round", "x"])
 
 
 def test_a_damaged_checkpoint_is_one_line(tiny_cifar, tmp_path) -> None:
