@@ -25,7 +25,7 @@ from flwr.app import Context, Message, UserConfig
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim import cli, runner, sweep
+from fedsim import attacks, cli, runner, sweep
 from fedsim.client_app import build_client_app
 from fedsim.config import ConfigError, RunConfig, fields, flag
 from fedsim.data import cache_root, load_cifar
@@ -113,6 +113,7 @@ def main(grid: Grid, context: Context) -> None:
         raise ConfigError(flag("name"), f"{run_dir} already exists; choose another name") from None
     config_path = run_dir / runner.CONFIG_JSON
     extra = {"run_dir": str(run_dir), "engine": "flower-app", "data_cache_key": dataset.key}
+    extra |= attacks.describe(cfg)
     write_config_json(config_path, cfg, timings, "running", extra)
     inputs = runner.RunInputs(cfg, dataset, partitions, timings)
     status = "failed"

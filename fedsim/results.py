@@ -40,6 +40,7 @@ CSV_COLUMNS = (
     "bytes_up",
     "eval_accuracy_p10",
     "eval_accuracy_std",
+    "dp_epsilon",
 )
 CLIENT_COLUMNS = (
     "round",
@@ -90,6 +91,7 @@ class RoundRecord:
     central_loss: float | None = None
     central_accuracy: float | None = None
     round_seconds: float = 0.0
+    dp_epsilon: float | None = None  # privacy spent so far at --dp-delta (None: --dp off)
     clients: list[ClientRecord] = field(default_factory=list)
 
     def _of(self, phase: str) -> list[ClientRecord]:
@@ -246,7 +248,8 @@ class ProgressPrinter:
 
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
         parts = [f"round {record.round:>{len(str(self.rounds))}}/{self.rounds}"]
-        for name in ("train_loss", "eval_accuracy", "central_loss", "central_accuracy"):
+        names = ("train_loss", "eval_accuracy", "central_loss", "central_accuracy", "dp_epsilon")
+        for name in names:
             value = getattr(record, name)
             if value is not None and not math.isnan(value):
                 parts.append(f"{name} {value:.4f}")

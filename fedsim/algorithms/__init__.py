@@ -21,7 +21,18 @@ ALGORITHMS = {
     "fedadam": "fedsim.algorithms.fedopt:FedAdam",
     "fedyogi": "fedsim.algorithms.fedopt:FedYogi",
     "fedadagrad": "fedsim.algorithms.fedopt:FedAdagrad",
+    "scaffold": "fedsim.algorithms.scaffold:Scaffold",
+    "fednova": "fedsim.algorithms.fednova:FedNova",
+    "fedmedian": "fedsim.algorithms.fedmedian:FedMedian",
+    "fedtrimmedavg": "fedsim.algorithms.fedtrimmedavg:FedTrimmedAvg",
+    "krum": "fedsim.algorithms.krum:Krum",
+    "multikrum": "fedsim.algorithms.krum:MultiKrum",
+    "bulyan": "fedsim.algorithms.bulyan:Bulyan",
+    "qfedavg": "fedsim.algorithms.qfedavg:QFedAvg",
 }
+# Algorithms whose train reply holds more than the client's model (SCAFFOLD's carries
+# its control variates' change): Flower's DP wrappers clip every array of a reply.
+NOT_WITH_DP = ("scaffold",)
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
