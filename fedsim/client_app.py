@@ -116,13 +116,14 @@ class _Process:
         self.device = client_device(cfg)
         self.model = task.build_model(cfg.model).to(self.device)
         self.images, self.labels, self.partitions = data.load()
-        self._weights: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._weights: tuple[ArrayRecord, dict[str, torch.Tensor]] | None = None
 
     def load_model(self, arrays: ArrayRecord) -> torch.nn.Module:
         """The process's model holding `arrays`; the state dict is converted once per
-        record (every client of a bundle usually gets the same one)."""
-        if self._weights is None or self._weights[0] != id(arrays):
-            self._weights = (id(arrays), arrays.to_torch_state_dict())
+        record (every client of a bundle usually gets the same one). The record itself
+        is kept with it: an id alone could be reused by a later record."""
+        if self._weights is None or self._weights[0] is not arrays:
+            self._weights = (arrays, arrays.to_torch_state_dict())
         self.model.load_state_dict(self._weights[1])
         return self.model
 

@@ -53,16 +53,18 @@ def _data() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return clients
 
 
-def _cfg(strategy: str) -> RunConfig:
+def _cfg(strategy: str, **options) -> RunConfig:
     return RunConfig(
         strategy=strategy,
         clients=len(SIZES),
+        fraction_fit=0.75,  # 3 of 4 a round, as ROUNDS has it (DP's m)
         local_epochs=2,
         batch_size=4,
         lr=0.1,
         momentum=0.9,
         weight_decay=0.01,
         seed=3,
+        **options,
     )
 
 
@@ -74,11 +76,11 @@ class _Grid:
         return [pid + 1 for pid in self.pids]
 
 
-def _fedsim(cfg: RunConfig):
-    """fedsim's algorithm over ROUNDS: the final global weights, the strategy and the
-    clients' memories."""
+def _fedsim(cfg: RunConfig, rounds=ROUNDS):
+    """fedsim's algorithm (inside its DP wrapper, if any) over `rounds`: the final global
+    weights, the strategy, the clients' memories and each round's metrics."""
     algorithm = algorithms.build(cfg)
-    strategy = algorithm.strategy()
+    strategy = privacy.wrap(cfg, algorithm.strategy())
     model, data = _model(), _data()
     arrays = ArrayRecord(model.state_dict())
     states: dict[int, RecordDict] = {}
@@ -87,7 +89,8 @@ def _fedsim(cfg: RunConfig):
         model.load_state_dict(record.to_torch_state_dict())
         return model
 
-    for server_round, pids in enumerate(ROUNDS, 1):
+    metrics = []
+    for server_round, pids in enumerate(rounds, 1):
         sent = strategy.configure_train(server_round, arrays, ConfigRecord(), _Grid(pids))
         replies = []
         for message in sorted(sent, key=lambda m: m.metadata.dst_node_id):
@@ -102,11 +105,14 @@ def _fedsim(cfg: RunConfig):
                 partial(lambda pid, split: data[pid], pid),
             )
             result = algorithm.train(ctx)
+            if cfg.dp == "client-fixed":  # as the client loop does
+                privacy.clip_reply(message.content, result.content)
             if result.state is not None:
                 states[pid] = result.state
             replies.append(Message(content=result.content, reply_to=message))
-        arrays, _ = strategy.aggregate_train(server_round, replies)
-    return arrays.to_torch_state_dict(), strategy, states
+        arrays, round_metrics = strategy.aggregate_train(server_round, replies)
+        metrics.append(round_metrics)
+    return arrays.to_torch_state_dict(), strategy, states, metrics
 
 
 def _local_sgd(cfg, model, x, y, server_round, pid, after_step=None) -> int:
@@ -185,7 +191,7 @@ def _fednova_reference(cfg: RunConfig):
 
 def test_scaffold_matches_a_hand_written_reference() -> None:
     cfg = _cfg("scaffold")
-    model, strategy, states = _fedsim(cfg)
+    model, strategy, states, _ = _fedsim(cfg)
     reference, c, c_local = _scaffold_reference(cfg)
     for key, value in reference.items():
         torch.testing.assert_close(model[key], value, atol=1e-6, rtol=0, msg=key)
@@ -196,18 +202,18 @@ def test_scaffold_matches_a_hand_written_reference() -> None:
         for key, value in state[CONTROL].to_torch_state_dict().items():
             torch.testing.assert_close(value, c_local[pid][key], atol=1e-6, rtol=0)
     # the comparison can fail: without the corrections the model is elsewhere
-    plain, _, _ = _fedsim(_cfg("fedavg"))
+    plain, *_ = _fedsim(_cfg("fedavg"))
     assert max(float((plain[k] - reference[k]).abs().max()) for k in reference) > 1e-3
 
 
 def test_fednova_matches_a_hand_written_reference() -> None:
     cfg = _cfg("fednova")
-    model, _, states = _fedsim(cfg)
+    model, _, states, _ = _fedsim(cfg)
     reference = _fednova_reference(cfg)
     for key, value in reference.items():
         torch.testing.assert_close(model[key], value, atol=1e-6, rtol=0, msg=key)
     assert states == {}  # FedNova's clients keep no memory
-    plain, _, _ = _fedsim(_cfg("fedavg"))
+    plain, *_ = _fedsim(_cfg("fedavg"))
     assert max(float((plain[k] - reference[k]).abs().max()) for k in reference) > 1e-3
 
 
@@ -294,3 +300,64 @@ def test_accountant_is_dp_accounting_on_sampling_without_replacement() -> None:
     assert accountant.epsilon() == pytest.approx(expected.get_epsilon(1e-5), rel=1e-9)
     accountant.spend(0.0)  # a round without noise
     assert accountant.epsilon() == float("inf")
+
+
+DP = {"dp_noise_multiplier": 0.2, "dp_clipping_norm": 0.05}
+
+
+def test_clipping_in_the_client_loop_equals_flowers_server_side_clipping() -> None:
+    """Clipping every update to C on the clients, or on the server before aggregating,
+    is the same arithmetic; with the same seeded noise, the same model."""
+    server, _, _, server_metrics = _fedsim(_cfg("fedavg", dp="server-fixed", **DP))
+    client, _, _, client_metrics = _fedsim(_cfg("fedavg", dp="client-fixed", **DP))
+    for key, value in server.items():
+        torch.testing.assert_close(client[key], value, atol=1e-6, rtol=0, msg=key)
+    plain, *_ = _fedsim(_cfg("fedavg"))
+    assert max(float((plain[k] - server[k]).abs().max()) for k in server) > 1e-3  # clipped
+    epsilons = [m[protocol.DP_EPSILON] for m in server_metrics]
+    assert epsilons == [m[protocol.DP_EPSILON] for m in client_metrics]
+    assert 0 < epsilons[0] < epsilons[1]
+
+
+def test_adaptive_clipping_accounts_for_both_of_its_noises() -> None:
+    """Flower splits z between the update (its effective multiplier, with the norm it
+    has just updated) and the clipped count (standard deviation m/20, sensitivity 1)."""
+    from dp_accounting import dp_event, rdp
+    from dp_accounting.privacy_accountant import NeighboringRelation
+
+    cfg = _cfg("fedavg", dp="server-adaptive", **DP)
+    _, strategy, _, metrics = _fedsim(cfg, rounds=ROUNDS[:1])
+    z, m, norm_before = 0.2, 3, 0.05
+    count_stddev = m / 20
+    value = (z**-2 - (2 * count_stddev) ** -2) ** -0.5
+    norm_after = strategy.wrapper.clipping_norm
+    assert norm_after != norm_before
+    per_round = ((value * norm_after / norm_before / 2) ** -2 + count_stddev**-2) ** -0.5
+    accountant = rdp.RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+    gaussian = dp_event.GaussianDpEvent(per_round)
+    accountant.compose(dp_event.SampledWithoutReplacementDpEvent(len(SIZES), m, gaussian))
+    expected = accountant.get_epsilon(cfg.dp_delta)
+    assert metrics[0][protocol.DP_EPSILON] == pytest.approx(expected, rel=1e-9)
+
+
+# ---- options that must agree, refused before anything starts ----------------------------
+
+CONFIG_ERRORS = [
+    ("--strategy bulyan --clients 6 --num-malicious 1", "--num-malicious: Bulyan needs 4 × 1 + 3"),
+    ("--strategy multikrum --clients 4 --num-to-keep 5", "--num-to-keep: got 5, but 4 train"),
+    ("--strategy scaffold --dp server-fixed", "--dp: scaffold's reply is more than one model"),
+    ("--dp server-adaptive --clients 10", "--dp-noise-multiplier: server-adaptive clipping"),
+    ("--trim-fraction 0.5", "--trim-fraction: got 0.5, must be in [0, 0.5)"),
+    ("--attack flood", "--attack: unknown value 'flood'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), CONFIG_ERRORS, ids=[a for a, _ in CONFIG_ERRORS])
+def test_options_that_cannot_work_are_one_line_exit_2(args, message, tmp_path, capsys) -> None:
+    from fedsim.cli import main
+
+    results = tmp_path / "results"
+    assert main([*args.split(), "--results-dir", str(results)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
+    assert not results.exists()
