@@ -1,6 +1,6 @@
 """fedsim's entry point: `python simulate.py --help`."""
 
-from fedsim.cli import main
+from fedsim.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

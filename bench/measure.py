@@ -48,6 +48,7 @@ class Run:
     cpu_by_process: dict[str, float]  # CPU seconds by kind of process (driver, raylet, ...)
     rounds: list[dict[str, str]]
     timings: dict[str, Any]
+    config: dict[str, Any]  # the run's config.json
     load_before: float
 
     def column(self, name: str) -> list[float]:
@@ -240,6 +241,7 @@ def measure(
         other_cpu=sampler.other_cpu,
         rounds=rounds,
         timings=config["timings_seconds"],
+        config=config,
         load_before=load,
     )
 

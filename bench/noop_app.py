@@ -23,8 +23,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from bench.reference import config_from
-from fedsim import engine, task
-from fedsim.results import CsvRecorder, RoundRecord, Timings, run_name, write_config_json
+from fedsim import engine, lifecycle, task
+from fedsim.results import CsvRecorder, RoundRecord, Timings
 
 client_app = ClientApp()
 
@@ -39,8 +39,7 @@ def train(msg: Message, context: Context) -> Message:
 def main(argv: list[str]) -> Path:
     started = time.perf_counter()
     cfg = config_from(argv)
-    run_dir = Path(cfg.results_dir) / run_name(cfg)
-    run_dir.mkdir(parents=True)
+    run_dir = lifecycle.claim_run_dir(cfg)
     timings = Timings()
     recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv")
     last = [time.perf_counter()]
@@ -70,13 +69,13 @@ def main(argv: list[str]) -> Path:
             finished.set()
 
     cluster = engine.start_ray(cfg)
+    status = lifecycle.RunStatus(run_dir, cfg, timings, {"engine": "flower floor"})
     try:
-        engine.run_simulation(server_app, client_app, cfg.clients, cluster, finished)
+        with status.running(started):
+            engine.run_simulation(server_app, client_app, cfg.clients, cluster, finished)
+            recorder.on_run_end(None)
     finally:
         engine.stop_ray()
-    recorder.on_run_end(None)
-    timings.total = time.perf_counter() - started
-    write_config_json(run_dir / "config.json", cfg, timings, "complete", {})
     return run_dir
 
 

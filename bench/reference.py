@@ -21,19 +21,12 @@ import numpy as np
 import psutil
 import torch
 
-from fedsim import cli, sweep, task
-from fedsim.algorithms.base import client_seed
+from fedsim import cli, lifecycle, sweep, task
+from fedsim.algorithms.base import client_seed, train_settings
 from fedsim.config import ConfigError, RunConfig
 from fedsim.data import cache_root, load_cifar
 from fedsim.partition import cached_partition_indices
-from fedsim.results import (
-    ClientRecord,
-    CsvRecorder,
-    RoundRecord,
-    Timings,
-    run_name,
-    write_config_json,
-)
+from fedsim.results import ClientRecord, CsvRecorder, RoundRecord, Timings
 from fedsim.server_app import sample_clients
 
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -53,14 +46,7 @@ class ReferenceLoop:
     ) -> None:
         self.cfg, self.train, self.val, self.test = cfg, train, val, test
         self.timings = timings
-        self.settings = task.TrainSettings(
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            augment=cfg.augment,
-        )
+        self.settings = train_settings(cfg)
         self.model = task.build_model(cfg.model, seed=cfg.seed)
         self.state: State = {k: v.clone() for k, v in self.model.state_dict().items()}
 
@@ -122,8 +108,9 @@ def _split(images: torch.Tensor, labels: torch.Tensor, rows: np.ndarray) -> Spli
 def run(cfg: RunConfig) -> Path:
     if cfg.strategy != "fedavg":
         raise ConfigError("--strategy", "the reference loop implements fedavg only")
-    started = psutil.Process().create_time()  # the process's start: imports count
-    timings = Timings(imports=time.time() - started)
+    imports = time.time() - psutil.Process().create_time()  # the process's start counts
+    started = time.perf_counter() - imports
+    timings = Timings(imports=imports)
     tick = time.perf_counter()
     dataset = load_cifar(cfg.data, cache_root())
     images = torch.from_numpy(np.array(dataset.train_x))
@@ -138,18 +125,16 @@ def run(cfg: RunConfig) -> Path:
 
     torch.set_num_threads(os.cpu_count() or 1)
     loop = ReferenceLoop(cfg, train, val, test, timings)
-    run_dir = Path(cfg.results_dir) / run_name(cfg)
-    run_dir.mkdir(parents=True)
-    recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv")
-    loss, accuracy = loop.central()
-    recorder.on_round_end(RoundRecord(0, central_loss=loss, central_accuracy=accuracy), None)
-    for server_round in range(1, cfg.rounds + 1):
-        record = loop.round(server_round)
-        recorder.on_round_end(record, None)
-        print(f"reference: round {server_round} {record.round_seconds:.2f} s", flush=True)
-    recorder.on_run_end(None)
-    timings.total = time.time() - started
-    write_config_json(run_dir / "config.json", cfg, timings, "complete", {})
+    run_dir = lifecycle.claim_run_dir(cfg)
+    recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv", timings)
+    with lifecycle.RunStatus(run_dir, cfg, timings, {"engine": "plain loop"}).running(started):
+        loss, accuracy = loop.central()
+        recorder.on_round_end(RoundRecord(0, central_loss=loss, central_accuracy=accuracy), None)
+        for server_round in range(1, cfg.rounds + 1):
+            record = loop.round(server_round)
+            recorder.on_round_end(record, None)
+            print(f"reference: round {server_round} {record.round_seconds:.2f} s", flush=True)
+        recorder.on_run_end(None)
     return run_dir
 
 

@@ -57,8 +57,12 @@ def main() -> None:
     )
 
     wall = {label: best(rs, lambda r: r.wall) for label, rs in runs.items()}
+    compute = best(runs["reference"], lambda r: r.timings["rounds"])  # the plain loop's rounds
+    memory = best(runs["fedsim warm"], lambda r: r.peak_rss)
     later = {label: best(rs, lambda r: median(r.round_seconds[1:])) for label, rs in runs.items()}
     rows = [
+        target("fedsim warm wall / plain-loop compute", ratio(wall["fedsim warm"], compute), 1.3),
+        target("fedsim warm peak RSS of all processes, MiB", mib(memory), 3072),
         target("fedsim warm / reference, wall", ratio(wall["fedsim warm"], wall["reference"]), 1.5),
         target(
             "fedsim warm / reference, rounds 2+",

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from fedsim import cli, runner
 
 
 def simulate_with(
     build_client_app: Callable[..., Any], central_evaluator: Callable[..., Any] | None = None
-) -> int:
+) -> NoReturn:
     """`python simulate.py ARGS` with the given client app factory (and evaluator)."""
     runner.build_client_app = build_client_app
     if central_evaluator is not None:
         runner.CentralEvaluator = central_evaluator
-    return cli.main(sys.argv[1:])
+    cli.entry(sys.argv[1:])

@@ -131,4 +131,4 @@ def build_client_app(cfg: RunConfig, data: Any) -> ClientApp:
 
 
 if __name__ == "__main__":
-    raise SystemExit(simulate_with(build_client_app))
+    simulate_with(build_client_app)

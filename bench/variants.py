@@ -42,12 +42,23 @@ class Bench:
     def repeats(self) -> int:
         return self.args.repeats
 
-    def run(self, variant: str, name: str, extra: Sequence[str] = (), cold: bool = False) -> Run:
+    def run(
+        self,
+        variant: str,
+        name: str,
+        extra: Sequence[str] = (),
+        cold: bool = False,
+        cold_partitions: bool = False,
+    ) -> Run:
         """Measure one variant on a quiet machine, its results in bench/results/tmp/runs;
-        `cold`: with an empty data cache, so the run decodes and partitions first."""
-        cache = SCRATCH / "cold-cache" if cold else WARM_CACHE
-        if cold:
+        `cold`: with an empty data cache, so the run decodes and partitions first;
+        `cold_partitions`: with the decoded data cached but no partitions."""
+        cache = SCRATCH / "cold-cache" if cold or cold_partitions else WARM_CACHE
+        if cold or cold_partitions:
             shutil.rmtree(cache, ignore_errors=True)
+        if cold_partitions:
+            cache.mkdir(parents=True)
+            (cache / "decoded").symlink_to(WARM_CACHE / "decoded")
         if not self.args.no_wait:
             quiet = wait_until_quiet()
             self.notes.append(f"{name}: {quiet}")
@@ -68,6 +79,14 @@ class Bench:
             self.notes.append(f"{name}: left running: {process}")
             print(f"bench: {name}: left running: {process}", flush=True)
         return result
+
+    def repeat(self, variants: Sequence[str], prefix: str) -> dict[str, list[Run]]:
+        """Every variant, --repeats times, interleaved (a drift hits them all alike)."""
+        runs: dict[str, list[Run]] = {variant: [] for variant in variants}
+        for repeat in range(1, self.repeats + 1):
+            for variant in variants:
+                runs[variant].append(self.run(variant, f"{prefix}-{variant}-{repeat}"))
+        return runs
 
     def prepare(self, extra: Sequence[str] = (), tutorial: bool = False) -> None:
         """Fill the warm caches, untimed: decoded data and partitions (and the tutorial
@@ -120,6 +139,15 @@ def best(runs: list[Run], value: Callable[[Run], float]) -> float:
     else computed alongside (over all of them if every one was disturbed)."""
     calm = [run for run in runs if not run.disturbed] or runs
     return min(value(run) for run in calm)
+
+
+def recording_share(run: Run) -> float:
+    """clients.csv and byte counting's share of the round time: the server's own
+    recording time, plus the clients' (measuring their replies) spread over the actors
+    that run side by side."""
+    actors = run.config.get("cluster", {}).get("concurrent_clients", 1)
+    spent = run.timings["recording"] + run.timings["recording_in_clients"] / actors
+    return ratio(spent, run.timings["rounds"])
 
 
 def ratio(a: float, b: float) -> float:

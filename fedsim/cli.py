@@ -151,6 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def entry(argv: Sequence[str] | None = None) -> typing.NoReturn:
+    """`python simulate.py`: main(), then leave. Once Ray has run in this process, leave
+    at once (every result file is fsynced and closed by then): threads Flower's engine
+    left blocked on actors that Ray has since shut down would otherwise hold the
+    interpreter's exit forever."""
+    code = main(argv)
+    if "ray" in sys.modules:
+        _exit_now(code)
+    raise SystemExit(code)
+
+
 def _exit_now(code: int) -> None:
     """After Ctrl-C every result file is fsynced and closed; stop Ray (a no-op when the
     run already did, needed when the interrupt came while Ray was starting), then leave

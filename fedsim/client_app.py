@@ -19,6 +19,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,6 +31,7 @@ from fedsim import algorithms, privacy, protocol, task
 from fedsim.actor_log import log_calls
 from fedsim.algorithms.base import Algorithm, ClientContext, ClientResult, client_seed
 from fedsim.config import RunConfig
+from fedsim.data import read_cached
 from fedsim.partition import Partitions
 from fedsim.protocol import BundleInfo, ClientOutcome, ClientTask
 
@@ -68,6 +70,24 @@ class RayObjectData:
         import ray
 
         return tuple(ray.get([self.images, self.labels, self.partitions]))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class MappedData:
+    """A one-machine run's data: each actor memory-maps the decoded cache's files, as
+    the driver does, so the operating system keeps one copy for all of them (Ray's
+    object store would hold a second, and the driver would have read every image to
+    put it there). Only the partitions, small, go through the object store."""
+
+    key: str
+    folder: str  # the decoded cache folder (fedsim.data)
+    partitions: Any  # ray.ObjectRef to Partitions
+
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions]:
+        import ray
+
+        dataset = read_cached(Path(self.folder))
+        return dataset.train_x, dataset.train_y, ray.get(self.partitions)
 
 
 _PROCESS_CACHE: dict[tuple, Any] = {}
@@ -171,11 +191,14 @@ def _run_client(process: _Process, message_type: str, task_: ClientTask, info: B
         return ClientOutcome(
             pid, protocol.FAILED, seconds, error=f"{type(error).__name__}: {error}"
         )
+    seconds = time.perf_counter() - started
+    bytes_up = protocol.recorddict_bytes(result.content)
     return ClientOutcome(
         pid,
         protocol.OK,
-        seconds=time.perf_counter() - started,
-        bytes_up=protocol.recorddict_bytes(result.content),
+        seconds=seconds,
+        bytes_up=bytes_up,
+        measured_in=time.perf_counter() - started - seconds,
         content=result.content,
         state=result.state,
     )

@@ -50,6 +50,19 @@ class DecodedDataset:
     classes: tuple[str, ...]
     key: str
     source: str
+    folder: Path  # the decoded cache it is mapped from
+
+
+def read_cached(folder: Path, source: str = "") -> DecodedDataset:
+    """A decoded cache folder as written by `load_cifar`, memory-mapped: how a client
+    process on the same machine opens the very files the driver did."""
+    stored = _read_cache(folder)
+    if stored is None:
+        raise ConfigError("FEDSIM_CACHE", f"{folder} is not a complete decoded cache")
+    arrays, classes = stored
+    return DecodedDataset(
+        **arrays, classes=tuple(classes), key=folder.name, source=source, folder=folder
+    )
 
 
 def cache_root() -> Path:
@@ -144,14 +157,9 @@ def _cached(cache: Path, key: str, source: str, decode: Decode) -> DecodedDatase
     verify: a full disk or a killed copy leaves a truncated cache, which must cost one
     decode, not a failed run or wrong data."""
     folder = cache / "decoded" / key
-    stored = _read_cache(folder)
-    if stored is None:
+    if _read_cache(folder) is None:
         _rebuild(folder, source, decode)
-        stored = _read_cache(folder)
-        if stored is None:
-            raise ConfigError("FEDSIM_CACHE", f"{folder} does not read back after writing it")
-    arrays, classes = stored
-    return DecodedDataset(**arrays, classes=tuple(classes), key=key, source=source)
+    return read_cached(folder, source)
 
 
 def _describe(array: np.ndarray) -> dict[str, Any]:

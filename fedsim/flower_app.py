@@ -18,19 +18,18 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from flwr.app import Context, Message, UserConfig
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim import attacks, cli, runner, sweep
+from fedsim import attacks, cli, lifecycle, runner, sweep
 from fedsim.client_app import build_client_app
 from fedsim.config import ConfigError, RunConfig, fields, flag
 from fedsim.data import cache_root, load_cifar
 from fedsim.partition import Partitions, cached_partition_indices
-from fedsim.results import Timings, run_name, write_config_json
+from fedsim.results import Timings
 from fedsim.server_app import Transport
 
 _FIELDS = {f.name for f in fields()}
@@ -98,7 +97,7 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    """fedsim's round loop on Flower's grid, writing the run folder as simulate.py does."""
+    """fedsim's round loop on Flower's grid, with the run lifecycle simulate.py uses."""
     started = time.perf_counter()
     cfg = config_from(context.run_config)
     timings = Timings()
@@ -106,21 +105,12 @@ def main(grid: Grid, context: Context) -> None:
     labels = np.asarray(dataset.train_y)
     partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root())
     timings.data_load = time.perf_counter() - started  # decoding and partitioning, together
-    run_dir = Path(cfg.results_dir) / run_name(cfg)
-    try:
-        run_dir.mkdir(parents=True)
-    except FileExistsError:
-        raise ConfigError(flag("name"), f"{run_dir} already exists; choose another name") from None
-    config_path = run_dir / runner.CONFIG_JSON
+    run_dir = lifecycle.claim_run_dir(cfg)
     extra = {"run_dir": str(run_dir), "engine": "flower-app", "data_cache_key": dataset.key}
     extra |= attacks.describe(cfg)
-    write_config_json(config_path, cfg, timings, "running", extra)
+    status = lifecycle.RunStatus(run_dir, cfg, timings, extra)
     inputs = runner.RunInputs(cfg, dataset, partitions, timings)
-    status = "failed"
-    try:
-        transport = Transport(one_node_per_client=True)  # node i holds partition i
-        runner.build_loop(inputs, run_dir, None, transport).run(grid)
-        status = "complete"
-    finally:
-        timings.total = time.perf_counter() - started
-        write_config_json(config_path, cfg, timings, status, extra)
+    transport = Transport(one_node_per_client=True)  # node i holds partition i
+    loop = runner.build_loop(inputs, run_dir, None, transport, status.failures)
+    with status.running(started):
+        loop.run(grid)

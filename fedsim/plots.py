@@ -30,7 +30,11 @@ PLOTS = (
     "final_accuracy_vs_clients.png",
     "seconds_per_round_vs_clients.png",
     "label_distribution.png",
+    "client_accuracy_by_round.png",
+    "accuracy_vs_megabytes.png",
 )
+CLIENTS_CSV = "clients.csv"
+BANDS = ((10, 90), (25, 75))  # percentile bands of the clients' accuracies
 
 Group = tuple[str, pd.DataFrame]
 
@@ -202,11 +206,75 @@ def label_distribution(folder: Path, summary: pd.DataFrame) -> Path | None:
     return _save(figure, folder / PLOTS[3])
 
 
+def _first_runs(summary: pd.DataFrame) -> list[tuple[str, str]]:
+    """(label, run) for each combination of swept settings, its first seed."""
+    keys = [c for c in setting_columns(summary) if c != "seed"]
+    return [
+        (label, runs.sort_values("seed")["run"].iloc[0]) for label, runs in _groups(summary, keys)
+    ]
+
+
+def client_accuracy_by_round(folder: Path, summary: pd.DataFrame) -> Path | None:
+    """Whom the model serves: the evaluated clients' accuracies by round, the median
+    with 25-75 and 10-90 percentile bands, a panel per setting (first seed). None when
+    no run evaluated on clients."""
+    panels = []
+    for label, run in _first_runs(summary):
+        path = folder / run / CLIENTS_CSV
+        if not path.exists():
+            continue
+        clients = pd.read_csv(path)
+        evaluated = clients[(clients["phase"] == "evaluate") & (clients["status"] == "ok")]
+        if not evaluated.empty:
+            panels.append((label, evaluated.groupby("round")["accuracy"]))
+    if not panels:
+        return None
+    figure, axes = _panels(len(panels))
+    for axis, (label, by_round) in zip(axes, panels, strict=True):
+        for (low, high), alpha in zip(BANDS, (0.15, 0.3), strict=True):
+            bounds = by_round.quantile([low / 100, high / 100]).unstack()
+            axis.fill_between(
+                bounds.index,
+                bounds.iloc[:, 0],
+                bounds.iloc[:, 1],
+                alpha=alpha,
+                color="tab:blue",
+                label=f"clients {low}-{high} %",
+                linewidth=0,
+            )
+        median = by_round.median()
+        axis.plot(median.index, median, color="tab:blue", label="median client")
+        axis.set(title=label, xlabel="round", ylabel="client accuracy (held-out share)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    return _save(figure, folder / PLOTS[4])
+
+
+def accuracy_vs_megabytes(folder: Path, summary: pd.DataFrame) -> Path:
+    """What the talking costs: central accuracy against the megabytes sent and received
+    so far (clients.csv's bytes, summed per round), a line per setting (first seed)."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, run in _first_runs(summary):
+        path = folder / run / ROUNDS_CSV
+        if not path.exists():
+            continue
+        rounds = pd.read_csv(path)
+        megabytes = (rounds["bytes_down"] + rounds["bytes_up"]).cumsum() / 1e6
+        axis.plot(megabytes, rounds["central_accuracy"], marker=".", label=label or run)
+    axis.set(xlabel="megabytes communicated (down + up, all clients)", ylabel="central accuracy")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+    return _save(figure, folder / PLOTS[5])
+
+
 DRAWERS: tuple[Callable[[Path, pd.DataFrame], Path | None], ...] = (
     accuracy_vs_round,
     final_accuracy_vs_clients,
     seconds_per_round_vs_clients,
     label_distribution,
+    client_accuracy_by_round,
+    accuracy_vs_megabytes,
 )
 
 

@@ -68,6 +68,7 @@ class ClientOutcome:
     status: str
     seconds: float = 0.0  # the client's own compute time, measured where it ran
     bytes_up: int = 0  # serialized size of `content`: what a device would upload
+    measured_in: float = 0.0  # seconds it took to measure bytes_up (recording's own cost)
     content: RecordDict | None = None  # the reply its strategy aggregates
     state: RecordDict | None = None  # its memory after this round (None: unchanged)
     error: str = ""
@@ -145,6 +146,7 @@ def pack_outcomes(outcomes: list[ClientOutcome]) -> RecordDict:
             "status": [o.status for o in outcomes],
             "seconds": [float(o.seconds) for o in outcomes],
             "bytes_up": [int(o.bytes_up) for o in outcomes],
+            "measured_in": [float(o.measured_in) for o in outcomes],
             "error": [o.error for o in outcomes],
             "layout": layouts,
             "state": states,
@@ -164,6 +166,7 @@ def unpack_outcomes(reply: RecordDict) -> list[ClientOutcome]:
                 status=status,
                 seconds=float(meta["seconds"][index]),
                 bytes_up=int(meta["bytes_up"][index]),
+                measured_in=float(meta["measured_in"][index]),
                 content=_resolve(reply, meta["layout"][index]) if status == OK else None,
                 state=None if state == "-" else _resolve(reply, state),
                 error=meta["error"][index],

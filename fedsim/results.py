@@ -144,6 +144,8 @@ class Timings:
     client_evaluate: float = 0.0
     aggregate: float = 0.0
     central_evaluate: float = 0.0
+    recording: float = 0.0  # the server's: measuring what it sends, client rows, the CSVs
+    recording_in_clients: float = 0.0  # the clients': measuring their replies (summed)
     rounds: float = 0.0
     total: float = 0.0
     per_round: list[float] = field(default_factory=list)
@@ -191,13 +193,18 @@ class CsvRecorder:
     the round, both on disk (fsynced) before the next round starts; clients.csv first,
     so a round in rounds.csv always has its client rows."""
 
-    def __init__(self, rounds_path: Path, clients_path: Path) -> None:
+    def __init__(
+        self, rounds_path: Path, clients_path: Path, timings: Timings | None = None
+    ) -> None:
         self._clients = _CsvFile(clients_path, CLIENT_COLUMNS)
         self._rounds = _CsvFile(rounds_path, CSV_COLUMNS)
+        self._timings = timings or Timings()
 
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
+        tick = time.perf_counter()
         self._clients.write([client.row() for client in record.clients])
         self._rounds.write([record.row()])
+        self._timings.recording += time.perf_counter() - tick
 
     def on_run_end(self, arrays: ArrayRecord) -> None:
         self._clients.close()

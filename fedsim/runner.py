@@ -25,7 +25,7 @@ from fedsim.checkpoint import (
     load_checkpoint,
     truncate_rows,
 )
-from fedsim.client_app import RayObjectData, build_client_app
+from fedsim.client_app import ClientData, MappedData, RayObjectData, build_client_app
 from fedsim.clients import ClientStates
 from fedsim.config import ConfigError, RunConfig, flag, validate
 from fedsim.data import DecodedDataset, cache_root, load_cifar
@@ -180,7 +180,7 @@ def _execute(
         try:
             engine.run_simulation(
                 build_server_app(loop),
-                build_client_app(cfg, _put_data(inputs)),
+                build_client_app(cfg, _client_data(inputs, cluster)),
                 nodes_needed(cfg, transport, loop.reply_bytes),
                 cluster,
                 loop.finished,
@@ -206,16 +206,19 @@ def _announce(cfg: RunConfig, run_dir: Path, cluster: engine.Cluster, resumed: i
     )
 
 
-def _put_data(inputs: RunInputs) -> RayObjectData:
-    """Training images, labels and partitions go into Ray's object store once; actors on
-    this machine read them zero-copy, actors on other nodes get them from Ray."""
+def _client_data(inputs: RunInputs, cluster: engine.Cluster) -> ClientData:
+    """On this machine the actors map the decoded cache's files themselves; actors on
+    other nodes get the training set through Ray's object store, put there once."""
     import ray
 
+    partitions = ray.put(inputs.partitions)
+    if cluster.started_here:
+        return MappedData(inputs.dataset.key, str(inputs.dataset.folder), partitions)
     return RayObjectData(
         key=inputs.dataset.key,
         images=ray.put(np.asarray(inputs.dataset.train_x)),
         labels=ray.put(np.asarray(inputs.dataset.train_y)),
-        partitions=ray.put(inputs.partitions),
+        partitions=partitions,
     )
 
 
@@ -236,7 +239,7 @@ def build_loop(
     else:
         strategy, arrays, states = checkpoint.strategy, checkpoint.arrays, checkpoint.states
     callbacks = [
-        CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV),
+        CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV, inputs.timings),
         Checkpointer(run_dir / CHECKPOINT, strategy, states),
         ProgressPrinter(cfg.rounds),
         failures,

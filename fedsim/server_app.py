@@ -317,16 +317,14 @@ class FederatedLoop:
                 exchange.replies.append(Message(content=outcome.content, reply_to=sent[pid]))
                 if training and outcome.state is not None:
                     self.states.set(pid, outcome.state)
+            tick = time.perf_counter()
+            phase, examples = PHASES[message_type], int(sizes[pid])
+            down_bytes = down.bytes(sent[pid].content)
             exchange.clients.append(
-                _client_record(
-                    server_round,
-                    PHASES[message_type],
-                    pid,
-                    int(sizes[pid]),
-                    outcome,
-                    down.bytes(sent[pid].content),
-                )
+                _client_record(server_round, phase, pid, examples, outcome, down_bytes)
             )
+            self.timings.recording += time.perf_counter() - tick
+            self.timings.recording_in_clients += outcome.measured_in
         return exchange
 
     def _send_and_receive(

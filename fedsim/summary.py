@@ -26,7 +26,11 @@ METRICS = (
     "total_seconds",
     "seconds_per_round",
     "clients_failed",
+    "eval_accuracy_p10",
+    "eval_accuracy_std",
+    "total_mb",
 )
+MB = 1e6
 
 
 def completed_rounds(run_dir: Path) -> list[int]:
@@ -46,11 +50,18 @@ def run_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and (p / CONFIG_JSON).is_file())
 
 
+def _last(frame: pd.DataFrame, column: str) -> float | None:
+    """The column's last value that is set (a round without client evaluation has none)."""
+    values = frame[column].dropna() if column in frame else pd.Series(dtype=float)
+    return values.iloc[-1] if len(values) else None
+
+
 def _row(run_dir: Path, cfg: RunConfig, document: dict) -> dict:
     rounds_path = run_dir / ROUNDS_CSV
     frame = pd.read_csv(rounds_path) if rounds_path.exists() else pd.DataFrame()
     trained = frame[frame["round"] > 0] if len(frame) else frame
     accuracy = frame["central_accuracy"] if len(frame) else pd.Series(dtype=float)
+    communicated = frame[["bytes_down", "bytes_up"]].to_numpy().sum() if len(frame) else 0
     return {
         "final_accuracy": accuracy.iloc[-1] if len(accuracy) else None,
         "best_accuracy": accuracy.max() if len(accuracy) else None,
@@ -59,6 +70,9 @@ def _row(run_dir: Path, cfg: RunConfig, document: dict) -> dict:
         "total_seconds": document.get("timings_seconds", {}).get("total"),
         "seconds_per_round": trained["round_seconds"].mean() if len(trained) else None,
         "clients_failed": int(trained["clients_failed"].sum()) if len(trained) else 0,
+        "eval_accuracy_p10": _last(frame, "eval_accuracy_p10"),
+        "eval_accuracy_std": _last(frame, "eval_accuracy_std"),
+        "total_mb": communicated / MB,
     }
 
 

@@ -62,4 +62,4 @@ def build_client_app(fault: tuple[str, int, int], cfg: RunConfig, data) -> Clien
 if __name__ == "__main__":
     kind, server_round, victim = sys.argv.pop(1).split(":")
     fault = (kind, int(server_round), int(victim))
-    raise SystemExit(simulate_with(partial(build_client_app, fault)))
+    simulate_with(partial(build_client_app, fault))

@@ -35,7 +35,7 @@ def _status(run_dir) -> dict:
 def test_a_frozen_client_is_cut_off_and_the_run_ends(tiny_cifar, tmp_path) -> None:
     """Client 0 never returns in round 2: the round timeout counts it, its actor ends
     itself (watchdog) and is restarted, round 3 has every client, and the run ends."""
-    options = "--clients 2 --rounds 3 --round-timeout 8 --fraction-evaluate 0"
+    options = "--clients 2 --rounds 3 --round-timeout 20 --fraction-evaluate 0"
     started = time.monotonic()
     done, clients = _faulty("freeze:2:0", tiny_cifar, tmp_path, "frozen", options, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -178,3 +178,17 @@ def test_a_damaged_checkpoint_is_one_line(tiny_cifar, tmp_path) -> None:
         assert resumed.returncode == 2
         lines = resumed.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: --resume: "), lines
+
+
+def test_nothing_outlives_a_killed_driver_by_more_than_seconds(
+    tiny_cifar, tmp_path, start_run
+) -> None:
+    where = ["--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "killed9"]
+    process, ray_tmp = start_run(["--clients", "2", "--rounds", "500", *where])
+    wait_for_rounds(tmp_path / "killed9" / "rounds.csv", 1, process)
+    os.kill(process.pid, signal.SIGKILL)  # the driver alone, not its process group
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while leftovers(ray_tmp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leftovers(ray_tmp) == []

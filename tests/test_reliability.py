@@ -19,6 +19,10 @@ def _metrics(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(run_dir / "rounds.csv").drop(columns=TIMING)
 
 
+def _clients(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "clients.csv").drop(columns=["seconds"])
+
+
 # --- bad input: one line, exit code 2, nothing written -------------------------------
 
 BAD_INPUT = [
@@ -101,6 +105,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar, tmp_path, 
     resumed = run_cli("--resume", str(killed))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _metrics(killed).equals(_metrics(tmp_path / "whole"))
+    assert _clients(killed).equals(_clients(tmp_path / "whole"))
 
     simulate(tiny_cifar, tmp_path, "again", RUN)  # same seed, same numbers
     assert _metrics(tmp_path / "again").equals(_metrics(tmp_path / "whole"))

@@ -35,6 +35,18 @@ def given(**options: Any) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
+def train_settings(cfg: RunConfig) -> task.TrainSettings:
+    """Local SGD as the options set it."""
+    return task.TrainSettings(
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        augment=cfg.augment,
+    )
+
+
 def client_seed(seed: int, server_round: int, pid: int, stream: int) -> int:
     """Independent, reproducible seeds per (run seed, round, client, purpose)."""
     return int(np.random.default_rng([seed, server_round, pid, stream]).integers(2**62))
@@ -81,15 +93,7 @@ class Algorithm:
         raise NotImplementedError
 
     def settings(self) -> task.TrainSettings:
-        cfg = self.cfg
-        return task.TrainSettings(
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            augment=cfg.augment,
-        )
+        return train_settings(self.cfg)
 
     def hooks(self, ctx: ClientContext, model: nn.Module) -> task.LocalHooks:
         return task.LocalHooks()

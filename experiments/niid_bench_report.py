@@ -1,0 +1,150 @@
+"""The NIID-Bench reproduction's table, per-cell rounds and plot, from a results folder.
+
+    python experiments/niid_bench_report.py results/niid_bench_cifar10
+
+Writes docs/results/niid_bench_cifar10.csv (one row per cell and published figure),
+copies each cell's rounds.csv to docs/results/niid_bench_cifar10/<partition>-<strategy>-s<seed>/,
+and draws docs/img/niid_bench_cifar10.png (accuracy by round, a panel per cell, the
+published figures as horizontal lines). Cells not run yet are left out; a cell that ran
+fewer rounds than the paper's 50 says so in `rounds`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "results"
+COLUMNS = (
+    "partition",
+    "strategy",
+    "seeds",
+    "rounds",
+    "fedsim_best",
+    "fedsim_final",
+    "published",
+    "source",
+)
+# (partition, strategy) -> [(published accuracy %, source)]: issue 13's table, from
+# Flower's baselines/niid_bench README (best round, mean ± std of its runs) and the
+# NIID-Bench README (mean of 3 runs, 50 rounds).
+PUBLISHED: dict[tuple[str, str], list[tuple[float, str]]] = {
+    ("iid", "fedavg"): [(71.32, "flower-baseline")],
+    ("dirichlet-0.5", "fedavg"): [(62.47, "flower-baseline"), (68.2, "niid-bench")],
+    ("dirichlet-0.5", "fedprox"): [(67.9, "niid-bench")],
+    ("dirichlet-0.5", "scaffold"): [(69.8, "niid-bench")],
+    ("dirichlet-0.5", "fednova"): [(66.8, "niid-bench")],
+    ("labels-1", "fedavg"): [(10.0, "flower-baseline")],
+    ("labels-2", "fedavg"): [(51.17, "flower-baseline"), (49.8, "niid-bench")],
+    ("labels-2", "fedprox"): [(50.7, "niid-bench")],
+    ("labels-2", "scaffold"): [(49.1, "niid-bench")],
+    ("labels-2", "fednova"): [(46.5, "niid-bench")],
+    ("labels-3", "fedavg"): [(59.11, "flower-baseline")],
+}
+
+
+def cell_name(config: dict) -> str:
+    """The issue's partition names: iid, dirichlet-0.5, labels-1, labels-2, labels-3."""
+    if config["partition"] == "dirichlet":
+        return f"dirichlet-{config['alpha']:g}"
+    if config["partition"] == "pathological":
+        return f"labels-{config['classes_per_client']}"
+    return config["partition"]
+
+
+def collect(folder: Path) -> list[dict]:
+    """Each run of the experiment folder: its cell, seed and rounds.csv."""
+    runs = []
+    for run_dir in sorted(p for p in folder.iterdir() if (p / "config.json").is_file()):
+        config = json.loads((run_dir / "config.json").read_text())["config"]
+        if not (run_dir / "rounds.csv").exists():
+            continue
+        rounds = pd.read_csv(run_dir / "rounds.csv")
+        if len(rounds) < 2:
+            continue
+        runs.append(
+            {
+                "partition": cell_name(config),
+                "strategy": config["strategy"],
+                "seed": config["seed"],
+                "rounds": rounds,
+                "dir": run_dir,
+            }
+        )
+    return runs
+
+
+def report(folder: Path) -> None:
+    runs = collect(folder)
+    rows = []
+    for run in runs:
+        destination = (
+            DOCS / "niid_bench_cifar10" / f"{run['partition']}-{run['strategy']}-s{run['seed']}"
+        )
+        destination.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run["dir"] / "rounds.csv", destination / "rounds.csv")
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        cells.setdefault((run["partition"], run["strategy"]), []).append(run)
+    for (partition, strategy), members in sorted(cells.items()):
+        accuracy = [100 * m["rounds"]["central_accuracy"] for m in members]
+        done = min(int(m["rounds"]["round"].iloc[-1]) for m in members)
+        for published, source in PUBLISHED.get((partition, strategy), [(None, "")]):
+            rows.append(
+                {
+                    "partition": partition,
+                    "strategy": strategy,
+                    "seeds": " ".join(str(m["seed"]) for m in members),
+                    "rounds": done,
+                    "fedsim_best": round(sum(a.max() for a in accuracy) / len(accuracy), 2),
+                    "fedsim_final": round(sum(a.iloc[-1] for a in accuracy) / len(accuracy), 2),
+                    "published": published if published is not None else "",
+                    "source": source,
+                }
+            )
+    DOCS.mkdir(parents=True, exist_ok=True)
+    with open(DOCS / "niid_bench_cifar10.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot(cells)
+    for row in rows:
+        print(", ".join(f"{k} {row[k]}" for k in COLUMNS))
+
+
+def _plot(cells: dict[tuple[str, str], list[dict]]) -> None:
+    keys = sorted(cells)
+    columns = min(3, len(keys))
+    rows = -(-len(keys) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for axis, key in zip(axes.flat, keys, strict=False):
+        for run in cells[key]:
+            frame = run["rounds"]
+            axis.plot(
+                frame["round"], 100 * frame["central_accuracy"], label=f"fedsim seed {run['seed']}"
+            )
+        for value, source in PUBLISHED.get(key, []):
+            style = "--" if source == "flower-baseline" else ":"
+            axis.axhline(value, linestyle=style, color="black", label=f"{source} {value:g} %")
+        axis.set(title=f"{key[0]}, {key[1]}", xlabel="round", ylabel="central accuracy (%)")
+        axis.set_xlim(0, 50)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small", loc="lower right")
+    for axis in axes.flat[len(keys) :]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(ROOT / "docs" / "img" / "niid_bench_cifar10.png", dpi=100)
+
+
+if __name__ == "__main__":
+    report(Path(sys.argv[1]))
