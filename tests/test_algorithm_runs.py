@@ -68,7 +68,7 @@ def test_every_algorithm_trains_two_rounds(every) -> None:
         assert set(pd.read_csv(run / "clients.csv")["status"]) == {"ok"}, name
         model = torch.load(run / "model.pt")
         # QFedAvg's float64 aggregate is cast back; Flower's FedAdam returns float64 too
-        # (its bias correction is a NumPy float64 scalar), as it did before this module
+        # (its bias correction is a NumPy float64 scalar), left as Flower has it
         float32 = all(v.dtype == torch.float32 for v in model.values())
         assert float32 or name == "fedadam", name
         assert _distance(model) > 1e-3, name  # FedAvgM's server lr 0.01 moves it least
