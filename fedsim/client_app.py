@@ -27,7 +27,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType
 from flwr.clientapp import ClientApp
 
-from fedsim import algorithms, protocol, task
+from fedsim import algorithms, privacy, protocol, task
 from fedsim.actor_log import log_calls
 from fedsim.algorithms.base import Algorithm, ClientContext, ClientResult, client_seed
 from fedsim.config import RunConfig
@@ -180,6 +180,8 @@ def _run_client(process: _Process, message_type: str, task_: ClientTask, info: B
             if cfg.client_failure_rate and dropout.random() < cfg.client_failure_rate:
                 raise SimulatedDropout(f"client {pid} dropped out in round {info.server_round}")
             result: ClientResult = process.algorithm.train(ctx)
+            if cfg.dp == "client-fixed":
+                privacy.clip_reply(task_.content, result.content)
         else:
             result = process.algorithm.evaluate(ctx)
     except SimulatedDropout as error:

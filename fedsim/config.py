@@ -14,13 +14,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedsim.algorithms import ALGORITHMS, ASYNCHRONOUS
+from fedsim.algorithms import ALGORITHMS, ASYNCHRONOUS, NOT_WITH_DP
 
 HUB_CIFAR10 = "uoft-cs/cifar10"
 MODELS = ("cnn", "resnet18")
 PARTITIONS = ("iid", "dirichlet", "pathological", "shard")
 STRATEGIES = tuple(ALGORITHMS)  # fedsim.algorithms: one module each
 SYNCHRONOUS = tuple(s for s in STRATEGIES if s not in ASYNCHRONOUS)  # rounds of sampled clients
+DP_MODES = ("off", "server-fixed", "server-adaptive", "client-fixed")
+ATTACKS = ("sign-flip", "gaussian", "scale", "label-flip")
 NUM_CLASSES = 10
 MAX_SEED = 2**32 - 1  # numpy and torch both take it; a common bound users know
 MAX_NAME = 120  # characters of a run name: room for file names under any file system's limit
@@ -128,6 +130,67 @@ class RunConfig:
         roles=(FIXED, NOT_COMPARED),  # it only reads the rounds: a finished run stays valid
         bounds="(0, 1]",
         unset="none",
+    )
+    trim_fraction: float = _opt(
+        0.2,
+        "share of the clients' values cut from each end, per coordinate (fedtrimmedavg's beta)",
+        bounds="[0, 0.5)",
+        applies=("strategy", "fedtrimmedavg"),
+    )
+    num_malicious: int = _opt(
+        0,
+        "malicious clients the aggregation must withstand (krum, multikrum, bulyan)",
+        bounds="[0, inf)",
+        applies=("strategy", "krum", "multikrum", "bulyan"),
+    )
+    num_to_keep: int = _opt(
+        1,
+        "replies MultiKrum selects and averages",
+        bounds="[1, inf)",
+        applies=("strategy", "multikrum"),
+    )
+    q: float = _opt(
+        0.1,
+        "q-FFL fairness exponent (qfedavg; 0 weighs every client's loss alike)",
+        bounds="[0, inf)",
+        applies=("strategy", "qfedavg"),
+    )
+    # Differential privacy (Flower's DP strategy wrappers; fedsim.privacy)
+    dp: str = _opt(
+        "off",
+        "differential privacy: server-side fixed or adaptive clipping, or client-side "
+        "fixed clipping, with Gaussian noise on the aggregate",
+        choices=DP_MODES,
+    )
+    dp_noise_multiplier: float = _opt(
+        1.0,
+        "noise standard deviation over the clipping norm",
+        bounds="[0, inf)",
+        applies=("dp", *DP_MODES[1:]),
+    )
+    dp_clipping_norm: float = _opt(
+        1.0,
+        "L2 norm each client's update is clipped to (server-adaptive: the initial norm)",
+        bounds="(0, inf)",
+        applies=("dp", *DP_MODES[1:]),
+    )
+    dp_delta: float = _opt(
+        1e-5,
+        "delta at which the privacy spent (dp_epsilon in rounds.csv) is reported",
+        bounds="(0, 1)",
+        applies=("dp", *DP_MODES[1:]),
+    )
+    # Simulated attacks (fedsim.attacks)
+    byzantine_fraction: float = _opt(
+        0.0,
+        "share of clients that are malicious (chosen by the seed, listed in config.json)",
+        bounds="[0, 1)",
+    )
+    attack: str = _opt(
+        "sign-flip",
+        "what malicious clients do: send the negated update, noise of the update's scale, "
+        "the update ×10, or train on flipped labels",
+        choices=ATTACKS,
     )
     # Data
     data: str = _opt(
@@ -315,6 +378,12 @@ def _rule(bounds: str) -> str:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
+    """Check every value, then the options that must agree with each other; raise on
+    the first bad one."""
+    return _check_together(validate_values(cfg))
+
+
+def validate_values(cfg: RunConfig) -> RunConfig:
     """Check every value against its declared bounds or choices; raise on the first bad one."""
     for f in fields():
         value = getattr(cfg, f.name)
@@ -343,6 +412,39 @@ def validate(cfg: RunConfig) -> RunConfig:
         )
     if len(cfg.name) > MAX_NAME:
         raise ConfigError(flag("name"), f"has {len(cfg.name)} characters, at most {MAX_NAME}")
+    return cfg
+
+
+def sample_count(clients: int, fraction: float) -> int:
+    """How many clients a round samples (fedsim.server_app draws which)."""
+    return min(clients, max(1, int(clients * fraction)))
+
+
+def _check_together(cfg: RunConfig) -> RunConfig:
+    """What Flower's strategies would otherwise refuse mid-run, or skip silently."""
+    sampled = sample_count(cfg.clients, cfg.fraction_fit)
+    per_round = f"{sampled} train each round (--clients × --fraction-fit)"
+    if cfg.strategy == "bulyan" and sampled < 4 * cfg.num_malicious + 3:
+        raise ConfigError(
+            flag("num_malicious"),
+            f"Bulyan needs 4 × {cfg.num_malicious} + 3 = {4 * cfg.num_malicious + 3} replies "
+            f"a round, {per_round}; Flower's Bulyan would skip every round",
+        )
+    if cfg.strategy == "multikrum" and cfg.num_to_keep > sampled:
+        raise ConfigError(flag("num_to_keep"), f"got {cfg.num_to_keep}, but {per_round}")
+    if cfg.dp != "off" and cfg.strategy in NOT_WITH_DP:
+        raise ConfigError(
+            flag("dp"),
+            f"{cfg.strategy}'s reply is more than one model; Flower's DP wrappers clip every "
+            "array a reply holds as if it were the model",
+        )
+    if cfg.dp == "server-adaptive" and cfg.dp_noise_multiplier * 10 >= sampled:
+        raise ConfigError(
+            flag("dp_noise_multiplier"),
+            f"server-adaptive clipping spends part of the noise on counting clipped updates "
+            f"(standard deviation clients/20); Flower needs more than 10 × "
+            f"{cfg.dp_noise_multiplier:g} clients a round, {per_round}",
+        )
     return cfg
 
 

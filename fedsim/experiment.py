@@ -51,7 +51,8 @@ def _state(cfg: RunConfig, folder: Path, data_key: str) -> str:
             f"{folder} is in the way: not a fedsim run ({error.__class__.__name__}), "
             "move it or choose another --name for the experiment",
         ) from None
-    changed = [  # an option newer than the run was at its default there
+    # an option newer than the run was at its default there: unused options change nothing
+    changed = [
         f"{f.name} {stored.get(f.name, f.default)!r} there, {getattr(cfg, f.name)!r} here"
         for f in fields()
         if f.name not in NOT_COMPARED

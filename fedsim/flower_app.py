@@ -24,7 +24,7 @@ from flwr.app import Context, Message, UserConfig
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim import cli, lifecycle, runner, sweep
+from fedsim import attacks, cli, lifecycle, runner, sweep
 from fedsim.client_app import build_client_app
 from fedsim.config import ConfigError, RunConfig, fields, flag
 from fedsim.data import cache_root, load_cifar
@@ -109,6 +109,7 @@ def main(grid: Grid, context: Context) -> None:
     timings.data_load = time.perf_counter() - started  # decoding and partitioning, together
     run_dir = lifecycle.claim_run_dir(cfg)
     extra = {"run_dir": str(run_dir), "engine": "flower-app", "data_cache_key": dataset.key}
+    extra |= attacks.describe(cfg)
     status = lifecycle.RunStatus(run_dir, cfg, timings, extra)
     inputs = runner.RunInputs(cfg, dataset, partitions, timings, profiles)
     transport = Transport(one_node_per_client=True)  # node i holds partition i

@@ -31,6 +31,7 @@ PROXIMAL_MU = "proximal-mu"  # FedProx's configure_train sends it
 TRAIN_LOSS = "train_loss"
 EVAL_LOSS = "eval_loss"
 EVAL_ACCURACY = "eval_accuracy"
+DP_EPSILON = "dp_epsilon"  # privacy spent so far (fedsim.privacy's strategy reports it)
 PARTITION_ID = "partition-id"  # node config of a SuperNode with its own data
 
 # fedsim's bundle envelope

@@ -44,6 +44,7 @@ CSV_COLUMNS = (
     "sim_round_seconds",
     "sim_clock",
     "stragglers",
+    "dp_epsilon",
 )
 CLIENT_COLUMNS = (
     "round",
@@ -98,6 +99,7 @@ class RoundRecord:
     round_seconds: float = 0.0
     sim_round_seconds: float | None = None  # simulated seconds since the previous row
     sim_clock: float | None = None  # simulated seconds since the run began
+    dp_epsilon: float | None = None  # privacy spent so far at --dp-delta (None: --dp off)
     clients: list[ClientRecord] = field(default_factory=list)
 
     def _of(self, phase: str) -> list[ClientRecord]:
@@ -271,7 +273,8 @@ class ProgressPrinter:
 
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
         parts = [f"round {record.round:>{len(str(self.rounds))}}/{self.rounds}"]
-        for name in ("train_loss", "eval_accuracy", "central_loss", "central_accuracy"):
+        names = ("train_loss", "eval_accuracy", "central_loss", "central_accuracy", "dp_epsilon")
+        for name in names:
             value = getattr(record, name)
             if value is not None and not math.isnan(value):
                 parts.append(f"{name} {value:.4f}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim import algorithms, engine, lifecycle, task, tracking
+from fedsim import algorithms, attacks, engine, lifecycle, privacy, task, tracking
 from fedsim.asynchronous import BufferedSchedule
 from fedsim.checkpoint import (
     CHECKPOINT,
@@ -184,6 +184,7 @@ def _execute(
         "partition_sizes": inputs.partitions.sizes,
         "resumed_from_round": checkpoint.round if checkpoint else None,
         "cluster": cluster.describe(),
+        **attacks.describe(cfg),
     }
     status = lifecycle.RunStatus(run_dir, cfg, inputs.timings, extra)
     print(_announce(cfg, run_dir, cluster, checkpoint.round if checkpoint else None), flush=True)
@@ -215,6 +216,7 @@ def _announce(cfg: RunConfig, run_dir: Path, cluster: engine.Cluster, resumed: i
         f"fedsim: Ray has {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs; "
         f"{cluster.concurrent_clients} clients run at a time "
         f"({resources['num_cpus']:g} CPU, {resources['num_gpus']:g} GPU each)"
+        f"{attacks.announce(cfg)}"
     )
 
 
@@ -245,7 +247,7 @@ def build_loop(
     cfg = inputs.cfg
     torch.set_num_threads(os.cpu_count() or 1)  # the driver evaluates while clients wait
     if checkpoint is None:
-        strategy = algorithms.build(cfg).strategy()
+        strategy = privacy.wrap(cfg, algorithms.build(cfg).strategy())
         arrays = ArrayRecord(task.build_model(cfg.model, seed=cfg.seed).state_dict())
         states, clock = ClientStates(), ClockState()
     else:

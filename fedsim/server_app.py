@@ -34,7 +34,7 @@ from fedsim import protocol
 from fedsim.algorithms import ASYNCHRONOUS
 from fedsim.clients import ClientStates
 from fedsim.clock import ClockState, round_end, sample_size, time_clients
-from fedsim.config import RunConfig
+from fedsim.config import RunConfig, sample_count
 from fedsim.profiles import Profiles, median_profiles
 from fedsim.protocol import BundleInfo, ClientOutcome, ClientTask
 from fedsim.results import ClientRecord, RoundCallback, RoundRecord, Timings
@@ -65,10 +65,6 @@ RESEND_SECONDS = 0.5  # wait before sending again a bundle that met a restarting
 # never ran, unlike a call whose process died under it): Flower hands the error over
 # as text, so the text is what there is to match (tests/test_faults.py covers it).
 RESTARTING = ("ActorUnavailableError", "The actor is restarting")
-
-
-def sample_count(clients: int, fraction: float) -> int:
-    return min(clients, max(1, int(clients * fraction)))
 
 
 def sample_from(
@@ -308,6 +304,7 @@ class FederatedLoop:
             if arrays is not None:
                 self.arrays = arrays
             record.train_loss = _metric(metrics, protocol.TRAIN_LOSS)
+            record.dp_epsilon = _metric(metrics, protocol.DP_EPSILON)
             if cfg.evaluates_on_clients:
                 self._evaluate_on_clients(grid, server_round, record)
             record.central_loss, record.central_accuracy = self._central()

@@ -24,6 +24,7 @@ from fedsim.config import (
     fields,
     shown,
     validate,
+    validate_values,
     value_type,
     with_role,
 )
@@ -79,7 +80,7 @@ def _typed(name: str, key: str, value: Any, path: Path) -> Any:
         )
     value = kind(value)
     try:
-        validate(RunConfig(**{name: value}))
+        validate_values(RunConfig(**{name: value}))
     except ConfigError as error:
         raise ConfigError(EXPERIMENT, f"{path}: {key} = {value!r}: {error}") from None
     return value

@@ -115,6 +115,14 @@ def test_shipped_experiments_hold_the_issue_grids() -> None:
     dirichlet = [c for c in niid.runs if c.partition == "dirichlet"]
     assert all(c.dirichlet_balance and c.min_partition_size == 10 for c in dirichlet)
     assert "fedavg_dirichlet_seed-0" in {c.name for c in niid.runs}
+    robustness = _plan(experiment=str(ROOT / "experiments" / "robustness.toml"))
+    assert len(robustness.runs) == 12
+    assert {(c.strategy, c.byzantine_fraction) for c in robustness.runs} == {
+        (s, f) for s in ("fedavg", "fedmedian", "fedtrimmedavg", "krum") for f in (0, 0.1, 0.3)
+    }
+    assert {(c.partition, c.alpha, c.clients, c.attack) for c in robustness.runs} == {
+        ("dirichlet", 0.5, 20, "sign-flip")
+    }
 
 
 TOML_ERRORS = [

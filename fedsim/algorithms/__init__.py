@@ -22,10 +22,21 @@ ALGORITHMS = {
     "fedyogi": "fedsim.algorithms.fedopt:FedYogi",
     "fedadagrad": "fedsim.algorithms.fedopt:FedAdagrad",
     "fedbuff": "fedsim.algorithms.fedbuff:FedBuff",
+    "scaffold": "fedsim.algorithms.scaffold:Scaffold",
+    "fednova": "fedsim.algorithms.fednova:FedNova",
+    "fedmedian": "fedsim.algorithms.fedmedian:FedMedian",
+    "fedtrimmedavg": "fedsim.algorithms.fedtrimmedavg:FedTrimmedAvg",
+    "krum": "fedsim.algorithms.krum:Krum",
+    "multikrum": "fedsim.algorithms.krum:MultiKrum",
+    "bulyan": "fedsim.algorithms.bulyan:Bulyan",
+    "qfedavg": "fedsim.algorithms.qfedavg:QFedAvg",
 }
 # Asynchronous algorithms: no rounds of sampled clients, but a buffer of updates that
 # clients send whenever they finish on the simulated clock (fedsim.asynchronous).
 ASYNCHRONOUS = ("fedbuff",)
+# Algorithms whose train reply holds more than the client's model (SCAFFOLD's carries
+# its control variates' change): Flower's DP wrappers clip every array of a reply.
+NOT_WITH_DP = ("scaffold",)
 
 
 def algorithm_class(name: str) -> type[Algorithm]:

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fedsim import protocol, task
+from fedsim import attacks, protocol, task
 from fedsim.config import RunConfig
 
 # fedsim samples clients itself (seeded, by partition id) and shows each strategy a
@@ -98,11 +98,19 @@ class Algorithm:
     def hooks(self, ctx: ClientContext, model: nn.Module) -> task.LocalHooks:
         return task.LocalHooks()
 
+    def training_data(self, ctx: ClientContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The client's training split; a label-flipping attacker's labels are flipped."""
+        images, labels = ctx.load_data("train")
+        if attacks.attack_of(ctx.cfg, ctx.pid) == "label-flip":
+            labels = attacks.flip_labels(labels)
+        return images, labels
+
     def train(self, ctx: ClientContext) -> ClientResult:
         model = ctx.load_model(ctx.content[protocol.ARRAYS])
-        images, labels = ctx.load_data("train")
+        images, labels = self.training_data(ctx)
         hooks = self.hooks(ctx, model)
         result = task.train(model, images, labels, self.settings(), ctx.generator(), hooks)
+        attacks.poison(ctx, model)  # a malicious client's weights, before the reply is built
         return self.reply(ctx, model, result, len(labels))
 
     def reply(

@@ -1,0 +1,13 @@
+"""FedMedian (Yin et al., ICML 2018): the coordinate-wise median of the clients' models,
+robust to a minority of arbitrary replies. Flower's FedMedian."""
+
+from __future__ import annotations
+
+from flwr.serverapp import strategy
+
+from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
+
+
+class FedMedian(Algorithm):
+    def strategy(self) -> strategy.Strategy:
+        return strategy.FedMedian(**SAMPLE_ALL)

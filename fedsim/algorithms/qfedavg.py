@@ -1,0 +1,59 @@
+"""q-FedAvg (Li et al., ICLR 2020, "Fair Resource Allocation in Federated Learning"):
+clients whose loss is higher weigh more, by loss^q, for a fairer spread of accuracy
+(q = 0 is FedAvg-like, larger q fairer). Flower's QFedAvg, with the client learning
+rate as its Lipschitz estimate (L = 1/lr).
+
+Which loss: q-FFL weighs client k by F_k(w^t), the loss of the model it *received*, on
+its training data. Flower's QFedAvg reads whatever loss the client reports, so each
+client evaluates the received model on its training split before training and reports
+that as `received_loss`, the key QFedAvg is told to read; `train_loss` stays the mean
+loss over the local steps, comparable with every other algorithm's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.serverapp import strategy
+
+from fedsim import protocol, task
+from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, ClientContext, ClientResult
+
+RECEIVED_LOSS = "received_loss"
+
+
+class QFedAvgStrategy(strategy.QFedAvg):
+    """Flower's QFedAvg, whose update comes back as float64 (np.float_power promotes it):
+    cast back to the model's dtypes, or every later round would send twice the bytes."""
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        dtypes = [array.numpy().dtype for array in (self.current_arrays or {}).values()]
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None:
+            return None, metrics
+        cast = {
+            key: Array(np.asarray(value.numpy().astype(dtype)))
+            for (key, value), dtype in zip(arrays.items(), dtypes, strict=True)
+        }
+        return ArrayRecord(cast), metrics
+
+
+class QFedAvg(Algorithm):
+    def strategy(self) -> QFedAvgStrategy:
+        return QFedAvgStrategy(
+            client_learning_rate=self.cfg.lr,
+            q=self.cfg.q,
+            train_loss_key=RECEIVED_LOSS,
+            **SAMPLE_ALL,
+        )
+
+    def train(self, ctx: ClientContext) -> ClientResult:
+        model = ctx.load_model(ctx.content[protocol.ARRAYS])
+        received_loss, _ = task.evaluate(model, *self.training_data(ctx))
+        result = super().train(ctx)
+        result.content[protocol.METRICS][RECEIVED_LOSS] = received_loss
+        return result

@@ -1,0 +1,160 @@
+"""Differential privacy with Flower's own strategy wrappers, and the privacy it spends.
+
+`--dp server-fixed` and `server-adaptive` wrap the algorithm's strategy in Flower's
+DifferentialPrivacyServerSide{Fixed,Adaptive}Clipping: the server clips each client's
+update (its model minus the global one) to the clipping norm C, lets the strategy
+aggregate, and adds Gaussian noise of standard deviation z·C/m to the result (m clients
+a round; adaptive clipping, Andrew et al. 2021, moves C towards the median update norm
+and spends part of the noise on counting clipped updates). `--dp client-fixed` wraps it
+in DifferentialPrivacyClientSideFixedClipping, which sends C to the clients. Flower
+clips there with its fixedclipping_mod, but a ClientApp mod sees a whole bundle of
+fedsim's clients at once, so each client's reply is clipped in the client loop
+(`clip_reply`) with the function the mod itself calls.
+
+The privacy spent is accounted with Google's dp-accounting (Rényi DP): every round
+samples exactly m of the N clients without replacement, a
+SampledWithoutReplacementDpEvent, which the RDP accountant supports under the
+replace-one relation. Replacing one client moves the sum of clipped updates by up to
+2C, so the Gaussian's noise multiplier is z/2 relative to that sensitivity (the library
+expects it so, google/differential-privacy#378; Flower's own accountant passes z). For
+adaptive clipping the round's multiplier combines the value noise Flower applies (its
+effective multiplier, times C after / C before the round: Flower noises with the norm
+it has just updated) and the clipped-count noise (sensitivity 1). The guarantee is for
+the mean of m clipped updates: FedAvg with equal client weights. Other aggregations get
+Flower's clipping and noise, but the epsilon does not describe them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
+
+from fedsim import protocol
+from fedsim.config import RunConfig, sample_count
+
+
+class Accountant:
+    """Epsilon at `delta` after the rounds composed so far (RDP, sampling without
+    replacement of `sampled` of `clients`)."""
+
+    def __init__(self, clients: int, sampled: int, delta: float) -> None:
+        from dp_accounting import rdp
+        from dp_accounting.privacy_accountant import NeighboringRelation
+
+        self.clients, self.sampled, self.delta = clients, sampled, delta
+        self._rdp = rdp.RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+        self._unbounded = False  # a round without noise: no finite guarantee
+
+    def spend(self, noise_multiplier: float) -> None:
+        """One released round of a Gaussian mechanism with this multiplier (noise standard
+        deviation over the replace-one sensitivity)."""
+        from dp_accounting import dp_event
+
+        if noise_multiplier <= 0:
+            self._unbounded = True
+            return
+        gaussian = dp_event.GaussianDpEvent(noise_multiplier)
+        self._rdp.compose(
+            dp_event.SampledWithoutReplacementDpEvent(self.clients, self.sampled, gaussian)
+        )
+
+    def epsilon(self) -> float:
+        return math.inf if self._unbounded else float(self._rdp.get_epsilon(self.delta))
+
+
+def _combined(*multipliers: float) -> float:
+    """Gaussian mechanisms released together are one, with 1/z² = Σ 1/z_j²."""
+    if any(z <= 0 for z in multipliers):
+        return 0.0
+    return sum(z**-2 for z in multipliers) ** -0.5
+
+
+class PrivateStrategy(Strategy):
+    """Flower's DP wrapper, and the accountant: each round's aggregate reports the privacy
+    spent so far as the `dp_epsilon` metric. Pickled whole into checkpoint.pt, so a
+    resumed run goes on with the same clipping norm and the same account."""
+
+    def __init__(self, wrapper: Strategy, accountant: Accountant) -> None:
+        super().__init__()
+        self.wrapper = wrapper
+        self.accountant = accountant
+
+    def _noise_multiplier(self, norm_before: float) -> float:
+        wrapper = self.wrapper
+        if isinstance(wrapper, DifferentialPrivacyServerSideAdaptiveClipping):
+            value = wrapper.noise_multiplier * wrapper.clipping_norm / norm_before / 2
+            return _combined(value, wrapper.clipped_count_stddev)
+        return wrapper.noise_multiplier / 2
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.wrapper.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        norm_before = self.wrapper.clipping_norm
+        arrays, metrics = self.wrapper.aggregate_train(server_round, list(replies))
+        if arrays is not None:  # a round whose aggregate was released
+            self.accountant.spend(self._noise_multiplier(norm_before))
+        metrics = MetricRecord(dict(metrics or {}))
+        metrics[protocol.DP_EPSILON] = self.accountant.epsilon()
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.wrapper.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.wrapper.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.wrapper.summary()
+
+
+def wrap(cfg: RunConfig, strategy: Strategy) -> Strategy:
+    """The algorithm's strategy as `--dp` asks: itself, or inside Flower's DP wrapper."""
+    if cfg.dp == "off":
+        return strategy
+    np.random.seed(cfg.seed)  # Flower's wrappers draw their noise from NumPy's global RNG
+    sampled = sample_count(cfg.clients, cfg.fraction_fit)
+    z, norm = cfg.dp_noise_multiplier, cfg.dp_clipping_norm
+    if cfg.dp == "server-fixed":
+        wrapper = DifferentialPrivacyServerSideFixedClipping(strategy, z, norm, sampled)
+    elif cfg.dp == "server-adaptive":
+        wrapper = DifferentialPrivacyServerSideAdaptiveClipping(
+            strategy, z, sampled, initial_clipping_norm=norm
+        )
+    else:
+        wrapper = DifferentialPrivacyClientSideFixedClipping(strategy, z, norm, sampled)
+    return PrivateStrategy(wrapper, Accountant(cfg.clients, sampled, cfg.dp_delta))
+
+
+def clip_reply(sent: RecordDict, reply: RecordDict) -> None:
+    """What Flower's fixedclipping_mod does to one client's train reply, in place: clip
+    (reply model - sent model) to the norm the server put in the config."""
+    norm = float(sent[protocol.CONFIG][KEY_CLIPPING_NORM])
+    original = sent[protocol.ARRAYS]
+    ((key, arrays),) = reply.array_records.items()
+    if list(arrays.keys()) != list(original.keys()):
+        raise ValueError("the reply's arrays are not the model's: nothing to clip against")
+    clipped = arrays.to_numpy_ndarrays()
+    compute_clip_model_update(clipped, original.to_numpy_ndarrays(), norm)
+    reply[key] = ArrayRecord(
+        {name: Array(np.asarray(value)) for name, value in zip(arrays.keys(), clipped, strict=True)}
+    )
