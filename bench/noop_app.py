@@ -68,14 +68,14 @@ def main(argv: list[str]) -> Path:
         finally:
             finished.set()
 
-    cluster = engine.start_ray(cfg)
+    ray = engine.RayStarter(cfg)
     status = lifecycle.RunStatus(run_dir, cfg, timings, {"engine": "flower floor"})
     try:
         with status.running(started):
-            engine.run_simulation(server_app, client_app, cfg.clients, cluster, finished)
+            engine.run_simulation(server_app, client_app, cfg.clients, ray.cluster(cfg), finished)
             recorder.on_run_end(None)
     finally:
-        engine.stop_ray()
+        ray.stop()
     return run_dir
 
 

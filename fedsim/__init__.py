@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # --mlflow
+# Ray's API starts a fresh default Ray when called after a shutdown (ray.get in a thread
+# Flower's engine left behind): fail instead, a hang or a stray cluster is worse.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 # Ray's future default (fedsim picks each client's device itself); setting it also
 # silences Ray's warning about the change.
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

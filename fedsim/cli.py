@@ -107,7 +107,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
     started = time.perf_counter()
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run as cleanly as Ctrl-C
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fedsim import engine  # light: Ray is imported in its own thread
 
         ray = engine.RayStarter(cfg)  # starts while the heavy imports (torch, flwr) run
-        _runner().run(cfg, started, ray)
+        _runner().run(cfg, started, ray, exiting=exiting)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -161,7 +161,7 @@ def entry(argv: Sequence[str] | None = None) -> typing.NoReturn:
     at once (every result file is fsynced and closed by then): threads Flower's engine
     left blocked on actors that Ray has since shut down would otherwise hold the
     interpreter's exit forever."""
-    code = main(argv)
+    code = main(argv, exiting=True)
     if "ray" in sys.modules:
         _exit_now(code)
     raise SystemExit(code)

@@ -54,17 +54,20 @@ PROBE_SECONDS = 3.0  # how long a cluster address may take to answer a TCP conne
 
 
 def _lean_local_instance() -> None:
-    """A private one-machine instance needs neither the dashboard's API server nor the
-    autoscaler's monitor, but Ray 2.55 starts both even with include_dashboard=False:
-    about 1.4 s of start, 1.2 s of shutdown, 190 MB and 2 s of CPU on two cores. The
-    switches are private (`ray._private.node.Node`), hence ray's exact pin;
-    tests/test_engine.py checks that neither process runs and that actors still do.
+    """A private one-machine instance needs neither the dashboard's API server, nor the
+    autoscaler's monitor, nor the log monitor that copies workers' output to the
+    driver's console, but Ray 2.55 starts all three even with include_dashboard=False:
+    about 1.4 s of start, 1.2 s of shutdown, 270 MB and 3 s of CPU on two cores. (What
+    clients print stays in Ray's worker logs; fedsim reports client failures itself.)
+    The switches are private (`ray._private.node.Node`), hence ray's exact pin;
+    tests/test_faults.py checks that none of them runs and that actors still do.
     Ray's two agents stay: the raylet dies without them. After a kill -9 of this
     process they would wait 60 s for the dead GCS; 3 s is enough on one machine."""
     from ray._private.node import Node
 
     Node.start_api_server = lambda self, **kwargs: None
     Node.start_monitor = lambda self: None
+    Node.start_log_monitor = lambda self: None
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "3")
 
 
@@ -95,9 +98,8 @@ class _NoSigtermNotice(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
-def start_ray(cfg: RunConfig) -> Cluster:
-    """Start a private Ray instance (or attach to `--ray-address`) and size the clients;
-    refuse a GPU share the cluster cannot give a single client."""
+def start_ray(cfg: RunConfig) -> None:
+    """Start a private Ray instance, or attach to `--ray-address`."""
     import ray
 
     address = ray_address(cfg)
@@ -125,12 +127,34 @@ def start_ray(cfg: RunConfig) -> Cluster:
         # ray.init installs a SIGTERM handler of its own in the driver (a stack dump and
         # exit 134): put the caller's back, so `kill` stops a run as Ctrl-C does.
         signal.signal(signal.SIGTERM, on_sigterm)
+    _ray_outlives_the_engine()
+
+
+def _ray_outlives_the_engine() -> None:
+    """Flower's Ray backend shuts Ray down when a simulation ends, although fedsim
+    started it: end the simulation's actors only, so that the runs of an experiment
+    share one Ray instance (its start is seconds a run) and Ray is stopped once, by
+    whoever started it (RayStarter). Private to Flower 1.42 (pinned); the sweep tests
+    run several simulations on one instance."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    def terminate(self: RayBackend) -> None:
+        if self.pool:
+            self.pool.terminate_all_actors()
+
+    RayBackend.terminate = terminate
+
+
+def size_clients(cfg: RunConfig) -> Cluster:
+    """What Ray offers and how `cfg`'s clients fit into it; a CPU or GPU share the
+    cluster cannot give one client is refused (Ray would keep every actor pending)."""
+    import ray
+
+    address = ray_address(cfg)
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     share = gpu_share(cfg, cpus, gpus)
     if share > gpus:
-        # Ray would keep every client actor pending forever: say so instead.
-        ray.shutdown()
         where = "this machine" if address == "local" else f"the cluster at {address}"
         raise ConfigError(
             flag("gpus_per_client"),
@@ -138,7 +162,6 @@ def start_ray(cfg: RunConfig) -> Cluster:
             "GPUs on the cluster's nodes (ray start --num-gpus N)",
         )
     if cfg.cpus_per_client > cpus:
-        ray.shutdown()
         raise ConfigError(
             flag("cpus_per_client"),
             f"got {cfg.cpus_per_client:g}, but Ray has {cpus:g} CPUs; no client could run",
@@ -168,9 +191,6 @@ def gpu_share(cfg: RunConfig, cpus: float, gpus: float) -> float:
     return 1.0 / max(1, min(cfg.clients, side_by_side, 8))
 
 
-WIND_DOWN_SECONDS = 10.0  # the engine's time to wind down once the rounds are over
-
-
 def run_simulation(
     server_app,
     client_app,
@@ -188,9 +208,10 @@ def run_simulation(
     The engine runs in a thread while the main thread waits in short, interruptible
     steps: a blocked main thread may never see Ctrl-C (the signal can land on one of
     Ray's threads), so waiting here is what makes Ctrl-C reliable. Once the round loop
-    is over (`finished`), the engine gets WIND_DOWN_SECONDS to stop; an actor still
-    busy then (a client that never returns) cannot hold the run: Ray is shut down,
-    which ends the actors and releases the engine's threads.
+    is over (`finished`) the call returns: the results are written, and Flower's own
+    wind-down (queues polled with 1-second timeouts, then ending the actors; Ray stays,
+    see _ray_outlives_the_engine) goes on in its thread while the next run starts or
+    the process ends.
     """
     from flwr.simulation import run_simulation as flower_run_simulation
 
@@ -217,10 +238,6 @@ def run_simulation(
     engine.start()
     while engine.is_alive() and not finished.is_set():
         engine.join(timeout=0.1)
-    engine.join(timeout=WIND_DOWN_SECONDS)
-    if engine.is_alive():
-        stop_ray()  # the engine's threads wait on actors: ending the actors frees them
-        engine.join(timeout=WIND_DOWN_SECONDS)
     if failure:
         raise failure[0]
 
@@ -235,15 +252,15 @@ def stop_ray() -> None:
 
 class RayStarter:
     """`start_ray` in a thread of its own, so that Ray starts (seconds) while the driver
-    imports torch and loads the data. The thread lives until Ray is stopped: Ray's
-    processes are started with a parent-death signal, which Linux sends when the
-    *thread* that started them ends."""
+    imports torch and loads the data; one instance serves every run of an experiment.
+    The thread lives until Ray is stopped: Ray's processes are started with a
+    parent-death signal, which Linux sends when the *thread* that started them ends."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self._cfg = cfg
         self._ready = threading.Event()
         self._release = threading.Event()
-        self._cluster: Cluster | None = None
+        self._started = False
         self._error: BaseException | None = None
         self.seconds = 0.0
         self._thread = threading.Thread(target=self._keep, name="fedsim-ray", daemon=True)
@@ -254,24 +271,25 @@ class RayStarter:
 
         tick = time.perf_counter()
         try:
-            self._cluster = start_ray(self._cfg)
+            start_ray(self._cfg)
+            self._started = True
         except BaseException as error:  # handed to the caller by cluster()
             self._error = error
         finally:
             self.seconds = time.perf_counter() - tick
             self._ready.set()
-        if self._cluster is not None:
+        if self._started:
             self._release.wait()
             stop_ray()
 
-    def cluster(self) -> Cluster:
-        """Wait (interruptibly) until Ray is up; its start's error, if any, is raised."""
+    def cluster(self, cfg: RunConfig) -> Cluster:
+        """Wait (interruptibly) until Ray is up, then size `cfg`'s clients; the start's
+        error, if any, is raised."""
         while not self._ready.wait(timeout=0.1):
             pass
         if self._error is not None:
             raise self._error
-        assert self._cluster is not None
-        return self._cluster
+        return size_clients(cfg)
 
     def stop(self) -> None:
         """Stop Ray (if it started) and let the thread end; safe to call twice."""

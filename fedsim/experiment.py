@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim import config, plots, runner
+from fedsim import config, engine, plots, runner
 from fedsim.config import ConfigError, RunConfig, applies, fields, flag, with_role
 from fedsim.data import DecodedDataset, cache_root, load_cifar
 from fedsim.partition import cached_partition_indices, label_counts
@@ -95,20 +95,29 @@ def run_experiment(experiment: Experiment) -> None:
     planned = _check(experiment)
     total, failed = len(planned), []
     print(f"fedsim: experiment {experiment.folder}: {total} runs", flush=True)
-    for index, run in enumerate(planned, 1):
-        head = f"fedsim: run {index} of {total}: {run.cfg.name}"
-        if run.state == "complete":
-            print(f"{head} is complete, skipped", flush=True)
-        else:
-            going_on = run.state == "unfinished"
-            print(head + (" (unfinished, going on)" if going_on else ""), flush=True)
-            try:
-                runner.resume(run.folder) if going_on else runner.run(run.cfg)
-            except RunAborted as error:
-                print(f"error: {run.cfg.name}: {error}", file=sys.stderr, flush=True)
-                failed.append(run.cfg.name)
-        if run.folder.is_dir():
-            run.counts.to_csv(run.folder / plots.LABEL_COUNTS_CSV)
+    todo = [run for run in planned if run.state != "complete"]
+    ray = engine.RayStarter(todo[0].cfg) if todo else None  # one Ray for every run
+    try:
+        for index, run in enumerate(planned, 1):
+            head = f"fedsim: run {index} of {total}: {run.cfg.name}"
+            if run.state == "complete":
+                print(f"{head} is complete, skipped", flush=True)
+            else:
+                going_on = run.state == "unfinished"
+                print(head + (" (unfinished, going on)" if going_on else ""), flush=True)
+                try:
+                    if going_on:
+                        runner.resume(run.folder, ray=ray)
+                    else:
+                        runner.run(run.cfg, ray=ray)
+                except RunAborted as error:
+                    print(f"error: {run.cfg.name}: {error}", file=sys.stderr, flush=True)
+                    failed.append(run.cfg.name)
+            if run.folder.is_dir():
+                run.counts.to_csv(run.folder / plots.LABEL_COUNTS_CSV)
+    finally:
+        if ray is not None:
+            ray.stop()
     plots.report(experiment.folder, experiment.runs[0].target_accuracy)  # one per experiment
     if failed:
         raise RunAborted(f"{len(failed)} of {total} runs failed: {', '.join(failed)}")

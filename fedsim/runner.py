@@ -95,23 +95,37 @@ def _prepare(cfg: RunConfig, started: float) -> RunInputs:
     return RunInputs(cfg, dataset, partitions, timings, profiles)
 
 
-def run(cfg: RunConfig, started: float | None = None, ray: engine.RayStarter | None = None) -> Path:
+def run(
+    cfg: RunConfig,
+    started: float | None = None,
+    ray: engine.RayStarter | None = None,
+    exiting: bool = False,
+) -> Path:
     """A fresh run; returns its folder. Ray starts (or `ray` has started) while the
-    data is loaded and checked; nothing is written before both are ready."""
+    data is loaded and checked; nothing is written before both are ready. `exiting`:
+    the process ends right after (simulate.py's single run), so Ray and Flower's
+    engine are left to end with it rather than wound down first."""
     started = started or time.perf_counter()
     if Path(cfg.data).expanduser().exists():  # config.json records where the data was
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
+    owned = ray is None
     ray = ray or engine.RayStarter(cfg)
     try:
         inputs = _prepare(cfg, started)
         cluster = _wait_for_ray(ray, inputs)
         run_dir = lifecycle.claim_run_dir(cfg)
-        return _execute(inputs, run_dir, started, cluster, checkpoint=None)
+        return _execute(inputs, run_dir, started, cluster, None)
     finally:
-        ray.stop()
+        if owned and not exiting:
+            ray.stop()
 
 
-def resume(run_dir: Path, rounds: int | None = None, started: float | None = None) -> Path:
+def resume(
+    run_dir: Path,
+    rounds: int | None = None,
+    started: float | None = None,
+    ray: engine.RayStarter | None = None,
+) -> Path:
     """Go on with an interrupted run from its last checkpoint (optionally to more rounds).
     A run whose rounds were all done but whose bookkeeping was cut short (killed before
     its final status and model.pt) gets them, without running anything again."""
@@ -130,12 +144,14 @@ def resume(run_dir: Path, rounds: int | None = None, started: float | None = Non
         if checkpoint.round >= cfg.rounds:
             _finish_bookkeeping(run_dir, cfg, document, checkpoint)
             return run_dir
-    ray = engine.RayStarter(cfg)
+    owned = ray is None
+    ray = ray or engine.RayStarter(cfg)
     try:
         inputs = _prepare(cfg, started)
         return _execute(inputs, run_dir, started, _wait_for_ray(ray, inputs), checkpoint)
     finally:
-        ray.stop()
+        if owned:
+            ray.stop()
 
 
 def _finish_bookkeeping(
@@ -164,7 +180,7 @@ def _truncate(run_dir: Path, last_round: int) -> None:
 
 
 def _wait_for_ray(ray: engine.RayStarter, inputs: RunInputs) -> engine.Cluster:
-    cluster = ray.cluster()
+    cluster = ray.cluster(inputs.cfg)
     inputs.timings.ray_start = ray.seconds  # Ray's own start, mostly hidden behind the data's
     return cluster
 
