@@ -159,11 +159,15 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
 def entry(argv: Sequence[str] | None = None) -> typing.NoReturn:
     """`python simulate.py`: main(), then leave. Once Ray has run in this process, leave
     at once (every result file is fsynced and closed by then): threads Flower's engine
-    left blocked on actors that Ray has since shut down would otherwise hold the
-    interpreter's exit forever."""
+    left blocked on actors would otherwise hold the interpreter's exit."""
     code = main(argv, exiting=True)
     if "ray" in sys.modules:
-        _exit_now(code)
+        # Not ray.shutdown(): Flower's engine thread may still be winding down, and a
+        # call it makes into a shut-down Ray ends the process with status 1. Ray's
+        # processes get the parent-death signal as this process ends (RayStarter).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     raise SystemExit(code)
 
 
@@ -175,7 +179,7 @@ def _exit_now(code: int) -> None:
     if "ray" in sys.modules:
         from fedsim import engine
 
-        engine.stop_ray()
+        engine.stop_ray(wait=0)  # the loop was cut short: its thread need not end soon
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -236,16 +236,28 @@ def run_simulation(
 
     engine = threading.Thread(target=simulate, name="fedsim-simulation", daemon=True)
     engine.start()
+    _winding_down.append(engine)
     while engine.is_alive() and not finished.is_set():
         engine.join(timeout=0.1)
     if failure:
         raise failure[0]
 
 
-def stop_ray() -> None:
-    """Disconnect (and stop the instance if fedsim started it); safe to call twice."""
+# Flower's engine threads, which may still be winding down when their run has returned
+_winding_down: list[threading.Thread] = []
+
+
+def stop_ray(wait: float = 10.0) -> None:
+    """Disconnect (and stop the instance if fedsim started it); safe to call twice.
+    First give Flower's engine threads up to `wait` seconds to end: a call one of them
+    makes into a shut-down Ray ends the whole process with status 1."""
+    import time
+
     import ray
 
+    deadline = time.monotonic() + wait
+    while _winding_down:
+        _winding_down.pop().join(timeout=max(0.0, deadline - time.monotonic()))
     if ray.is_initialized():
         ray.shutdown()
 
