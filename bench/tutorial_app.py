@@ -120,7 +120,9 @@ def build_client_app(cfg: RunConfig, data: Any) -> ClientApp:
             for job in tasks:
                 content = handle(job.pid, job.content)
                 size = protocol.recorddict_bytes(content)
-                outcomes.append(protocol.ClientOutcome(job.pid, protocol.OK, 0.0, size, content))
+                outcomes.append(
+                    protocol.ClientOutcome(job.pid, protocol.OK, bytes_up=size, content=content)
+                )
             return Message(content=protocol.pack_outcomes(outcomes), reply_to=msg)
 
         return handler

@@ -19,6 +19,7 @@ before the strategy sees them. FedBuff replaces the round by its own schedule
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -432,7 +433,7 @@ class FederatedLoop:
                 if reply.has_error() and _never_ran(reply.error.reason):
                     again.append((_copy(message), bundle))
                 elif reply.has_error():
-                    error = reply.error.reason
+                    error = _reason(reply.error.reason)
                     outcomes.update(
                         (pid, ClientOutcome(pid, protocol.FAILED, error=error)) for pid in bundle
                     )
@@ -510,6 +511,19 @@ def _client_record(
 
 def _never_ran(reason: str) -> bool:
     return all(words in reason for words in RESTARTING)
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+_RAISED = re.compile(r"^([\w.]+(?:Error|Exception|Exit|Interrupt)): (.+)$")
+
+
+def _reason(text: str) -> str:
+    """The line that says what went wrong, from the traceback-laden text Ray and Flower
+    make of an error in a client process (colour codes and wrappers dropped): the
+    innermost `SomeError: message` that is not Flower's own ClientAppException."""
+    lines = [line.strip() for line in _ESCAPES.sub("", text).splitlines() if line.strip()]
+    raised = [line for line in lines if _RAISED.match(line) and "ClientAppException" not in line]
+    return (raised or lines or [""])[-1][:300]
 
 
 def _copy(message: Message) -> Message:

@@ -195,3 +195,24 @@ def test_nothing_outlives_a_killed_driver_by_more_than_seconds(
     while leftovers(ray_tmp) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert leftovers(ray_tmp) == []
+
+
+def test_an_error_from_a_client_process_is_said_in_its_own_line() -> None:
+    """What Ray and Flower make of an exception raised outside a client's own try (as
+    seen when a bench app broke), and the line fedsim reports of it."""
+    from fedsim.server_app import _reason
+
+    reason = (
+        "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::"
+        "ClientAppActor.run()\x1b[39m (pid=19327, ip=192.0.2.2)\n"
+        '  File "fedsim/protocol.py", line 155, in pack_outcomes\n'
+        '    "measured_in": [float(o.measured_in) for o in outcomes],\n'
+        "TypeError: float() argument must be a string or a real number, not 'RecordDict'\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "flwr.clientapp.client_app.ClientAppException: \n"
+        "Exception ClientAppException occurred. Message: float() argument must be a string'>"
+    )
+    assert _reason(reason) == (
+        "TypeError: float() argument must be a string or a real number, not 'RecordDict'"
+    )
+    assert _reason("the actor died\n") == "the actor died"

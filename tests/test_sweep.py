@@ -96,7 +96,7 @@ def test_shipped_experiments_hold_the_issue_grids() -> None:
     assert {(c.partition, c.alpha) for c in scaling.runs} == {("iid", 0.5), ("dirichlet", 0.5)}
     assert {c.seed for c in scaling.runs} == {0, 1, 2}
     niid = _plan(experiment=str(ROOT / "experiments" / "niid_bench_cifar10.toml"))
-    assert len(niid.runs) == 10
+    assert len(niid.runs) == 20  # 5 partitions x FedAvg, FedProx, SCAFFOLD, FedNova
     assert {
         (c.clients, c.fraction_fit, c.rounds, c.local_epochs, c.batch_size, c.lr, c.momentum)
         for c in niid.runs
@@ -114,7 +114,9 @@ def test_shipped_experiments_hold_the_issue_grids() -> None:
     }
     dirichlet = [c for c in niid.runs if c.partition == "dirichlet"]
     assert all(c.dirichlet_balance and c.min_partition_size == 10 for c in dirichlet)
-    assert "fedavg_dirichlet_seed-0" in {c.name for c in niid.runs}
+    assert {"fedavg_dirichlet_seed-0", "scaffold_pathological_classes-per-client-2_seed-0"} <= {
+        c.name for c in niid.runs
+    }
     robustness = _plan(experiment=str(ROOT / "experiments" / "robustness.toml"))
     assert len(robustness.runs) == 12
     assert {(c.strategy, c.byzantine_fraction) for c in robustness.runs} == {
