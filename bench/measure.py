@@ -72,8 +72,10 @@ class Run:
         return self.column("round_seconds")[1:] if self.rounds else []  # row 0 is the start
 
     @property
-    def final_accuracy(self) -> float:
-        return self.column("central_accuracy")[-1]
+    def final_accuracy(self) -> float | None:
+        """None for a run without central evaluation (Flower's no-op floor)."""
+        accuracy = self.column("central_accuracy")
+        return accuracy[-1] if accuracy else None
 
 
 @dataclass
