@@ -23,7 +23,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from fedsim import sweep
+from fedsim.experiment import changed_settings
+
 ROOT = Path(__file__).resolve().parents[1]
+GRID = ROOT / "experiments" / "niid_bench_cifar10.toml"
 DOCS = ROOT / "docs" / "results"
 COLUMNS = (
     "partition",
@@ -63,10 +67,19 @@ def cell_name(config: dict) -> str:
 
 
 def collect(folder: Path) -> list[dict]:
-    """Each run of the experiment folder: its cell, seed and rounds.csv."""
+    """Each run of the experiment folder that is a cell of the grid as
+    experiments/niid_bench_cifar10.toml defines it now: its cell, seed and rounds.csv.
+    A run made with other settings (an older grid) is said and left out."""
+    grid = {cfg.name: cfg for cfg in sweep.plan_from(str(GRID), {}).runs}
     runs = []
     for run_dir in sorted(p for p in folder.iterdir() if (p / "config.json").is_file()):
         config = json.loads((run_dir / "config.json").read_text())["config"]
+        if run_dir.name not in grid:
+            print(f"skipped {run_dir}: not a run of {GRID.name}")
+            continue
+        if changed := changed_settings(grid[run_dir.name], config):
+            print(f"skipped {run_dir}: {'; '.join(changed)}")
+            continue
         if not (run_dir / "rounds.csv").exists():
             continue
         rounds = pd.read_csv(run_dir / "rounds.csv")

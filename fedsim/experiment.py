@@ -38,6 +38,19 @@ class _Planned:
     counts: pd.DataFrame  # examples of each label per client
 
 
+def changed_settings(cfg: RunConfig, stored: dict) -> list[str]:
+    """How a stored run's config (config.json's `config`) differs from `cfg` in what
+    could change its numbers. An option newer than the run was at its default there:
+    unused options change nothing."""
+    return [
+        f"{f.name} {stored.get(f.name, f.default)!r} there, {getattr(cfg, f.name)!r} here"
+        for f in fields()
+        if f.name not in NOT_COMPARED
+        and applies(cfg, f.name)
+        and stored.get(f.name, f.default) != getattr(cfg, f.name)
+    ]
+
+
 def _state(cfg: RunConfig, folder: Path, data_key: str) -> str:
     """What is in the run's folder already; a run with other settings is an error."""
     if not folder.exists():
@@ -51,14 +64,7 @@ def _state(cfg: RunConfig, folder: Path, data_key: str) -> str:
             f"{folder} is in the way: not a fedsim run ({error.__class__.__name__}), "
             "move it or choose another --name for the experiment",
         ) from None
-    # an option newer than the run was at its default there: unused options change nothing
-    changed = [
-        f"{f.name} {stored.get(f.name, f.default)!r} there, {getattr(cfg, f.name)!r} here"
-        for f in fields()
-        if f.name not in NOT_COMPARED
-        and applies(cfg, f.name)
-        and stored.get(f.name, f.default) != getattr(cfg, f.name)
-    ]
+    changed = changed_settings(cfg, stored)
     if document.get("data_cache_key") != data_key:
         changed.append("other data")
     if changed:

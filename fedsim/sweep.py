@@ -176,7 +176,7 @@ def plan(file_grids: Sequence[Grid], given: Grid, default_name: str | None) -> E
     """The runs of an experiment: the file's grids with the command line's options over
     them. Runs are named from what the file (or a command-line list) sweeps, so narrowing
     a sweep on the command line (`--partition iid`) keeps the names of the full grid."""
-    grids = [{**grid, **given} for grid in file_grids]
+    grids = _narrow(file_grids, given)
     varied = {*swept(file_grids), "seed", *(n for n, values in given.items() if len(values) > 1)}
     labelled = [name for name in _FIELDS if name in varied and name not in ONE_VALUE]
     name = grids[0].get("name", [""])[0] or default_name or _sweep_name(given)
@@ -187,6 +187,26 @@ def plan(file_grids: Sequence[Grid], given: Grid, default_name: str | None) -> E
         label = run_label(cfg, labelled)
         runs.setdefault(label, cfg.replace(name=label))  # same label: differs in nothing used
     return Experiment(folder=folder, runs=tuple(runs.values()))
+
+
+def _narrow(file_grids: Sequence[Grid], given: Grid) -> list[Grid]:
+    """The file's grids under the command line's options. An option that some grid
+    sweeps or sets selects: `--partition dirichlet` keeps the grids that hold Dirichlet,
+    with the settings they pair with it (NIID-Bench's balancing, its FedProx mu), and
+    only that value of their list. An option no grid holds a given value of overrides
+    every grid (`--rounds 2`)."""
+    grids = [dict(grid) for grid in file_grids]
+    for name, values in given.items():
+        holding = [g for g in grids if name in g and set(g[name]) & set(values)]
+        if holding:
+            unset = [g for g in grids if name not in g]
+            grids = [
+                {**g, name: [v for v in values if v in g[name]]} for g in grids if g in holding
+            ]
+            grids += [{**g, name: values} for g in unset]
+        else:
+            grids = [{**g, name: values} for g in grids]
+    return grids
 
 
 def _sweep_name(given: Grid) -> str:

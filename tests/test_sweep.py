@@ -127,6 +127,27 @@ def test_shipped_experiments_hold_the_issue_grids() -> None:
     }
 
 
+def test_one_cell_of_a_grid_keeps_its_variants_settings() -> None:
+    """`--partition dirichlet` picks the Dirichlet variant with what it pairs with it
+    (NIID-Bench's balancing and FedProx mu), not a Dirichlet run with the defaults."""
+    toml = str(ROOT / "experiments" / "niid_bench_cifar10.toml")
+    (cell,) = _plan("--partition", "dirichlet", "--strategy", "fedavg", experiment=toml).runs
+    assert (cell.name, cell.alpha, cell.dirichlet_balance, cell.min_partition_size) == (
+        "fedavg_dirichlet_seed-0",
+        0.5,
+        True,
+        10,
+    )
+    prox = _plan("--partition", "dirichlet", "--strategy", "fedprox", experiment=toml).runs
+    assert [c.proximal_mu for c in prox] == [0.001]
+    two = _plan("--partition", "pathological", "--classes-per-client", "2", experiment=toml)
+    assert {(c.partition, c.classes_per_client) for c in two.runs} == {("pathological", 2)}
+    assert len(two.runs) == 4  # the four strategies
+    # a value no variant holds overrides them all
+    mu = _plan("--proximal-mu", "0.5", "--strategy", "fedprox", experiment=toml).runs
+    assert len(mu) == 5 and {c.proximal_mu for c in mu} == {0.5}
+
+
 TOML_ERRORS = [
     ("clinets = 4", "unknown key 'clinets', did you mean 'clients'?"),
     ('rounds = "five"', "rounds = 'five' has the wrong type, must be an integer"),
