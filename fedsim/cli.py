@@ -165,9 +165,7 @@ def entry(argv: Sequence[str] | None = None) -> typing.NoReturn:
         # Not ray.shutdown(): Flower's engine thread may still be winding down, and a
         # call it makes into a shut-down Ray ends the process with status 1. Ray's
         # processes get the parent-death signal as this process ends (RayStarter).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _leave(code)
     raise SystemExit(code)
 
 
@@ -180,6 +178,10 @@ def _exit_now(code: int) -> None:
         from fedsim import engine
 
         engine.stop_ray(wait=0)  # the loop was cut short: its thread need not end soon
+    _leave(code)
+
+
+def _leave(code: int) -> typing.NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -195,18 +195,21 @@ def _narrow(file_grids: Sequence[Grid], given: Grid) -> list[Grid]:
     with the settings they pair with it (NIID-Bench's balancing, its FedProx mu), and
     only that value of their list. An option no grid holds a given value of overrides
     every grid (`--rounds 2`)."""
-    grids = [dict(grid) for grid in file_grids]
+    grids = list(file_grids)
     for name, values in given.items():
-        holding = [g for g in grids if name in g and set(g[name]) & set(values)]
-        if holding:
-            unset = [g for g in grids if name not in g]
-            grids = [
-                {**g, name: [v for v in values if v in g[name]]} for g in grids if g in holding
-            ]
-            grids += [{**g, name: values} for g in unset]
-        else:
-            grids = [{**g, name: values} for g in grids]
+        narrowing = any(_holds(grid, name, values) for grid in grids)
+        grids = [
+            {**grid, name: [v for v in values if v in grid[name]]}
+            if _holds(grid, name, values)
+            else {**grid, name: values}
+            for grid in grids
+            if not (narrowing and name in grid and not _holds(grid, name, values))
+        ]
     return grids
+
+
+def _holds(grid: Grid, name: str, values: list[Any]) -> bool:
+    return name in grid and bool(set(grid[name]) & set(values))
 
 
 def _sweep_name(given: Grid) -> str:
