@@ -164,7 +164,8 @@ def entry(argv: Sequence[str] | None = None) -> typing.NoReturn:
     if "ray" in sys.modules:
         # Not ray.shutdown(): Flower's engine thread may still be winding down, and a
         # call it makes into a shut-down Ray ends the process with status 1. Ray's
-        # processes get the parent-death signal as this process ends (RayStarter).
+        # processes get the parent-death signal as this process ends (RayStarter); a
+        # run on a cluster fedsim did not start has disconnected already (runner.run).
         _leave(code)
     raise SystemExit(code)
 

@@ -103,8 +103,9 @@ def run(
 ) -> Path:
     """A fresh run; returns its folder. Ray starts (or `ray` has started) while the
     data is loaded and checked; nothing is written before both are ready. `exiting`:
-    the process ends right after (simulate.py's single run), so Ray and Flower's
-    engine are left to end with it rather than wound down first."""
+    the process ends right after (simulate.py's single run), so fedsim's own Ray
+    instance and Flower's engine are left to end with it rather than wound down first;
+    on a cluster fedsim did not start, the driver still disconnects rather than vanish."""
     started = started or time.perf_counter()
     if Path(cfg.data).expanduser().exists():  # config.json records where the data was
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
@@ -116,7 +117,7 @@ def run(
         run_dir = lifecycle.claim_run_dir(cfg)
         return _execute(inputs, run_dir, started, cluster, None)
     finally:
-        if owned and not exiting:
+        if owned and not (exiting and engine.ray_address(cfg) == "local"):
             ray.stop()
 
 
