@@ -4,7 +4,12 @@ Only the labels take part: the partitioner sees a two-column table (label, row i
 whose rows were shuffled with the run's seed, so every partitioner, IID included,
 gives different splits for different seeds and the same split for the same seed.
 
-The partitioner's assignment is read once for all clients (flwr-datasets' own
+IID needs no label table: flwr-datasets' IidPartitioner gives contiguous slices of the
+shuffled rows, which is `np.array_split` (tested against it), so an IID run imports
+neither `datasets` nor flwr-datasets (whose package imports seaborn and scipy: 3 s of a
+cold start on two cores).
+
+Any other partitioner's assignment is read once for all clients (flwr-datasets' own
 `load_partition` selects one client's rows from the table per call: 35 s for 50,000
 clients), and kept as one flat row array with offsets, so 50,000 clients cost two
 arrays, not 100,000 small ones, in the cache, in Ray's object store and in each actor.
@@ -69,16 +74,14 @@ class Partitions:
 
 
 def _partitioner(cfg: RunConfig):
+    """flwr-datasets' partitioner for a non-IID `cfg.partition`."""
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
-        IidPartitioner,
         PathologicalPartitioner,
         ShardPartitioner,
     )
 
     n = cfg.clients
-    if cfg.partition == "iid":
-        return IidPartitioner(num_partitions=n)
     if cfg.partition == "dirichlet":
         return DirichletPartitioner(
             num_partitions=n,
@@ -104,8 +107,8 @@ def _partitioner(cfg: RunConfig):
     )
 
 
-def _assignment(partitioner, clients: int) -> list[np.ndarray]:
-    """Every client's rows of the training set, read from the partitioner once.
+def _assignment(labels: np.ndarray, order: np.ndarray, cfg: RunConfig) -> list[np.ndarray]:
+    """Every client's rows of the training set (shuffled by `order`), read once.
 
     IidPartitioner's `load_partition` is `Dataset.shard(contiguous=True)`: contiguous
     slices whose first `len % n` are one row longer, which is `np.array_split`. The
@@ -115,21 +118,20 @@ def _assignment(partitioner, clients: int) -> list[np.ndarray]:
     selects. That attribute is private in flwr-datasets 0.6.1, hence the exact pin;
     tests/test_partition.py checks the result against `load_partition`, client by client.
     """
-    from flwr_datasets.partitioner import IidPartitioner
+    if cfg.partition == "iid":
+        return np.array_split(order.astype(np.int64, copy=False), cfg.clients)
+    from datasets import Dataset
 
-    if isinstance(partitioner, IidPartitioner):
-        rows = np.asarray(partitioner.dataset["row"], dtype=np.int64)
-        return np.array_split(rows, clients)
+    partitioner = _partitioner(cfg)
+    partitioner.dataset = Dataset.from_dict({"label": np.asarray(labels)[order], "row": order})
     partitioner.num_partitions  # noqa: B018 - computes the assignment (see above)
     rows = np.asarray(partitioner.dataset["row"], dtype=np.int64)
     assigned = partitioner._partition_id_to_indices
-    return [rows[np.asarray(assigned[pid], dtype=np.int64)] for pid in range(clients)]
+    return [rows[np.asarray(assigned[pid], dtype=np.int64)] for pid in range(cfg.clients)]
 
 
 def partition_indices(labels: np.ndarray, cfg: RunConfig) -> Partitions:
     """Each client's row indices, split into a training part and a held-out part."""
-    from datasets import Dataset
-
     if cfg.clients > len(labels):
         raise ConfigError(
             flag("clients"),
@@ -143,11 +145,8 @@ def partition_indices(labels: np.ndarray, cfg: RunConfig) -> Partitions:
             f"or more, the training set has {len(labels)}",
         )
     order = np.random.default_rng(cfg.seed).permutation(len(labels))
-    table = Dataset.from_dict({"label": np.asarray(labels)[order], "row": order})
-    partitioner = _partitioner(cfg)
-    partitioner.dataset = table
     try:
-        assigned = _assignment(partitioner, cfg.clients)
+        assigned = _assignment(labels, order, cfg)
     except (ValueError, ZeroDivisionError) as error:  # flwr-datasets' checks: no split found
         raise ConfigError(
             flag("partition"), f"{cfg.partition} cannot split the data ({error})"
