@@ -39,22 +39,34 @@ COLUMNS = (
     "published",
     "source",
 )
-# (partition, strategy) -> [(published accuracy %, source)]: issue 13's table, from
-# Flower's baselines/niid_bench README (best round, mean ± std of its runs) and the
-# NIID-Bench README (mean of 3 runs, 50 rounds).
-PUBLISHED: dict[tuple[str, str], list[tuple[float, str]]] = {
-    ("iid", "fedavg"): [(71.32, "flower-baseline")],
-    ("dirichlet-0.5", "fedavg"): [(62.47, "flower-baseline"), (68.2, "niid-bench")],
-    ("dirichlet-0.5", "fedprox"): [(67.9, "niid-bench")],
-    ("dirichlet-0.5", "scaffold"): [(69.8, "niid-bench")],
-    ("dirichlet-0.5", "fednova"): [(66.8, "niid-bench")],
-    ("labels-1", "fedavg"): [(10.0, "flower-baseline")],
-    ("labels-2", "fedavg"): [(51.17, "flower-baseline"), (49.8, "niid-bench")],
-    ("labels-2", "fedprox"): [(50.7, "niid-bench")],
-    ("labels-2", "scaffold"): [(49.1, "niid-bench")],
-    ("labels-2", "fednova"): [(46.5, "niid-bench")],
-    ("labels-3", "fedavg"): [(59.11, "flower-baseline")],
+# (partition, strategy) -> [(published accuracy %, source)]. flower-baseline: the table
+# of Flower's baselines/niid_bench README (adap/flower 73ec95c: best round, mean ± std
+# of its runs; FedProx's runs sweep mu over 0.001, 0.01, 0.1 and 1). niid-bench: the
+# NIID-Bench paper's Table 3 (mean of 3 runs, 50 rounds), the figures issue 13 cites.
+_FLOWER = {  # strategy -> (iid, dirichlet-0.5, labels-1, labels-2, labels-3)
+    "fedavg": (71.32, 62.47, 10.00, 51.17, 59.11),
+    "scaffold": (71.66, 68.08, 10.00, 49.42, 61.00),
+    "fedprox": (71.26, 65.63, 12.71, 50.44, 59.20),
+    "fednova": (70.69, 63.89, 10.00, 46.9, 57.83),
 }
+_PAPER = {
+    ("dirichlet-0.5", "fedavg"): 68.2,
+    ("dirichlet-0.5", "fedprox"): 67.9,
+    ("dirichlet-0.5", "scaffold"): 69.8,
+    ("dirichlet-0.5", "fednova"): 66.8,
+    ("labels-2", "fedavg"): 49.8,
+    ("labels-2", "fedprox"): 50.7,
+    ("labels-2", "scaffold"): 49.1,
+    ("labels-2", "fednova"): 46.5,
+}
+PARTITIONS = ("iid", "dirichlet-0.5", "labels-1", "labels-2", "labels-3")
+PUBLISHED: dict[tuple[str, str], list[tuple[float, str]]] = {
+    (partition, strategy): [(figures[i], "flower-baseline")]
+    for strategy, figures in _FLOWER.items()
+    for i, partition in enumerate(PARTITIONS)
+}
+for _cell, _figure in _PAPER.items():
+    PUBLISHED[_cell].append((_figure, "niid-bench"))
 
 
 def cell_name(config: dict) -> str:
