@@ -1,8 +1,8 @@
 """Split the training set across clients with flwr-datasets partitioners, seeded.
 
-Only the labels take part: the partitioner sees a two-column table (label, row index)
-whose rows were shuffled with the run's seed, so every partitioner, IID included,
-gives different splits for different seeds and the same split for the same seed.
+Only the labels take part, in an order shuffled with the run's seed (a non-IID
+partitioner sees them as a two-column table: label, row index), so every partition,
+IID included, differs between seeds and is the same for the same seed.
 
 IID needs no label table: flwr-datasets' IidPartitioner gives contiguous slices of the
 shuffled rows, which is `np.array_split` (tested against it), so an IID run imports
