@@ -50,6 +50,11 @@ def ray_address(cfg: RunConfig) -> str:
     return cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
 
 
+def private_ray(cfg: RunConfig) -> bool:
+    """fedsim starts a Ray instance of its own on this machine (no cluster is named)."""
+    return ray_address(cfg) == "local"
+
+
 PROBE_SECONDS = 3.0  # how long a cluster address may take to answer a TCP connect
 
 
@@ -104,7 +109,7 @@ def start_ray(cfg: RunConfig) -> None:
 
     address = ray_address(cfg)
     pythonpath = os.pathsep.join(p for p in sys.path if p)
-    if address == "local":
+    if private_ray(cfg):
         # Workers of a private instance inherit the driver's environment. A runtime_env
         # would do the same but stop Ray from handing actors its pre-started workers,
         # which costs seconds per actor.
@@ -155,7 +160,7 @@ def size_clients(cfg: RunConfig) -> Cluster:
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     share = gpu_share(cfg, cpus, gpus)
     if share > gpus:
-        where = "this machine" if address == "local" else f"the cluster at {address}"
+        where = "this machine" if private_ray(cfg) else f"the cluster at {address}"
         raise ConfigError(
             flag("gpus_per_client"),
             f"got {share:g}, but Ray has {gpus:g} GPUs on {where}; use 0, or declare "
@@ -175,7 +180,7 @@ def size_clients(cfg: RunConfig) -> Cluster:
     return Cluster(
         cpus=cpus,
         gpus=gpus,
-        started_here=address == "local",
+        started_here=private_ray(cfg),
         client_resources={"num_cpus": cfg.cpus_per_client, "num_gpus": share},
     )
 

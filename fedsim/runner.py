@@ -86,7 +86,7 @@ def _prepare(cfg: RunConfig, started: float) -> RunInputs:
     labels = np.asarray(dataset.train_y)
     partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root())
     timings.partition = time.perf_counter() - tick
-    if cfg.gpus_per_client and engine.ray_address(cfg) == "local" and not torch.cuda.is_available():
+    if cfg.gpus_per_client and engine.private_ray(cfg) and not torch.cuda.is_available():
         raise ConfigError(
             flag("gpus_per_client"),
             f"got {cfg.gpus_per_client:g}, but no GPU is visible here (PyTorch sees no CUDA "
@@ -117,7 +117,7 @@ def run(
         run_dir = lifecycle.claim_run_dir(cfg)
         return _execute(inputs, run_dir, started, cluster, None)
     finally:
-        if owned and not (exiting and engine.ray_address(cfg) == "local"):
+        if owned and not (exiting and engine.private_ray(cfg)):
             ray.stop()
 
 
