@@ -6,7 +6,8 @@ Writes docs/results/niid_bench_cifar10.csv (one row per cell and published figur
 copies each cell's rounds.csv to docs/results/niid_bench_cifar10/<partition>-<strategy>-s<seed>/,
 and draws docs/img/niid_bench_cifar10.png (accuracy by round, a panel per cell, the
 published figures as horizontal lines). Cells not run yet are left out; a cell that ran
-fewer rounds than the paper's 50 says so in `rounds`.
+fewer rounds than the paper's 50 says so in `rounds`; a cell run with several seeds
+(`--seed 1,2` on its command) gives their mean, once each seed has its rounds.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ _PAPER = {
     ("labels-2", "fednova"): 46.5,
 }
 PARTITIONS = ("iid", "dirichlet-0.5", "labels-1", "labels-2", "labels-3")
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fednova")
 PUBLISHED: dict[tuple[str, str], list[tuple[float, str]]] = {
     (partition, strategy): [(figures[i], "flower-baseline")]
     for strategy, figures in _FLOWER.items()
@@ -81,11 +83,16 @@ def cell_name(config: dict) -> str:
 def collect(folder: Path) -> list[dict]:
     """Each run of the experiment folder that is a cell of the grid as
     experiments/niid_bench_cifar10.toml defines it now: its cell, seed and rounds.csv.
-    A run made with other settings (an older grid) is said and left out."""
-    grid = {cfg.name: cfg for cfg in sweep.plan_from(str(GRID), {}).runs}
+    Seeds beyond the file's (`--seed 1,2`) count; a run made with other settings (an
+    older grid) is said and left out."""
+    configs = {
+        run_dir: json.loads((run_dir / "config.json").read_text())["config"]
+        for run_dir in sorted(p for p in folder.iterdir() if (p / "config.json").is_file())
+    }
+    seeds = sorted({0, *(config["seed"] for config in configs.values())})
+    grid = {cfg.name: cfg for cfg in sweep.plan_from(str(GRID), {"seed": seeds}).runs}
     runs = []
-    for run_dir in sorted(p for p in folder.iterdir() if (p / "config.json").is_file()):
-        config = json.loads((run_dir / "config.json").read_text())["config"]
+    for run_dir, config in configs.items():
         if run_dir.name not in grid:
             print(f"skipped {run_dir}: not a run of {GRID.name}")
             continue
@@ -110,17 +117,22 @@ def collect(folder: Path) -> list[dict]:
 
 
 def report(folder: Path) -> None:
-    runs = collect(folder)
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for run in collect(folder):
+        cells.setdefault((run["partition"], run["strategy"]), []).append(run)
+    for members in cells.values():
+        # a seed still running would pull the cell's mean back to its round: wait for it
+        most = max(len(m["rounds"]) for m in members)
+        for m in [m for m in members if len(m["rounds"]) < most]:
+            print(f"left out {m['dir']}: {len(m['rounds']) - 1} of the cell's {most - 1} rounds")
+            members.remove(m)
     rows = []
-    for run in runs:
+    for run in (run for members in cells.values() for run in members):
         destination = (
             DOCS / "niid_bench_cifar10" / f"{run['partition']}-{run['strategy']}-s{run['seed']}"
         )
         destination.mkdir(parents=True, exist_ok=True)
         shutil.copy(run["dir"] / "rounds.csv", destination / "rounds.csv")
-    cells: dict[tuple[str, str], list[dict]] = {}
-    for run in runs:
-        cells.setdefault((run["partition"], run["strategy"]), []).append(run)
     for (partition, strategy), members in sorted(cells.items()):
         accuracy = [100 * m["rounds"]["central_accuracy"] for m in members]
         done = min(int(m["rounds"]["round"].iloc[-1]) for m in members)
@@ -145,10 +157,53 @@ def report(folder: Path) -> None:
     _plot(cells)
     for row in rows:
         print(", ".join(f"{k} {row[k]}" for k in COLUMNS))
+    print(f"\nREADME's table:\n\n{grid(DOCS / 'niid_bench_cifar10.csv')}")
+
+
+_LABELS = {
+    "iid": "IID",
+    "dirichlet-0.5": "Dir(0.5)",
+    "labels-1": "#C=1",
+    "labels-2": "#C=2",
+    "labels-3": "#C=3",
+    "fedavg": "FedAvg",
+    "fedprox": "FedProx",
+    "scaffold": "SCAFFOLD",
+    "fednova": "FedNova",
+}
+
+
+def grid(table: Path) -> str:
+    """The README's table from the committed CSV (a test keeps the two equal): a row per
+    partition, a column per strategy, fedsim's best round with the published figures in
+    brackets (Flower's re-run; NIID-Bench's where it has one); cells not run show those
+    alone, cells short of 50 rounds or over several seeds say so."""
+    with open(table, newline="") as handle:
+        ours = {(row["partition"], row["strategy"]): row for row in csv.DictReader(handle)}
+    lines = [
+        "| partition | " + " | ".join(_LABELS[s] for s in STRATEGIES) + " |",
+        "|---|" + "---:|" * len(STRATEGIES),
+    ]
+    for partition in PARTITIONS:
+        cells = []
+        for strategy in STRATEGIES:
+            published = "; ".join(f"{value:g}" for value, _ in PUBLISHED[(partition, strategy)])
+            row = ours.get((partition, strategy))
+            if row is None:
+                cells.append(f"– ({published})")
+                continue
+            text = f"{float(row['fedsim_best']):.2f}"
+            if (seeds := len(row["seeds"].split())) > 1:
+                text += f", {seeds} seeds"
+            if int(row["rounds"]) < 50:
+                text += f" after {row['rounds']} rounds"
+            cells.append(f"{text} ({published})")
+        lines.append(f"| {_LABELS[partition]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _plot(cells: dict[tuple[str, str], list[dict]]) -> None:
-    keys = sorted(cells)
+    keys = sorted(cells, key=lambda k: (PARTITIONS.index(k[0]), STRATEGIES.index(k[1])))
     columns = min(3, len(keys))
     rows = -(-len(keys) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)

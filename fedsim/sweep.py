@@ -193,14 +193,16 @@ def _narrow(file_grids: Sequence[Grid], given: Grid) -> list[Grid]:
     """The file's grids under the command line's options. An option that some grid
     sweeps or sets selects: `--partition dirichlet` keeps the grids that hold Dirichlet,
     with the settings they pair with it (NIID-Bench's balancing, its FedProx mu), and
-    only that value of their list. An option no grid holds a given value of overrides
-    every grid (`--rounds 2`)."""
+    only that value of their list. An option with a value no grid holds overrides every
+    grid (`--rounds 2`, or `--seed 0,1` over a file's `seeds = [0]`: selecting would
+    drop seed 1 without a word)."""
     grids = list(file_grids)
     for name, values in given.items():
-        narrowing = any(_holds(grid, name, values) for grid in grids)
+        held = {value for grid in grids for value in grid.get(name, ())}
+        narrowing = set(values) <= held
         grids = [
             {**grid, name: [v for v in values if v in grid[name]]}
-            if _holds(grid, name, values)
+            if narrowing and _holds(grid, name, values)
             else {**grid, name: values}
             for grid in grids
             if not (narrowing and name in grid and not _holds(grid, name, values))

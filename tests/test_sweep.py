@@ -146,6 +146,9 @@ def test_one_cell_of_a_grid_keeps_its_variants_settings() -> None:
     # a value no variant holds overrides them all
     mu = _plan("--proximal-mu", "0.5", "--strategy", "fedprox", experiment=toml).runs
     assert len(mu) == 5 and {c.proximal_mu for c in mu} == {0.5}
+    # so does a list with such a value: seeds 0 and 1 of a cell the file runs with seed 0
+    seeds = _plan("--seed", "0,1", "--partition", "iid", "--strategy", "scaffold", experiment=toml)
+    assert [c.name for c in seeds.runs] == ["scaffold_iid_seed-0", "scaffold_iid_seed-1"]
 
 
 TOML_ERRORS = [
