@@ -30,6 +30,7 @@ from fedsim.experiment import changed_settings
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "experiments" / "niid_bench_cifar10.toml"
 DOCS = ROOT / "docs" / "results"
+TABLE = DOCS / "niid_bench_cifar10.csv"
 COLUMNS = (
     "partition",
     "strategy",
@@ -69,6 +70,11 @@ PUBLISHED: dict[tuple[str, str], list[tuple[float, str]]] = {
 }
 for _cell, _figure in _PAPER.items():
     PUBLISHED[_cell].append((_figure, "niid-bench"))
+
+
+def cell_dir(partition: str, strategy: str, seed: int | str) -> Path:
+    """Where a cell's seed keeps its committed rounds.csv."""
+    return DOCS / "niid_bench_cifar10" / f"{partition}-{strategy}-s{seed}"
 
 
 def cell_name(config: dict) -> str:
@@ -128,9 +134,7 @@ def report(folder: Path) -> None:
             members.remove(m)
     rows = []
     for run in (run for members in cells.values() for run in members):
-        destination = (
-            DOCS / "niid_bench_cifar10" / f"{run['partition']}-{run['strategy']}-s{run['seed']}"
-        )
+        destination = cell_dir(run["partition"], run["strategy"], run["seed"])
         destination.mkdir(parents=True, exist_ok=True)
         shutil.copy(run["dir"] / "rounds.csv", destination / "rounds.csv")
     for (partition, strategy), members in sorted(cells.items()):
@@ -150,14 +154,14 @@ def report(folder: Path) -> None:
                 }
             )
     DOCS.mkdir(parents=True, exist_ok=True)
-    with open(DOCS / "niid_bench_cifar10.csv", "w", newline="") as handle:
+    with open(TABLE, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     _plot(cells)
     for row in rows:
         print(", ".join(f"{k} {row[k]}" for k in COLUMNS))
-    print(f"\nREADME's table:\n\n{grid(DOCS / 'niid_bench_cifar10.csv')}")
+    print(f"\nREADME's table:\n\n{grid(TABLE)}")
 
 
 _LABELS = {

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 
-from experiments.niid_bench_report import COLUMNS, DOCS, PARTITIONS, STRATEGIES, grid
+from experiments.niid_bench_report import COLUMNS, PARTITIONS, STRATEGIES, TABLE, cell_dir, grid
 from tests.conftest import ROOT
-
-TABLE = DOCS / "niid_bench_cifar10.csv"
 
 
 def test_the_committed_csv_has_the_issues_columns_and_a_rounds_file_per_cell() -> None:
@@ -20,7 +18,7 @@ def test_the_committed_csv_has_the_issues_columns_and_a_rounds_file_per_cell() -
         assert row["partition"] in PARTITIONS and row["strategy"] in STRATEGIES
         assert row["source"] in {"flower-baseline", "niid-bench"}
         for seed in row["seeds"].split():
-            cell = DOCS / "niid_bench_cifar10" / f"{row['partition']}-{row['strategy']}-s{seed}"
+            cell = cell_dir(row["partition"], row["strategy"], seed)
             assert (cell / "rounds.csv").is_file(), cell
 
 
