@@ -199,8 +199,8 @@ def grid(table: Path) -> str:
             text = f"{float(row['fedsim_best']):.2f}"
             if (seeds := len(row["seeds"].split())) > 1:
                 text += f", {seeds} seeds"
-            if int(row["rounds"]) < 50:
-                text += f" after {row['rounds']} rounds"
+            if (rounds := int(row["rounds"])) < 50:
+                text += f" after {rounds} round" + ("s" if rounds > 1 else "")
             cells.append(f"{text} ({published})")
         lines.append(f"| {_LABELS[partition]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

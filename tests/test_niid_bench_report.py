@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 from experiments.niid_bench_report import COLUMNS, PARTITIONS, STRATEGIES, TABLE, cell_dir, grid
 from tests.conftest import ROOT
@@ -24,3 +25,26 @@ def test_the_committed_csv_has_the_issues_columns_and_a_rounds_file_per_cell() -
 
 def test_readme_shows_the_committed_table() -> None:
     assert grid(TABLE) in (ROOT / "README.md").read_text()
+
+
+def test_a_partial_cell_says_how_many_rounds_it_ran(tmp_path: Path) -> None:
+    table = tmp_path / "table.csv"
+    with open(table, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        for strategy, rounds in (("fedavg", 1), ("fedprox", 12)):
+            writer.writerow(
+                {
+                    "partition": "iid",
+                    "strategy": strategy,
+                    "seeds": "0 1",
+                    "rounds": rounds,
+                    "fedsim_best": 50.123,
+                    "fedsim_final": 49,
+                    "published": 71.32,
+                    "source": "flower-baseline",
+                }
+            )
+    text = grid(table)
+    assert "| 50.12, 2 seeds after 1 round (" in text
+    assert "| 50.12, 2 seeds after 12 rounds (" in text
