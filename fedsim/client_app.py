@@ -223,8 +223,19 @@ def _watchdog(deadline: float):
         faulthandler.cancel_dump_traceback_later()
 
 
+def _run_process(cfg: RunConfig, data: ClientData) -> _Process:
+    """This run's `_Process`, keyed by everything that shapes it. An actor serves one
+    run at a time and then the next run of the experiment (fedsim.engine's shelf): the
+    previous run's model and data view are dropped, not kept for every run it served."""
+    key = ("process", data.key, cfg)
+    if key not in _PROCESS_CACHE:
+        for previous in [k for k in _PROCESS_CACHE if k[0] == "process"]:
+            del _PROCESS_CACHE[previous]
+    return _per_process(key, lambda: _Process(cfg, data))
+
+
 def handle_bundle(cfg: RunConfig, data: ClientData, msg: Message, context: Context) -> Message:
-    process = _per_process(("process", data.key, cfg), lambda: _Process(cfg, data))
+    process = _run_process(cfg, data)
     tasks, info = protocol.unpack_tasks(msg.content)
     message_type = msg.metadata.message_type
     with _watchdog(info.deadline):

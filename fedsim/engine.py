@@ -136,18 +136,95 @@ def start_ray(cfg: RunConfig) -> None:
 
 
 def _ray_outlives_the_engine() -> None:
-    """Flower's Ray backend shuts Ray down when a simulation ends, although fedsim
-    started it: end the simulation's actors only, so that the runs of an experiment
-    share one Ray instance (its start is seconds a run) and Ray is stopped once, by
-    whoever started it (RayStarter). Private to Flower 1.42 (pinned); the sweep tests
-    run several simulations on one instance."""
+    """Flower's Ray backend shuts Ray down when a simulation ends and builds a new pool
+    of actors for the next, although fedsim started Ray and runs an experiment's runs
+    one after another: Ray is stopped once, by whoever started it (RayStarter), and a
+    finished simulation's actors wait on a shelf for the next run with the same client
+    resources (`_Shelf`). Private to Flower 1.42 (pinned): `build` is Flower's with the
+    shelved actors first; the sweep and equivalence tests check that the next run's
+    calls run in the same processes and give the numbers a fresh process gives."""
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
+
+    def build(self: RayBackend, app_fn) -> None:
+        pool = BasicActorPool(ClientAppActor, self.client_resources, self.actor_kwargs)
+        reused = _SHELF.take(self, pool.actors_capacity)
+        pool.pool.extend(reused)
+        pool.num_actors = len(reused)
+        pool.add_actors_to_pool(pool.actors_capacity - len(reused))
+        self.pool, self.app_fn = pool, app_fn
 
     def terminate(self: RayBackend) -> None:
-        if self.pool:
-            self.pool.terminate_all_actors()
+        _SHELF.give_back(self)
 
+    RayBackend.build = build
     RayBackend.terminate = terminate
+
+
+class _Shelf:
+    """Where a finished simulation's actors wait for the next run of the process.
+
+    An actor start costs seconds (a worker process that imports torch and flwr, then
+    the run's model and data view): most of a short run, paid by every run of a sweep.
+    A simulation's actors are all idle when Flower ends it (its workers have returned
+    each actor to the pool), so they are shelved, keyed by their Ray resources, and
+    the next build takes them. Only one backend holds actors at a time: a build waits
+    (up to HANDOVER_SECONDS) for the previous simulation's wind-down, which fedsim lets
+    run while the next run starts (run_simulation); a late wind-down ends its actors.
+    Actors of other resources are ended, or Ray could not place the new ones. What an
+    actor keeps for a run is keyed by the run's config (fedsim.client_app), so a run
+    computes in a reused actor what it computes in a fresh one."""
+
+    HANDOVER_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._holder: object | None = None  # the backend whose simulation runs now
+        self._resources: tuple = ()
+        self._actors: list = []
+
+    def take(self, backend, capacity: int) -> list:
+        """The shelved actors `backend` may use (at most `capacity`); it holds them now."""
+        resources = tuple(sorted(backend.client_resources.items()))
+        with self._changed:
+            self._changed.wait_for(lambda: self._holder is None, timeout=self.HANDOVER_SECONDS)
+            self._holder = backend
+            actors, self._actors = self._actors, []
+            if resources != self._resources:
+                self._resources = resources
+                _end(actors)
+                actors = []
+        _end(actors[capacity:])
+        return actors[:capacity]
+
+    def give_back(self, backend) -> None:
+        """Flower ends `backend`'s simulation: shelve its actors, or end them when a
+        later build has taken over. After Ray's stop they are gone already."""
+        import ray
+
+        if not ray.is_initialized():
+            return
+        actors = backend.pool.pool if backend.pool else []
+        with self._changed:
+            if self._holder is not backend:
+                _end(actors)
+                return
+            self._holder, self._actors = None, list(actors)
+            self._changed.notify_all()
+
+    def clear(self) -> None:
+        """Forget the actors (Ray has stopped: they are gone with it)."""
+        with self._changed:
+            self._holder, self._actors = None, []
+            self._changed.notify_all()
+
+
+def _end(actors: list) -> None:
+    for actor in actors:
+        actor.terminate.remote()
+
+
+_SHELF = _Shelf()
 
 
 def size_clients(cfg: RunConfig) -> Cluster:
@@ -265,6 +342,7 @@ def stop_ray(wait: float = 10.0) -> None:
         _winding_down.pop().join(timeout=max(0.0, deadline - time.monotonic()))
     if ray.is_initialized():
         ray.shutdown()
+    _SHELF.clear()
 
 
 class RayStarter:

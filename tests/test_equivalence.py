@@ -10,6 +10,9 @@ seed (fedsim.partition, fedsim.task.build_model, fedsim.algorithms.base.client_s
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,25 +86,35 @@ def _plain_loop(cfg: RunConfig, data) -> dict[str, torch.Tensor]:
     return global_state
 
 
+# One experiment, so the runs also pass actors on (fedsim.engine's shelf): k3 runs in
+# k1's two actors, auto-one-actor needs other resources (its own actor), fedprox-k3 two
+# new ones again.
+VARIANTS = {
+    "k1": "clients-per-message = 1",
+    "k3": "clients-per-message = 3",
+    "auto-one-actor": "cpus-per-client = 1.5",  # one actor, one torch thread
+    "fedprox-k3": 'clients-per-message = 3\nstrategy = "fedprox"\nproximal-mu = 0.5',
+}
+
+
 @pytest.fixture(scope="module")
-def runs(tiny_cifar, tmp_path_factory):
+def runs(tiny_cifar, tmp_path_factory) -> dict[str, Path]:
     """FedAvg with one client per message on two actors, three per message, and the
     automatic choice on one actor; FedProx with three per message."""
     results = tmp_path_factory.mktemp("equivalence")
+    toml = results / "equivalence.toml"
+    toml.write_text("".join(f"[[variant]]\n{settings}\n\n" for settings in VARIANTS.values()))
     where = ["--data", str(tiny_cifar), "--results-dir", str(results)]
-    for name, options in (
-        ("k1", "--clients-per-message 1"),
-        ("k3", "--clients-per-message 3"),
-        ("auto-one-actor", "--cpus-per-client 1.5"),  # one actor, one torch thread
-        ("fedprox-k3", "--clients-per-message 3 --strategy fedprox --proximal-mu 0.5"),
-    ):
-        done = run_cli(*OPTIONS.split(), *options.split(), *where, "--name", name)
-        assert done.returncode == 0, done.stderr[-3000:]
-    return results
+    done = run_cli("--experiment", str(toml), *OPTIONS.split(), *where)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran = re.findall(r"^fedsim: run \d+ of \d+: (\S+)$", done.stdout, flags=re.MULTILINE)
+    return {
+        variant: results / "equivalence" / name for variant, name in zip(VARIANTS, ran, strict=True)
+    }
 
 
-def _run(results, name: str):
-    folder = results / name
+def _run(runs: dict[str, Path], name: str):
+    folder = runs[name]
     metrics = pd.read_csv(folder / "rounds.csv").drop(columns=["round_seconds"])
     clients = pd.read_csv(folder / "clients.csv").drop(columns=["seconds"])
     return torch.load(folder / "model.pt"), metrics, clients

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from fedsim import cli, sweep
+from fedsim.actor_log import ENV as ACTOR_LOG
 from fedsim.cli import main
 from fedsim.plots import PLOTS
 from tests.conftest import ROOT, run_cli
@@ -188,6 +191,7 @@ def test_missing_experiment_file_and_empty_plot_folder(tmp_path, capsys) -> None
 # --- a real sweep through the engine ----------------------------------------------------
 
 SWEEP = ["--clients", "2,4", "--rounds", "2", "--fraction-fit", "0.5", "--batch-size", "16"]
+SWEEP += ["--cpus-per-client", "1.5"]  # room for one actor on two cores: both runs use it
 METRICS = ["round", "train_loss", "central_loss", "central_accuracy", "clients_sampled"]
 
 
@@ -195,7 +199,8 @@ METRICS = ["round", "train_loss", "central_loss", "central_accuracy", "clients_s
 def swept(tiny_cifar, tmp_path_factory) -> tuple[list[str], Path]:
     results = tmp_path_factory.mktemp("sweep")
     args = [*SWEEP, "--lr", "0.05", "--data", str(tiny_cifar), "--results-dir", str(results)]
-    done = run_cli(*args)
+    (results / "actor-log").mkdir()
+    done = run_cli(*args, env={**os.environ, ACTOR_LOG: str(results / "actor-log")})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fedsim: run 2 of 2: clients-4_seed-0" in done.stdout
     return args, results / "sweep_clients-2-4"
@@ -220,6 +225,25 @@ def test_sweep_writes_run_folders_summary_and_plots(swept) -> None:
     assert frame["clients_sampled"].tolist() == [0, 2, 2]
     for plot in PLOTS:
         assert (folder / plot).stat().st_size > 10_000, plot
+
+
+def test_the_runs_of_an_experiment_share_their_actors(swept) -> None:
+    """A finished run's actors serve the next run (fedsim.engine's shelf): no more
+    processes ran calls than one run has actors. The next test reruns the second run
+    in a fresh process and gets the same numbers."""
+    _, folder = swept
+    calls = sorted(
+        (
+            json.loads(line)
+            for log in (folder.parent / "actor-log").iterdir()
+            for line in log.read_text().splitlines()
+        ),
+        key=lambda call: call["start"],
+    )
+    rounds = [call["round"] for call in calls]
+    assert sum(later < earlier for earlier, later in itertools.pairwise(rounds)) == 1  # two runs
+    config = json.loads((folder / "clients-4_seed-0" / "config.json").read_text())
+    assert len({call["pid"] for call in calls}) <= config["cluster"]["concurrent_clients"]
 
 
 def test_rerun_skips_complete_runs_and_redoes_unfinished_ones_identically(swept) -> None:
