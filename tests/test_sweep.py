@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from experiments.per_class_accuracy import per_class
 from fedsim import cli, sweep
 from fedsim.actor_log import ENV as ACTOR_LOG
 from fedsim.cli import main
@@ -244,6 +245,16 @@ def test_the_runs_of_an_experiment_share_their_actors(swept) -> None:
     assert sum(later < earlier for earlier, later in itertools.pairwise(rounds)) == 1  # two runs
     config = json.loads((folder / "clients-4_seed-0" / "config.json").read_text())
     assert len({call["pid"] for call in calls}) <= config["cluster"]["concurrent_clients"]
+
+
+def test_per_class_accuracy_adds_up_to_the_runs_central_accuracy(swept) -> None:
+    _, folder = swept
+    run = folder / "clients-2_seed-0"
+    overall, frame = per_class(run)
+    final = pd.read_csv(run / "rounds.csv")["central_accuracy"].iloc[-1]
+    assert overall == pytest.approx(100 * final, abs=0.11)  # a test image at most (1,000)
+    assert frame.loc["holders"].tolist() == [2] * 10  # IID: both clients hold every class
+    assert frame.loc["accuracy"].between(0, 100).all()
 
 
 def test_rerun_skips_complete_runs_and_redoes_unfinished_ones_identically(swept) -> None:

@@ -1,0 +1,61 @@
+"""Central test accuracy per class of a run's final model, beside how many clients hold
+each class: where a label-skewed partition (#C=k, Dirichlet) loses its accuracy.
+
+    python experiments/per_class_accuracy.py results/niid_bench_cifar10/<run> [...]
+
+Reads each run's config.json (data and model), model.pt and label_counts.csv (an
+experiment writes it beside each run); the overall figure is the run's last
+central_accuracy, in percent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedsim import task
+from fedsim.data import cache_root, load_cifar
+
+
+def per_class(run: Path) -> tuple[float, pd.DataFrame]:
+    """Overall accuracy (%) and a frame with rows `holders` (clients holding the class)
+    and `accuracy` (%), a column per class."""
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    data = load_cifar(cfg["data"], cache_root())
+    model = task.build_model(cfg["model"])
+    model.load_state_dict(torch.load(run / "model.pt"))
+    model.eval()
+    images, labels = torch.from_numpy(np.array(data.test_x)), np.asarray(data.test_y)
+    with torch.no_grad():
+        predicted = np.concatenate(
+            [
+                model(task.normalize(images[start : start + 1000])).argmax(1).numpy()
+                for start in range(0, len(labels), 1000)
+            ]
+        )
+    correct = predicted == labels
+    holders = (pd.read_csv(run / "label_counts.csv", index_col="client") > 0).sum()
+    frame = pd.DataFrame(
+        {
+            "holders": holders.to_numpy(),
+            "accuracy": [100 * correct[labels == k].mean() for k in range(len(data.classes))],
+        },
+        index=list(data.classes),
+    ).T
+    return 100 * correct.mean(), frame
+
+
+def main(runs: list[str]) -> None:
+    for run in runs:
+        overall, frame = per_class(Path(run))
+        print(f"{run}: central accuracy {overall:.2f} %")
+        print(frame.round(1).to_string(), end="\n\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
