@@ -5,9 +5,10 @@
 Writes docs/results/niid_bench_cifar10.csv (one row per cell and published figure),
 copies each cell's rounds.csv to docs/results/niid_bench_cifar10/<partition>-<strategy>-s<seed>/,
 and draws docs/img/niid_bench_cifar10.png (accuracy by round, a panel per cell, the
-published figures as horizontal lines). Cells not run yet are left out; a cell that ran
-fewer rounds than the paper's 50 says so in `rounds`; a cell run with several seeds
-(`--seed 1,2` on its command) gives their mean, once each seed has its rounds.
+published figures as horizontal lines). The rounds files already committed count too, so
+the folder need hold only the runs that are new. Cells not run yet are left out; a cell
+that ran fewer rounds than the paper's 50 says so in `rounds`; a cell run with several
+seeds (`--seed 1,2` on its command) gives their mean, once each seed has its rounds.
 """
 
 from __future__ import annotations
@@ -122,21 +123,49 @@ def collect(folder: Path) -> list[dict]:
     return runs
 
 
-def report(folder: Path) -> None:
+def committed() -> list[dict]:
+    """The runs whose rounds.csv is already in docs/results (each was checked against
+    the grid when the report copied it there), so the table survives its results
+    folder: a fresh clone regenerates it, and a new seed joins the seeds before it."""
+    runs = []
+    for path in sorted((DOCS / "niid_bench_cifar10").glob("*/rounds.csv")):
+        partition, strategy, seed = path.parent.name.rsplit("-", 2)
+        runs.append(
+            {
+                "partition": partition,
+                "strategy": strategy,
+                "seed": int(seed.removeprefix("s")),
+                "rounds": pd.read_csv(path),
+                "dir": path.parent,
+            }
+        )
+    return runs
+
+
+def cells_of(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The runs by cell, one per seed (the one with more rounds: a results folder's run
+    over its committed copy once it has caught up), a seed still running left out."""
+    latest: dict[tuple[str, str, int], dict] = {}
+    for run in runs:
+        key = (run["partition"], run["strategy"], run["seed"])
+        if key not in latest or len(run["rounds"]) >= len(latest[key]["rounds"]):
+            latest[key] = run
     cells: dict[tuple[str, str], list[dict]] = {}
-    for run in collect(folder):
-        cells.setdefault((run["partition"], run["strategy"]), []).append(run)
+    for (partition, strategy, _), run in sorted(latest.items()):
+        cells.setdefault((partition, strategy), []).append(run)
     for members in cells.values():
         # a seed still running would pull the cell's mean back to its round: wait for it
         most = max(len(m["rounds"]) for m in members)
         for m in [m for m in members if len(m["rounds"]) < most]:
             print(f"left out {m['dir']}: {len(m['rounds']) - 1} of the cell's {most - 1} rounds")
             members.remove(m)
+    return cells
+
+
+def table_rows(cells: dict[tuple[str, str], list[dict]]) -> list[dict]:
+    """The CSV's rows: a cell's mean over its seeds of the best and the last round, once
+    per published figure."""
     rows = []
-    for run in (run for members in cells.values() for run in members):
-        destination = cell_dir(run["partition"], run["strategy"], run["seed"])
-        destination.mkdir(parents=True, exist_ok=True)
-        shutil.copy(run["dir"] / "rounds.csv", destination / "rounds.csv")
     for (partition, strategy), members in sorted(cells.items()):
         accuracy = [100 * m["rounds"]["central_accuracy"] for m in members]
         done = min(int(m["rounds"]["round"].iloc[-1]) for m in members)
@@ -153,6 +182,18 @@ def report(folder: Path) -> None:
                     "source": source,
                 }
             )
+    return rows
+
+
+def report(folder: Path) -> None:
+    runs = committed() + (collect(folder) if folder.is_dir() else [])
+    cells = cells_of(runs)
+    for run in (run for members in cells.values() for run in members):
+        destination = cell_dir(run["partition"], run["strategy"], run["seed"])
+        if run["dir"] != destination:
+            destination.mkdir(parents=True, exist_ok=True)
+            shutil.copy(run["dir"] / "rounds.csv", destination / "rounds.csv")
+    rows = table_rows(cells)
     DOCS.mkdir(parents=True, exist_ok=True)
     with open(TABLE, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)

@@ -54,7 +54,9 @@ def main(runs: list[str]) -> None:
     for run in runs:
         overall, frame = per_class(Path(run))
         print(f"{run}: central accuracy {overall:.2f} %")
-        print(frame.round(1).to_string(), end="\n\n")
+        table = frame.round(1).astype(object)
+        table.loc["holders"] = frame.loc["holders"].astype(int)
+        print(table.to_string(), end="\n\n")
 
 
 if __name__ == "__main__":
