@@ -29,25 +29,20 @@ def per_class(run: Path) -> tuple[float, pd.DataFrame]:
     data = load_cifar(cfg["data"], cache_root())
     model = task.build_model(cfg["model"])
     model.load_state_dict(torch.load(run / "model.pt"))
-    model.eval()
-    images, labels = torch.from_numpy(np.array(data.test_x)), np.asarray(data.test_y)
-    with torch.no_grad():
-        predicted = np.concatenate(
-            [
-                model(task.normalize(images[start : start + 1000])).argmax(1).numpy()
-                for start in range(0, len(labels), 1000)
-            ]
-        )
-    correct = predicted == labels
+    images = torch.from_numpy(np.array(data.test_x))
+    labels = torch.from_numpy(np.array(data.test_y))
+    # the central evaluation's own function and batch size (runner.CentralEvaluator),
+    # once over the test split and once per class
+    _, overall = task.evaluate(model, images, labels, batch_size=500)
+    accuracy = [
+        100 * task.evaluate(model, images[labels == k], labels[labels == k], batch_size=500)[1]
+        for k in range(len(data.classes))
+    ]
     holders = (pd.read_csv(run / "label_counts.csv", index_col="client") > 0).sum()
     frame = pd.DataFrame(
-        {
-            "holders": holders.to_numpy(),
-            "accuracy": [100 * correct[labels == k].mean() for k in range(len(data.classes))],
-        },
-        index=list(data.classes),
+        {"holders": holders.to_numpy(), "accuracy": accuracy}, index=list(data.classes)
     ).T
-    return 100 * correct.mean(), frame
+    return 100 * overall, frame
 
 
 def main(runs: list[str]) -> None:
