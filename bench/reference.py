@@ -53,7 +53,7 @@ class ReferenceLoop:
     def central(self) -> tuple[float, float]:
         tick = time.perf_counter()
         self.model.load_state_dict(self.state)
-        result = task.evaluate(self.model, *self.test, batch_size=500)
+        result = task.evaluate(self.model, *self.test, batch_size=task.CENTRAL_BATCH_SIZE)
         self.timings.central_evaluate += time.perf_counter() - tick
         return result
 

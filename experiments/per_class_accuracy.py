@@ -33,9 +33,10 @@ def per_class(run: Path) -> tuple[float, pd.DataFrame]:
     labels = torch.from_numpy(np.array(data.test_y))
     # the central evaluation's own function and batch size (runner.CentralEvaluator),
     # once over the test split and once per class
-    _, overall = task.evaluate(model, images, labels, batch_size=500)
+    batch = task.CENTRAL_BATCH_SIZE
+    _, overall = task.evaluate(model, images, labels, batch_size=batch)
     accuracy = [
-        100 * task.evaluate(model, images[labels == k], labels[labels == k], batch_size=500)[1]
+        100 * task.evaluate(model, images[labels == k], labels[labels == k], batch_size=batch)[1]
         for k in range(len(data.classes))
     ]
     holders = (pd.read_csv(run / "label_counts.csv", index_col="client") > 0).sum()

@@ -62,7 +62,9 @@ class CentralEvaluator:
 
     def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        return task.evaluate(self.model, self.images, self.labels, batch_size=500)
+        return task.evaluate(
+            self.model, self.images, self.labels, batch_size=task.CENTRAL_BATCH_SIZE
+        )
 
 
 @dataclass

@@ -175,6 +175,11 @@ def proximal_term(anchor: list[torch.Tensor], mu: float) -> Callable[[nn.Module]
     return term
 
 
+# The central evaluation's batch: the run's (runner.CentralEvaluator), the plain loop's
+# (bench/reference.py) and per_class_accuracy.py's, so their figures agree to the digit.
+CENTRAL_BATCH_SIZE = 500
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
