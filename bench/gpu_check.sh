@@ -58,10 +58,18 @@ from pathlib import Path
 out, summary = Path(sys.argv[1]), Path(sys.argv[2])
 lines = ["# GPU check (bench/gpu_check.sh)", ""]
 gpu = list(csv.DictReader((out / "gpu.csv").open(), skipinitialspace=True))
+
+
+def column(row: dict, prefix: str) -> float:
+    """A sample's value by the column's name without its unit (nvidia-smi may say
+    `memory.used [MiB]` or `memory.used`)."""
+    return float(next(v for k, v in row.items() if k and k.startswith(prefix)))
+
+
 if gpu:
     name = gpu[0]["name"]
-    util = max(float(row["utilization.gpu [%]"]) for row in gpu)
-    memory = max(float(row["memory.used [MiB]"]) for row in gpu)
+    util = max(column(row, "utilization.gpu") for row in gpu)
+    memory = max(column(row, "memory.used") for row in gpu)
     lines += [f"GPU: {name}; peak utilisation {util:.0f} %, peak memory {memory:.0f} MiB", ""]
 lines += ["| run | GPU per client | clients at a time | s/round (after round 1) | accuracy |"]
 lines += ["| --- | --- | --- | --- | --- |"]
@@ -81,7 +89,7 @@ calls = [
     for line in log.read_text().splitlines()
 ]
 train = [c for c in calls if c["kind"] == "train"]
-at_once = max(sum(o["start"] <= c["start"] < o["end"] for o in train) for c in train)
+at_once = max((sum(o["start"] <= c["start"] < o["end"] for o in train) for c in train), default=0)
 lines += [
     "",
     f"From the actors of `share` ({len(train)} train calls, {len({c['pid'] for c in train})} "
@@ -90,6 +98,11 @@ lines += [
     f"{sorted({tuple(c['gpu_ids']) for c in train})}, CUDA in every actor: "
     f"{all(c['cuda'] for c in train)}.",
 ]
+held = {c["pid"]: c.get("cuda_reserved", 0) for c in train}
+lines.append(
+    "GPU memory torch's allocator held in each actor (MiB): "
+    f"{sorted(round(value / 2**20) for value in held.values())}."
+)
 pids = {line.split(",")[0].strip() for line in (out / "gpu_processes.csv").read_text().splitlines()}
 actor_pids = {str(c["pid"]) for c in train}
 seen = len(actor_pids & pids)

@@ -205,8 +205,10 @@ def measure(
     run_dir: Path,
     env: dict[str, str] | None = None,
     interval: float = 0.5,
+    timeout: float | None = None,
 ) -> Run:
-    """Run `python ARGV` from the repository root; it must write its results to `run_dir`."""
+    """Run `python ARGV` from the repository root; it must write its results to `run_dir`.
+    Past `timeout` seconds it is stopped as a scheduler would (SIGTERM, then SIGKILL)."""
     load = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -221,7 +223,16 @@ def measure(
     sampler.watch_others()
     thread = threading.Thread(target=sampler.run, daemon=True)
     thread.start()
-    output = proc.communicate()[0]
+    try:
+        output = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            output = proc.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = proc.communicate()[0]
+        output += f"\n(stopped after {timeout:g} s)"
     wall = time.perf_counter() - started
     sampler.stop.set()
     thread.join()

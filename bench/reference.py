@@ -7,7 +7,7 @@ train one after another, each with all the machine's threads, on tensors gathere
 before the first round. This is the physical limit the harness is measured against.
 Only FedAvg is implemented.
 
-    python -m bench.reference --clients 2 --rounds 3 --data ../shared/data/cifar10
+    python -m bench.reference --clients 2 --rounds 3 --data ../shared/data/cifar10 [--device cuda]
 """
 
 from __future__ import annotations
@@ -42,12 +42,18 @@ class ReferenceLoop:
     """FedAvg rounds over in-memory client tensors, timed like fedsim's FederatedLoop."""
 
     def __init__(
-        self, cfg: RunConfig, train: list[Split], val: list[Split], test: Split, timings: Timings
+        self,
+        cfg: RunConfig,
+        train: list[Split],
+        val: list[Split],
+        test: Split,
+        timings: Timings,
+        device: torch.device,
     ) -> None:
         self.cfg, self.train, self.val, self.test = cfg, train, val, test
         self.timings = timings
         self.settings = train_settings(cfg)
-        self.model = task.build_model(cfg.model, seed=cfg.seed)
+        self.model = task.build_model(cfg.model, seed=cfg.seed).to(device)
         self.state: State = {k: v.clone() for k, v in self.model.state_dict().items()}
 
     def central(self) -> tuple[float, float]:
@@ -100,12 +106,18 @@ class ReferenceLoop:
         self.timings.client_evaluate += time.perf_counter() - tick
 
 
-def _split(images: torch.Tensor, labels: torch.Tensor, rows: np.ndarray) -> Split:
+def _split(
+    images: torch.Tensor, labels: torch.Tensor, rows: np.ndarray, device: torch.device
+) -> Split:
     index = torch.from_numpy(rows)
-    return images[index], labels[index]
+    return images[index].to(device), labels[index].to(device)
 
 
-def run(cfg: RunConfig) -> Path:
+CPU = torch.device("cpu")
+
+
+def run(cfg: RunConfig, device: torch.device = CPU) -> Path:
+    """The loop on `device` (bench/gpu_share.py runs it on the GPU)."""
     if cfg.strategy != "fedavg":
         raise ConfigError("--strategy", "the reference loop implements fedavg only")
     imports = time.time() - psutil.Process().create_time()  # the process's start counts
@@ -115,19 +127,20 @@ def run(cfg: RunConfig) -> Path:
     dataset = load_cifar(cfg.data, cache_root())
     images = torch.from_numpy(np.array(dataset.train_x))
     labels = torch.from_numpy(np.array(dataset.train_y))
-    test = (torch.from_numpy(np.array(dataset.test_x)), torch.from_numpy(np.array(dataset.test_y)))
+    test = tuple(torch.from_numpy(np.array(a)).to(device) for a in (dataset.test_x, dataset.test_y))
     timings.data_load = time.perf_counter() - tick
     tick = time.perf_counter()
     parts = cached_partition_indices(labels.numpy(), cfg, dataset.key, cache_root())
-    train = [_split(images, labels, parts.train(pid)) for pid in range(cfg.clients)]
-    val = [_split(images, labels, parts.val(pid)) for pid in range(cfg.clients)]
+    train = [_split(images, labels, parts.train(pid), device) for pid in range(cfg.clients)]
+    val = [_split(images, labels, parts.val(pid), device) for pid in range(cfg.clients)]
     timings.partition = time.perf_counter() - tick
 
     torch.set_num_threads(os.cpu_count() or 1)
-    loop = ReferenceLoop(cfg, train, val, test, timings)
+    loop = ReferenceLoop(cfg, train, val, test, timings, device)
     run_dir = lifecycle.claim_run_dir(cfg)
     recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv", timings)
-    with lifecycle.RunStatus(run_dir, cfg, timings, {"engine": "plain loop"}).running(started):
+    extra = {"engine": "plain loop", "device": str(device)}
+    with lifecycle.RunStatus(run_dir, cfg, timings, extra).running(started):
         loss, accuracy = loop.central()
         recorder.on_round_end(RoundRecord(0, central_loss=loss, central_accuracy=accuracy), None)
         for server_round in range(1, cfg.rounds + 1):
@@ -144,5 +157,15 @@ def config_from(argv: list[str]) -> RunConfig:
     return cfg
 
 
+def main(argv: list[str]) -> None:
+    """simulate.py's options, and `--device cpu|cuda` (default cpu)."""
+    device = "cpu"
+    if "--device" in argv:
+        at = argv.index("--device")
+        device = argv[at + 1]
+        argv = argv[:at] + argv[at + 2 :]
+    print(f"reference: done -> {run(config_from(argv), torch.device(device))}")
+
+
 if __name__ == "__main__":
-    print(f"reference: done -> {run(config_from(sys.argv[1:]))}")
+    main(sys.argv[1:])

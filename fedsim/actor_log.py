@@ -5,7 +5,8 @@ With FEDSIM_ACTOR_LOG=<folder> in the environment of the processes that run the
 ClientApp (inherited from the driver by a private Ray instance; set before `ray start`
 on every node of a cluster), each train and evaluate call that completes appends one
 JSON line to <folder>/<host>-<pid>.jsonl: its start and end time, the Ray node,
-resources and GPU ids of the actor it ran in, and whether that actor sees CUDA. That
+resources and GPU ids of the actor it ran in, whether that actor sees CUDA and how
+much GPU memory torch holds in it. That
 is how one sees, from the actors and not from the driver's guess, that clients ran
 side by side on a shared GPU, and which node ran which client. Unset, it costs one
 environment lookup per call.
@@ -46,11 +47,19 @@ def log_calls(msg: Message, context: Context, call_next: ClientAppCallable) -> M
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "cuda": bool((torch := sys.modules.get("torch")) and torch.cuda.is_available()),
+        # the most GPU memory torch's allocator has held in this process (0 off the GPU)
+        "cuda_reserved": _cuda_reserved(torch),
         **_ray_placement(),
     }
     with open(Path(folder) / f"{socket.gethostname()}-{os.getpid()}.jsonl", "a") as handle:
         handle.write(json.dumps(entry) + "\n")
     return reply
+
+
+def _cuda_reserved(torch: Any) -> int:
+    if torch is None or not torch.cuda.is_initialized():
+        return 0
+    return torch.cuda.max_memory_reserved()
 
 
 def _ray_placement() -> dict[str, Any]:

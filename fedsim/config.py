@@ -25,6 +25,7 @@ DP_MODES = ("off", "server-fixed", "server-adaptive", "client-fixed")
 ATTACKS = ("sign-flip", "gaussian", "scale", "label-flip")
 NUM_CLASSES = 10
 MAX_SEED = 2**32 - 1  # numpy and torch both take it; a common bound users know
+RAY_RESOURCE_UNIT = 1e-4  # Ray counts CPUs and GPUs in units of 1/10,000 (its FixedPoint)
 MAX_NAME = 120  # characters of a run name: room for file names under any file system's limit
 
 
@@ -399,6 +400,10 @@ def validate_values(cfg: RunConfig) -> RunConfig:
                 f"unknown value {value!r}, choose from {', '.join(choices)}",
             )
     gpus = cfg.gpus_per_client
+    if gpus is not None and 0 < gpus < RAY_RESOURCE_UNIT:
+        raise ConfigError(
+            flag("gpus_per_client"), f"got {gpus:g}, Ray's smallest share is {RAY_RESOURCE_UNIT:g}"
+        )
     if gpus is not None and gpus > 1 and not float(gpus).is_integer():
         raise ConfigError(
             flag("gpus_per_client"), f"must be a share in [0, 1] or a whole number, got {gpus}"

@@ -11,6 +11,7 @@ instead; `ray.shutdown()` then only disconnects, and the cluster keeps running.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from fedsim.config import ConfigError, RunConfig, flag
+from fedsim.config import RAY_RESOURCE_UNIT, ConfigError, RunConfig, flag
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,16 @@ class Cluster:
 
     @property
     def concurrent_clients(self) -> int:
-        by_cpu = int(self.cpus // self.client_resources["num_cpus"])
+        by_cpu = fits(self.cpus, self.client_resources["num_cpus"])
         gpu_share = self.client_resources["num_gpus"]
-        return min(by_cpu, int(self.gpus // gpu_share)) if gpu_share else by_cpu
+        return min(by_cpu, fits(self.gpus, gpu_share)) if gpu_share else by_cpu
+
+
+def fits(total: float, share: float) -> int:
+    """How many `share`s Ray places in `total`, counted as Ray does, in whole units:
+    ten 0.1-GPU actors fit on one GPU, although 1.0 // 0.1 is 9.0 in floating point."""
+    units = round(share / RAY_RESOURCE_UNIT)
+    return round(total / RAY_RESOURCE_UNIT) // units if units else 0
 
 
 def ray_address(cfg: RunConfig) -> str:
@@ -235,7 +243,7 @@ def size_clients(cfg: RunConfig) -> Cluster:
     address = ray_address(cfg)
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
-    share = gpu_share(cfg, cpus, gpus)
+    share = gpu_share(cfg, cpus, gpus, _gpu_memory_mib() if gpus else None)
     if share > gpus:
         where = "this machine" if private_ray(cfg) else f"the cluster at {address}"
         raise ConfigError(
@@ -262,15 +270,37 @@ def size_clients(cfg: RunConfig) -> Cluster:
     )
 
 
-def gpu_share(cfg: RunConfig, cpus: float, gpus: float) -> float:
-    """--gpus-per-client if given; else 0 without GPUs, or a share that lets as many
-    clients as the CPUs allow (at most 8) run side by side on each GPU."""
+# GPU memory one client actor holds: measured 826-894 MiB on an H200 for the CNN
+# (nvidia-smi per process; CUDA's context is ~750 of it), docs/performance.md
+ACTOR_GPU_MIB = 1024
+
+
+def gpu_share(cfg: RunConfig, cpus: float, gpus: float, gpu_memory_mib: float | None) -> float:
+    """--gpus-per-client if given; else 0 without GPUs, or the share that lets as many
+    clients run side by side on each GPU as the CPUs allow (no more than the run's
+    clients, nor than ACTOR_GPU_MIB each fit in `gpu_memory_mib`, the driver's GPU's
+    memory where it has one). On an H200 every smaller share was faster, down to the
+    smallest measured (docs/performance.md, GPU): the CPUs, not the GPU, are the limit.
+    The share is rounded down to Ray's unit, so that exactly that many fit."""
     if cfg.gpus_per_client is not None:
         return cfg.gpus_per_client
     if not gpus:
         return 0.0
-    side_by_side = int(cpus // cfg.cpus_per_client) // int(gpus) if gpus >= 1 else 1
-    return 1.0 / max(1, min(cfg.clients, side_by_side, 8))
+    side_by_side = fits(cpus, cfg.cpus_per_client) // int(gpus) if gpus >= 1 else 1
+    if gpu_memory_mib:
+        side_by_side = min(side_by_side, int(gpu_memory_mib // ACTOR_GPU_MIB))
+    count = max(1, min(cfg.clients, side_by_side))
+    return math.floor(1 / count / RAY_RESOURCE_UNIT) * RAY_RESOURCE_UNIT
+
+
+def _gpu_memory_mib() -> float | None:
+    """The memory of the GPU this process sees (one kind per machine assumed); None
+    where it sees none (a driver without a GPU, attached to a cluster that has some)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 2**20
 
 
 def run_simulation(

@@ -43,6 +43,18 @@ def write_cifar_batches(folder: Path, train: int, test: int, seed: int = 0) -> P
     return folder
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run only where PyTorch sees a CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1,000 training and 200 test images in the cifar-10-batches-py layout."""
