@@ -39,43 +39,47 @@ def train(msg: Message, context: Context) -> Message:
 def main(argv: list[str]) -> Path:
     started = time.perf_counter()
     cfg = config_from(argv)
-    run_dir = lifecycle.claim_run_dir(cfg)
-    timings = Timings()
-    recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv")
-    last = [time.perf_counter()]
+    with lifecycle.claimed_run_dir(cfg) as run_dir:
+        timings = Timings()
+        recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv")
+        last = [time.perf_counter()]
 
-    def record_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        now = time.perf_counter()
-        record = RoundRecord(round=server_round, round_seconds=now - last[0] if server_round else 0)
-        recorder.on_round_end(record, arrays)
-        last[0] = now
-        return None
+        def record_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            now = time.perf_counter()
+            record = RoundRecord(
+                round=server_round, round_seconds=now - last[0] if server_round else 0
+            )
+            recorder.on_round_end(record, arrays)
+            last[0] = now
+            return None
 
-    server_app = ServerApp()
-    finished = threading.Event()
+        server_app = ServerApp()
+        finished = threading.Event()
 
-    @server_app.main()
-    def serve(grid: Grid, context: Context) -> None:
-        strategy = FedAvg(
-            fraction_train=cfg.fraction_fit,
-            fraction_evaluate=0.0,
-            min_train_nodes=1,
-            min_available_nodes=cfg.clients,
-        )
-        initial = ArrayRecord(task.build_model(cfg.model, seed=cfg.seed).state_dict())
+        @server_app.main()
+        def serve(grid: Grid, context: Context) -> None:
+            strategy = FedAvg(
+                fraction_train=cfg.fraction_fit,
+                fraction_evaluate=0.0,
+                min_train_nodes=1,
+                min_available_nodes=cfg.clients,
+            )
+            initial = ArrayRecord(task.build_model(cfg.model, seed=cfg.seed).state_dict())
+            try:
+                strategy.start(grid, initial, num_rounds=cfg.rounds, evaluate_fn=record_round)
+            finally:
+                finished.set()
+
+        ray = engine.RayStarter(cfg)
+        status = lifecycle.RunStatus(run_dir, cfg, timings, {"engine": "flower floor"})
         try:
-            strategy.start(grid, initial, num_rounds=cfg.rounds, evaluate_fn=record_round)
+            with status.running(started):
+                engine.run_simulation(
+                    server_app, client_app, cfg.clients, ray.cluster(cfg), finished
+                )
+                recorder.on_run_end(None)
         finally:
-            finished.set()
-
-    ray = engine.RayStarter(cfg)
-    status = lifecycle.RunStatus(run_dir, cfg, timings, {"engine": "flower floor"})
-    try:
-        with status.running(started):
-            engine.run_simulation(server_app, client_app, cfg.clients, ray.cluster(cfg), finished)
-            recorder.on_run_end(None)
-    finally:
-        ray.stop()
+            ray.stop()
     return run_dir
 
 

@@ -23,8 +23,9 @@ import torch
 
 from fedsim import cli, lifecycle, sweep, task
 from fedsim.algorithms.base import client_seed, train_settings
-from fedsim.config import ConfigError, RunConfig
+from fedsim.config import RunConfig
 from fedsim.data import cache_root, load_cifar
+from fedsim.errors import ConfigError
 from fedsim.partition import cached_partition_indices
 from fedsim.results import ClientRecord, CsvRecorder, RoundRecord, Timings
 from fedsim.server_app import sample_clients
@@ -137,17 +138,19 @@ def run(cfg: RunConfig, device: torch.device = CPU) -> Path:
 
     torch.set_num_threads(os.cpu_count() or 1)
     loop = ReferenceLoop(cfg, train, val, test, timings, device)
-    run_dir = lifecycle.claim_run_dir(cfg)
-    recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv", timings)
     extra = {"engine": "plain loop", "device": str(device)}
-    with lifecycle.RunStatus(run_dir, cfg, timings, extra).running(started):
-        loss, accuracy = loop.central()
-        recorder.on_round_end(RoundRecord(0, central_loss=loss, central_accuracy=accuracy), None)
-        for server_round in range(1, cfg.rounds + 1):
-            record = loop.round(server_round)
-            recorder.on_round_end(record, None)
-            print(f"reference: round {server_round} {record.round_seconds:.2f} s", flush=True)
-        recorder.on_run_end(None)
+    with lifecycle.claimed_run_dir(cfg) as run_dir:
+        recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv", timings)
+        with lifecycle.RunStatus(run_dir, cfg, timings, extra).running(started):
+            loss, accuracy = loop.central()
+            recorder.on_round_end(
+                RoundRecord(0, central_loss=loss, central_accuracy=accuracy), None
+            )
+            for server_round in range(1, cfg.rounds + 1):
+                record = loop.round(server_round)
+                recorder.on_round_end(record, None)
+                print(f"reference: round {server_round} {record.round_seconds:.2f} s", flush=True)
+            recorder.on_run_end(None)
     return run_dir
 
 

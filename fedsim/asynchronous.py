@@ -23,7 +23,8 @@ from flwr.serverapp import Grid
 
 from fedsim import protocol
 from fedsim.clock import Flight, client_sim_seconds, time_clients
-from fedsim.server_app import Exchange, RunAborted, sample_from
+from fedsim.errors import RunAborted
+from fedsim.server_app import Exchange, sample_from
 
 if TYPE_CHECKING:
     from fedsim.server_app import FederatedLoop

@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.clients import ClientStates
 from fedsim.clock import ClockState
-from fedsim.config import ConfigError
+from fedsim.errors import ConfigError
 from fedsim.results import RoundRecord, atomic_write
 
 CHECKPOINT = "checkpoint.pt"

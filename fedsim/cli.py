@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from fedsim import sweep
-from fedsim.config import ConfigError, RunConfig, fields, flag, shown, value_type
+from fedsim.config import RunConfig, fields, flag, shown, value_type
+from fedsim.engine import STOP_SIGNALS
+from fedsim.errors import ConfigError, RunEnded
 from fedsim.profiles import load_profiles
 
 _TYPES = typing.get_type_hints(RunConfig)
@@ -99,18 +101,18 @@ def given_options(args: argparse.Namespace) -> sweep.Grid:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    """The first Ctrl-C or SIGTERM stops the run; later ones are ignored, so that they
-    cannot cut short the shutdown that the first one started (Ray's processes would
-    be left behind)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """The first Ctrl-C, SIGTERM or SIGHUP stops the run; later ones are ignored, so
+    that they cannot cut short the shutdown that the first one started (Ray's processes
+    would be left behind)."""
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
     started = time.perf_counter()
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run as cleanly as Ctrl-C
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, _interrupt)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
@@ -146,11 +148,7 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
     except KeyboardInterrupt:
         print("fedsim: interrupted; completed rounds are kept (--resume goes on)", file=sys.stderr)
         _exit_now(130)
-    except RuntimeError as error:
-        from fedsim.server_app import RunAborted
-
-        if not isinstance(error, RunAborted):
-            raise
+    except RunEnded as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -183,6 +181,10 @@ def _exit_now(code: int) -> None:
 
 
 def _leave(code: int) -> typing.NoReturn:
+    if "ray" in sys.modules:
+        from fedsim import engine
+
+        engine.end_raylet_children()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -132,6 +132,7 @@ class ClockState:
     draws: int = 0  # FedBuff: samplings of clients so far (each seeds the next)
     batches: int = 0  # FedBuff: training exchanges so far (each seeds its clients' work)
     in_flight: list[Flight] = field(default_factory=list)
+    updated_rounds: int = 0  # rounds in which some client's update reached the server
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +140,7 @@ class ClockState:
             "draws": self.draws,
             "batches": self.batches,
             "in_flight": [flight.to_dict() for flight in self.in_flight],
+            "updated_rounds": self.updated_rounds,
         }
 
     @classmethod
@@ -148,4 +150,6 @@ class ClockState:
             draws=stored.get("draws", 0),
             batches=stored.get("batches", 0),
             in_flight=[Flight.from_dict(f) for f in stored.get("in_flight", [])],
+            # a checkpoint from before this count cannot tell; it is not held against it
+            updated_rounds=stored.get("updated_rounds", 1),
         )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedsim.algorithms import ALGORITHMS, ASYNCHRONOUS, NOT_WITH_DP
+from fedsim.errors import ConfigError
 
 HUB_CIFAR10 = "uoft-cs/cifar10"
 MODELS = ("cnn", "resnet18")
@@ -25,16 +26,11 @@ DP_MODES = ("off", "server-fixed", "server-adaptive", "client-fixed")
 ATTACKS = ("sign-flip", "gaussian", "scale", "label-flip")
 NUM_CLASSES = 10
 MAX_SEED = 2**32 - 1  # numpy and torch both take it; a common bound users know
+# Beyond this a round spends no measurable privacy (ε rounds to 0) and dp-accounting's
+# Rényi accountant fails (a math domain error from about 3·10⁸)
+MAX_NOISE_MULTIPLIER = 1e6
 RAY_RESOURCE_UNIT = 1e-4  # Ray counts CPUs and GPUs in units of 1/10,000 (its FixedPoint)
 MAX_NAME = 120  # characters of a run name: room for file names under any file system's limit
-
-
-class ConfigError(ValueError):
-    """A bad option value: printed as one line, `error: <option>: <message>`."""
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(f"{option}: {message}")
-        self.option = option
 
 
 # Option roles, declared once on each field (`roles=`); the partition cache key, the
@@ -165,8 +161,9 @@ class RunConfig:
     )
     dp_noise_multiplier: float = _opt(
         1.0,
-        "noise standard deviation over the clipping norm",
-        bounds="[0, inf)",
+        "noise standard deviation over the clipping norm (> 0: without noise no privacy "
+        "can be accounted)",
+        bounds=f"(0, {MAX_NOISE_MULTIPLIER:g}]",
         applies=("dp", *DP_MODES[1:]),
     )
     dp_clipping_norm: float = _opt(
@@ -410,6 +407,10 @@ def validate_values(cfg: RunConfig) -> RunConfig:
         )
     if not cfg.data:
         raise ConfigError(flag("data"), "must not be empty")
+    if not cfg.name.isprintable():
+        raise ConfigError(
+            flag("name"), f"{cfg.name!r} must be printable (no newline or control characters)"
+        )
     if cfg.name and not _is_plain_name(cfg.name):
         raise ConfigError(
             flag("name"),
@@ -435,14 +436,17 @@ def _check_together(cfg: RunConfig) -> RunConfig:
             f"Bulyan needs 4 × {cfg.num_malicious} + 3 = {4 * cfg.num_malicious + 3} replies "
             f"a round, {per_round}; Flower's Bulyan would skip every round",
         )
+    if cfg.strategy in ("krum", "multikrum") and sampled < 2 * cfg.num_malicious + 3:
+        raise ConfigError(
+            flag("num_malicious"),
+            f"Krum needs 2 × {cfg.num_malicious} + 3 = {2 * cfg.num_malicious + 3} replies a "
+            f"round to withstand {cfg.num_malicious} malicious clients (Blanchard et al.), "
+            f"{per_round}",
+        )
     if cfg.strategy == "multikrum" and cfg.num_to_keep > sampled:
         raise ConfigError(flag("num_to_keep"), f"got {cfg.num_to_keep}, but {per_round}")
     if cfg.dp != "off" and cfg.strategy in NOT_WITH_DP:
-        raise ConfigError(
-            flag("dp"),
-            f"{cfg.strategy}'s reply is more than one model; Flower's DP wrappers clip every "
-            "array a reply holds as if it were the model",
-        )
+        raise ConfigError(flag("dp"), f"{cfg.strategy}: {NOT_WITH_DP[cfg.strategy]}")
     if cfg.dp == "server-adaptive" and cfg.dp_noise_multiplier * 10 >= sampled:
         raise ConfigError(
             flag("dp_noise_multiplier"),

@@ -10,16 +10,23 @@ instead; `ray.shutdown()` then only disconnects, and the cluster keeps running.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import math
 import os
+import select
 import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from fedsim.config import RAY_RESOURCE_UNIT, ConfigError, RunConfig, flag
+from fedsim.config import RAY_RESOURCE_UNIT, RunConfig, flag
+from fedsim.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -75,12 +82,21 @@ def _lean_local_instance() -> None:
     The switches are private (`ray._private.node.Node`), hence ray's exact pin;
     tests/test_faults.py checks that none of them runs and that actors still do.
     Ray's two agents stay: the raylet dies without them. After a kill -9 of this
-    process they would wait 60 s for the dead GCS; 3 s is enough on one machine."""
+    process they would wait 60 s for the dead GCS; 3 s is enough on one machine. And
+    Ray's processes are stopped at once (SIGKILL), not by a SIGTERM they block."""
     from ray._private.node import Node
 
     Node.start_api_server = lambda self, **kwargs: None
     Node.start_monitor = lambda self: None
     Node.start_log_monitor = lambda self: None
+    kill_all_processes = Node.kill_all_processes
+
+    def kill_at_once(self, check_alive=True, allow_graceful=False, wait=False):
+        # Ray's processes have SIGTERM blocked (RayStarter): a graceful stop would wait
+        # a second for each before the SIGKILL that ends it
+        kill_all_processes(self, check_alive=check_alive, allow_graceful=False, wait=wait)
+
+    Node.kill_all_processes = kill_at_once
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", "3")
 
 
@@ -127,7 +143,6 @@ def start_ray(cfg: RunConfig) -> None:
     else:
         _check_reachable(address)
         runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
-    on_sigterm = signal.getsignal(signal.SIGTERM)
     logging.getLogger("ray._private.worker").addFilter(_NoSigtermNotice())
     ray.init(
         address=address,
@@ -136,10 +151,6 @@ def start_ray(cfg: RunConfig) -> None:
         log_to_driver=True,
         runtime_env=runtime_env,
     )
-    if threading.current_thread() is threading.main_thread():
-        # ray.init installs a SIGTERM handler of its own in the driver (a stack dump and
-        # exit 134): put the caller's back, so `kill` stops a run as Ctrl-C does.
-        signal.signal(signal.SIGTERM, on_sigterm)
     _ray_outlives_the_engine()
 
 
@@ -367,19 +378,72 @@ def stop_ray(wait: float = 10.0) -> None:
 
     import ray
 
+    _stopping.set()
     deadline = time.monotonic() + wait
     while _winding_down:
         _winding_down.pop().join(timeout=max(0.0, deadline - time.monotonic()))
+    started = _raylet_children()
     if ray.is_initialized():
         ray.shutdown()
+    _end_processes(started)
     _SHELF.clear()
+
+
+def end_raylet_children() -> None:
+    """End at once what fedsim's private raylet started (client workers, Ray's agents),
+    as a process that leaves without stopping Ray does first. They end by themselves
+    when the raylet does, except one that is stopped (SIGSTOP, a debugger): it would
+    outlive the run for good."""
+    _stopping.set()  # the raylet ends with this process: no node was lost
+    _end_processes(_raylet_children())
+
+
+_raylet: list[int] = []  # the private instance's raylet process id, once it runs
+
+
+def _raylet_children() -> list[int]:
+    """Process ids of the raylet's children, read from /proc (none off Linux, or
+    without a private instance)."""
+    if not _raylet:
+        return []
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == _raylet[0]:  # the parent process id
+                children.append(int(stat.parent.name))
+    return children
+
+
+def _end_processes(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# Signals that stop a run: Ctrl-C; `kill`, `timeout`, systemd and Slurm's SIGTERM; a
+# closed terminal's SIGHUP (fedsim.cli handles them in the driver). Schedulers send them
+# to a whole process group (`timeout`, Slurm, a closed terminal): Ray's processes must
+# not die of them before the driver has stopped the run and recorded it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class RayStarter:
     """`start_ray` in a thread of its own, so that Ray starts (seconds) while the driver
     imports torch and loads the data; one instance serves every run of an experiment.
+
     The thread lives until Ray is stopped: Ray's processes are started with a
-    parent-death signal, which Linux sends when the *thread* that started them ends."""
+    parent-death signal, which Linux sends when the *thread* that started them ends.
+    It blocks the stop signals before it starts Ray's processes, which inherit the
+    mask: SIGTERM or SIGHUP sent to the driver's whole process group reach the driver
+    alone (Ray blocks SIGINT in them itself), and the driver stops Ray. ray.init also
+    puts a handler of Ray's own on SIGTERM in the driver (a six-line stack dump, then
+    exit 134); `cluster()`, called from the main thread, puts the caller's back.
+
+    On a private instance a watcher thread follows the raylet: if it dies under a run
+    (killed, out of memory), the driver would be ended by Ray within moments with
+    status 1 and no word, so the watcher first tells the run (`on_node_lost`), says
+    one `error:` line, and ends the process itself."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self._cfg = cfg
@@ -388,12 +452,18 @@ class RayStarter:
         self._started = False
         self._error: BaseException | None = None
         self.seconds = 0.0
+        self._handlers = (
+            {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+            if threading.current_thread() is threading.main_thread()
+            else {}
+        )
         self._thread = threading.Thread(target=self._keep, name="fedsim-ray", daemon=True)
         self._thread.start()
 
     def _keep(self) -> None:
         import time
 
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by Ray's processes
         tick = time.perf_counter()
         try:
             start_ray(self._cfg)
@@ -404,6 +474,8 @@ class RayStarter:
             self.seconds = time.perf_counter() - tick
             self._ready.set()
         if self._started:
+            if private_ray(self._cfg):
+                _watch_raylet()
             self._release.wait()
             stop_ray()
 
@@ -412,6 +484,10 @@ class RayStarter:
         error, if any, is raised."""
         while not self._ready.wait(timeout=0.1):
             pass
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in self._handlers.items():
+                if handler is not None:  # Python cannot see that Ray's replaced it: always
+                    signal.signal(sig, handler)
         if self._error is not None:
             raise self._error
         return size_clients(cfg)
@@ -421,3 +497,49 @@ class RayStarter:
         self._ready.wait(timeout=120)
         self._release.set()
         self._thread.join(timeout=30)
+
+
+# What the run under way does when the Ray node dies under it (records its status)
+_on_node_lost: list[Callable[[str], None]] = []
+
+
+@contextmanager
+def on_node_lost(record: Callable[[str], None]) -> Iterator[None]:
+    """While the body runs, `record(reason)` is called if fedsim's Ray node dies."""
+    _on_node_lost.append(record)
+    try:
+        yield
+    finally:
+        _on_node_lost.remove(record)
+
+
+_stopping = threading.Event()  # set once fedsim stops Ray itself, or the process ends
+atexit.register(_stopping.set)
+
+
+def _watch_raylet() -> None:
+    """Follow this instance's raylet from a thread; see RayStarter."""
+    import ray
+    from ray._private import ray_constants
+
+    node = ray._private.worker._global_node
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    watched = os.pidfd_open(raylet)
+    _raylet[:] = [raylet]
+    _stopping.clear()
+
+    def watch() -> None:
+        select.select([watched], [], [])  # readable once the process has ended
+        if _stopping.is_set():
+            return
+        reason = (
+            "the Ray node died under the run (its raylet ended: killed, or out of "
+            "memory); completed rounds are kept (--resume goes on)"
+        )
+        for record in list(_on_node_lost):
+            with contextlib.suppress(Exception):
+                record(reason)
+        print(f"error: {reason}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fedsim-raylet-watch", daemon=True).start()

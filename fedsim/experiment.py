@@ -1,9 +1,11 @@
 """Running an experiment: its runs one after another in `<results-dir>/<experiment>/`.
 
-Complete runs (rounds.csv holds rounds 0..rounds) are skipped and unfinished ones go on
-where they stopped, so an interrupted sweep is finished by running it again. Every
-run's data, partitions and folder are checked before the first one starts: a bad grid
-leaves nothing behind. summary.csv and the plots are redrawn at the end.
+Complete runs (config.json says so) are skipped and unfinished ones (interrupted,
+killed, failed) go on where they stopped, so an interrupted sweep is finished by running
+it again. A run that ended for a reason (aborted, diverged) is not run again but said,
+and the experiment exits 1 for it (`--resume` its folder to try again). Every run's
+data, partitions and folder are checked before the first one starts: a bad grid leaves
+nothing behind. summary.csv and the plots are redrawn at the end.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim import config, engine, plots, runner
-from fedsim.config import ConfigError, RunConfig, applies, fields, flag, with_role
+from fedsim import config, engine, lifecycle, plots, runner
+from fedsim.config import RunConfig, applies, fields, flag, with_role
 from fedsim.data import DecodedDataset, cache_root, load_cifar
+from fedsim.errors import ConfigError, RunAborted, RunEnded
 from fedsim.partition import cached_partition_indices, label_counts
 from fedsim.profiles import load_profiles
-from fedsim.server_app import RunAborted
 from fedsim.summary import CONFIG_JSON, is_complete
 from fedsim.sweep import Experiment
 
@@ -34,8 +36,9 @@ NOT_COMPARED = with_role(config.NOT_COMPARED)
 class _Planned:
     cfg: RunConfig
     folder: Path
-    state: str  # "new", "complete" or "unfinished"
+    state: str  # "new", "complete", "unfinished", or how it ended (ENDED)
     counts: pd.DataFrame  # examples of each label per client
+    reason: str = ""  # why it ended, for an ended run
 
 
 def changed_settings(cfg: RunConfig, stored: dict) -> list[str]:
@@ -51,10 +54,11 @@ def changed_settings(cfg: RunConfig, stored: dict) -> list[str]:
     ]
 
 
-def _state(cfg: RunConfig, folder: Path, data_key: str) -> str:
-    """What is in the run's folder already; a run with other settings is an error."""
-    if not folder.exists():
-        return "new"
+def _state(cfg: RunConfig, folder: Path, data_key: str) -> tuple[str, str]:
+    """What is in the run's folder already (and why it ended, if it did); a run with
+    other settings is an error. A folder fedsim left half-made is taken over."""
+    if not folder.exists() or (folder.is_dir() and lifecycle.half_made(folder)):
+        return "new", ""
     try:
         document = json.loads((folder / CONFIG_JSON).read_text())
         stored = document["config"]
@@ -73,7 +77,10 @@ def _state(cfg: RunConfig, folder: Path, data_key: str) -> str:
             f"{folder} holds a run with other settings ({'; '.join(changed)}), "
             "choose another --name (or --results-dir) for this experiment",
         )
-    return "complete" if is_complete(folder, cfg.rounds) else "unfinished"
+    status = document.get("status", "")
+    if status in runner.ENDED:
+        return status, str(document.get("error"))
+    return ("complete" if is_complete(folder, document) else "unfinished"), ""
 
 
 def _check(experiment: Experiment) -> list[_Planned]:
@@ -91,23 +98,35 @@ def _check(experiment: Experiment) -> list[_Planned]:
             label_counts(labels, parts, len(dataset.classes)), columns=list(dataset.classes)
         ).rename_axis("client")
         folder = experiment.folder / cfg.name
-        planned.append(_Planned(cfg, folder, _state(cfg, folder, dataset.key), counts))
+        state, reason = _state(cfg, folder, dataset.key)
+        planned.append(_Planned(cfg, folder, state, counts, reason))
     return planned
 
 
 def run_experiment(experiment: Experiment) -> None:
     """Run what is not complete yet, then summarise and plot. A run that aborts (every
     client failing) is reported and the sweep goes on; the exit status tells."""
+    total, failed = len(experiment.runs), []
+    print(
+        f"fedsim: experiment {experiment.folder}: {total} runs "
+        "(checking their data, partitions and folders first)",
+        flush=True,
+    )
     planned = _check(experiment)
-    total, failed = len(planned), []
-    print(f"fedsim: experiment {experiment.folder}: {total} runs", flush=True)
-    todo = [run for run in planned if run.state != "complete"]
+    todo = [run for run in planned if run.state in ("new", "unfinished")]
     ray = engine.RayStarter(todo[0].cfg) if todo else None  # one Ray for every run
     try:
         for index, run in enumerate(planned, 1):
             head = f"fedsim: run {index} of {total}: {run.cfg.name}"
             if run.state == "complete":
                 print(f"{head} is complete, skipped", flush=True)
+            elif run.state in runner.ENDED:
+                print(
+                    f"{head} ended {run.state} ({run.reason}); not run again "
+                    f"(--resume {run.folder} to try)",
+                    flush=True,
+                )
+                failed.append(run.cfg.name)
             else:
                 going_on = run.state == "unfinished"
                 print(head + (" (unfinished, going on)" if going_on else ""), flush=True)
@@ -116,7 +135,7 @@ def run_experiment(experiment: Experiment) -> None:
                         runner.resume(run.folder, ray=ray)
                     else:
                         runner.run(run.cfg, ray=ray)
-                except RunAborted as error:
+                except RunEnded as error:
                     print(f"error: {run.cfg.name}: {error}", file=sys.stderr, flush=True)
                     failed.append(run.cfg.name)
             if run.folder.is_dir():
@@ -126,4 +145,4 @@ def run_experiment(experiment: Experiment) -> None:
             ray.stop()
     plots.report(experiment.folder, experiment.runs[0].target_accuracy)  # one per experiment
     if failed:
-        raise RunAborted(f"{len(failed)} of {total} runs failed: {', '.join(failed)}")
+        raise RunAborted(f"{len(failed)} of {total} runs did not complete: {', '.join(failed)}")

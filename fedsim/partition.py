@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.config import SPLITS, ConfigError, RunConfig, flag, with_role
+from fedsim.config import SPLITS, RunConfig, flag, with_role
+from fedsim.errors import ConfigError
 
 _CACHE_VERSION = "2"
 

@@ -20,8 +20,15 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
-from fedsim.config import ConfigError
-from fedsim.summary import ROUNDS_CSV, run_folders, setting_columns, write_summary
+from fedsim.errors import ConfigError
+from fedsim.summary import (
+    ROUNDS_COLUMNS,
+    ROUNDS_CSV,
+    read_csv,
+    run_folders,
+    setting_columns,
+    write_summary,
+)
 
 LABEL_COUNTS_CSV = "label_counts.csv"
 PARTITION_SETTINGS = ("partition", "alpha", "classes_per_client", "shards_per_client")
@@ -80,7 +87,7 @@ def _save(figure: plt.Figure, path: Path) -> Path:
 
 def _curve(path: Path, x: str) -> pd.Series | None:
     """One run's central accuracy by round, or by simulated hours (None without)."""
-    frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    frame = read_csv(path, ROUNDS_COLUMNS) if path.exists() else pd.DataFrame()
     if x not in frame:
         return None
     if x == "round":
@@ -221,7 +228,7 @@ def label_distribution(folder: Path, summary: pd.DataFrame) -> Path | None:
         return None
     figure, axes = _panels(len(chosen), width=6.0)
     for index, (axis, (label, path)) in enumerate(zip(axes, chosen, strict=True)):
-        counts = pd.read_csv(path, index_col="client")
+        counts = read_csv(path, index_col="client")
         plot_label_distributions(
             _counts_partitioner(counts),
             label_name="label",
@@ -251,7 +258,7 @@ def client_accuracy_by_round(folder: Path, summary: pd.DataFrame) -> Path | None
         path = folder / run / CLIENTS_CSV
         if not path.exists():
             continue
-        clients = pd.read_csv(path)
+        clients = read_csv(path, ("round", "phase", "status", "accuracy"))
         evaluated = clients[(clients["phase"] == "evaluate") & (clients["status"] == "ok")]
         if not evaluated.empty:
             panels.append((label, evaluated.groupby("round")["accuracy"]))
@@ -287,7 +294,7 @@ def accuracy_vs_megabytes(folder: Path, summary: pd.DataFrame) -> Path:
         path = folder / run / ROUNDS_CSV
         if not path.exists():
             continue
-        rounds = pd.read_csv(path)
+        rounds = read_csv(path, ROUNDS_COLUMNS)
         megabytes = (rounds["bytes_down"] + rounds["bytes_up"]).cumsum() / 1e6
         axis.plot(megabytes, rounds["central_accuracy"], marker=".", label=label or run)
     axis.set(xlabel="megabytes communicated (down + up, all clients)", ylabel="central accuracy")

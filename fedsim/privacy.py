@@ -26,7 +26,6 @@ Flower's clipping and noise, but the epsilon does not describe them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -54,29 +53,23 @@ class Accountant:
 
         self.clients, self.sampled, self.delta = clients, sampled, delta
         self._rdp = rdp.RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
-        self._unbounded = False  # a round without noise: no finite guarantee
 
     def spend(self, noise_multiplier: float) -> None:
         """One released round of a Gaussian mechanism with this multiplier (noise standard
-        deviation over the replace-one sensitivity)."""
+        deviation over the replace-one sensitivity; > 0, fedsim.config's bounds)."""
         from dp_accounting import dp_event
 
-        if noise_multiplier <= 0:
-            self._unbounded = True
-            return
         gaussian = dp_event.GaussianDpEvent(noise_multiplier)
         self._rdp.compose(
             dp_event.SampledWithoutReplacementDpEvent(self.clients, self.sampled, gaussian)
         )
 
     def epsilon(self) -> float:
-        return math.inf if self._unbounded else float(self._rdp.get_epsilon(self.delta))
+        return float(self._rdp.get_epsilon(self.delta))
 
 
 def _combined(*multipliers: float) -> float:
     """Gaussian mechanisms released together are one, with 1/z² = Σ 1/z_j²."""
-    if any(z <= 0 for z in multipliers):
-        return 0.0
     return sum(z**-2 for z in multipliers) ** -0.5
 
 

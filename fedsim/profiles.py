@@ -27,7 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedsim.config import ConfigError, RunConfig, flag
+from fedsim.config import RunConfig, flag
+from fedsim.errors import ConfigError
 
 MEDIAN_EXAMPLES_PER_SECOND = 1 / (0.005 * math.e)  # 73.6: FedScale's median device
 MEDIAN_DOWN_MBPS = 55.07  # Speedtest Global Index, mobile download, July 2021
@@ -37,6 +38,9 @@ BANDWIDTH_SIGMA = 1.0  # a choice, no measurement: about 13th to 87th percentile
 LOGNORMAL = "lognormal"
 PROFILES_STREAM = 0x70726F66  # seeds the lognormal draws apart from every other draw
 COLUMNS = ("client", "examples_per_second", "down_mbps", "up_mbps", "online")
+# The slowest speed or bandwidth a profile may give: one example (or Mbit) in 31.7
+# years; below it the simulated clock's seconds lose all meaning, then overflow
+MIN_RATE = 1e-9
 
 Interval = tuple[float, float]  # [start, end) in simulated seconds
 
@@ -117,7 +121,7 @@ def read_profiles_csv(path: str, clients: int) -> Profiles:
     """A profiles file: a header naming COLUMNS, then one row per listed client.
     Clients not listed are the median device, always online."""
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # Excel's "CSV UTF-8"
             reader = csv.reader(handle)
             rows = [(reader.line_num, row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
@@ -130,6 +134,8 @@ def read_profiles_csv(path: str, clients: int) -> Profiles:
         raise _error(where, f"missing column(s) {', '.join(missing)} (need {', '.join(COLUMNS)})")
     if unknown := [name for name in header if name not in COLUMNS]:
         raise _error(where, f"unknown column {unknown[0]!r} (columns: {', '.join(COLUMNS)})")
+    if twice := sorted({name for name in header if header.count(name) > 1}):
+        raise _error(where, f"column {twice[0]!r} appears twice")
     profiles = median_profiles(clients)
     online: dict[int, tuple[Interval, ...]] = {}
     seen: dict[int, int] = {}
@@ -162,12 +168,16 @@ def _client(text: str, clients: int, where: str) -> int:
 
 
 def _positive(name: str, text: str, where: str) -> float:
+    """A speed or bandwidth: positive, finite, and not so small that the simulated
+    seconds it gives overflow (a subnormal such as 1e-320 has an infinite inverse)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise _error(where, f"{name} must be a positive number, got {text!r}")
+    if value < MIN_RATE:
+        raise _error(where, f"{name} must be at least {MIN_RATE:g}, got {text!r}")
     return value
 
 

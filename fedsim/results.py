@@ -6,6 +6,7 @@ callback and knows nothing about files; the writers know nothing about each othe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -26,6 +27,7 @@ from flwr.app import ArrayRecord
 
 from fedsim import protocol
 from fedsim.config import RunConfig
+from fedsim.errors import ConfigError, OutputFailed
 
 CSV_COLUMNS = (
     "round",
@@ -170,13 +172,40 @@ class Timings:
 
 def atomic_write(path: Path, write: Callable[[IO], Any], text: bool = False) -> None:
     """Write to a temporary file, fsync, then rename over `path`: readers (and a crash)
-    see the old file or the new one, never half of one."""
+    see the old file or the new one, never half of one. A write that fails (a full
+    disk, the folder removed) leaves no temporary file and raises OutputFailed."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w" if text else "wb", newline="" if text else None) as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w" if text else "wb", newline="" if text else None) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except Exception as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        # torch.save reports a full disk as a RuntimeError raised while handling it
+        cause = error if isinstance(error, OSError) else error.__context__
+        if isinstance(cause, OSError):
+            raise unwritable(path, cause) from None
+        raise
+
+
+def check_writable(option: str, folder: Path) -> None:
+    """The nearest existing folder on the way to `folder` must be a writable folder
+    (checked before a run writes anything, so bad input leaves nothing behind)."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(option, f"{folder} cannot be written (check {existing})")
+
+
+def unwritable(path: Path, error: OSError) -> OutputFailed:
+    """Why a result file could not be written, in one line."""
+    if not path.parent.is_dir():
+        return OutputFailed(f"{path.parent} was removed while the run was going")
+    return OutputFailed(f"cannot write {path}: {error.strerror or error}")
 
 
 class RoundCallback(Protocol):
@@ -197,9 +226,12 @@ class _CsvFile:
             self.write([list(columns)])
 
     def write(self, rows: list[list[str]]) -> None:
-        self._writer.writerows(rows)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._writer.writerows(rows)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as error:
+            raise unwritable(self.path, error) from None
 
     def close(self) -> None:
         self._file.close()

@@ -30,8 +30,9 @@ from fedsim.checkpoint import (
 from fedsim.client_app import ClientData, MappedData, RayObjectData, build_client_app
 from fedsim.clients import ClientStates
 from fedsim.clock import ClockState
-from fedsim.config import ConfigError, RunConfig, flag, validate
+from fedsim.config import RunConfig, flag, validate
 from fedsim.data import DecodedDataset, cache_root, load_cifar
+from fedsim.errors import ConfigError, Diverged, RunAborted
 from fedsim.partition import Partitions, cached_partition_indices
 from fedsim.profiles import Profiles, load_profiles
 from fedsim.results import (
@@ -45,6 +46,8 @@ from fedsim.results import (
 )
 from fedsim.server_app import FederatedLoop, Transport, build_server_app, nodes_needed
 
+# statuses of runs that ended for a reason, kept by --resume unless it trains further
+ENDED = {kind.status: kind for kind in (RunAborted, Diverged)}
 ROUNDS_CSV = "rounds.csv"
 CLIENTS_CSV = "clients.csv"
 CONFIG_JSON = lifecycle.CONFIG_JSON
@@ -81,6 +84,7 @@ class RunInputs:
 def _prepare(cfg: RunConfig, started: float) -> RunInputs:
     timings = Timings(imports=time.perf_counter() - started)
     profiles = load_profiles(cfg)  # a bad profiles file is refused before the data loads
+    tracking.check(cfg)
     tick = time.perf_counter()
     dataset = load_cifar(cfg.data, cache_root())
     timings.data_load = time.perf_counter() - tick
@@ -116,8 +120,8 @@ def run(
     try:
         inputs = _prepare(cfg, started)
         cluster = _wait_for_ray(ray, inputs)
-        run_dir = lifecycle.claim_run_dir(cfg)
-        return _execute(inputs, run_dir, started, cluster, None)
+        with lifecycle.claimed_run_dir(cfg) as run_dir:
+            return _execute(inputs, run_dir, started, cluster, None)
     finally:
         if owned and not (exiting and engine.private_ray(cfg)):
             ray.stop()
@@ -131,36 +135,65 @@ def resume(
 ) -> Path:
     """Go on with an interrupted run from its last checkpoint (optionally to more rounds).
     A run whose rounds were all done but whose bookkeeping was cut short (killed before
-    its final status and model.pt) gets them, without running anything again."""
+    its final status and model.pt) gets them, without running anything again; one that
+    ended for a reason (aborted, diverged) keeps its status unless more rounds are asked
+    for. Nothing in the folder changes before the run can go on."""
     started = started or time.perf_counter()
+    lifecycle.check_results_dir(run_dir)
+    with lifecycle.locked(run_dir, "--resume"):
+        document, cfg = _stored(run_dir)
+        if rounds is not None:
+            cfg = validate(cfg.replace(rounds=rounds))
+        checkpoint = None
+        if (run_dir / CHECKPOINT).exists():
+            checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+            _check_algorithm(cfg, checkpoint, run_dir)
+            if checkpoint.round >= cfg.rounds:
+                _finish_bookkeeping(run_dir, cfg, document, checkpoint)
+                return run_dir
+        owned = ray is None
+        ray = ray or engine.RayStarter(cfg)
+        try:
+            inputs = _prepare(cfg, started)
+            return _execute(inputs, run_dir, started, _wait_for_ray(ray, inputs), checkpoint)
+        finally:
+            if owned:
+                ray.stop()
+
+
+def _stored(run_dir: Path) -> tuple[dict, RunConfig]:
+    """config.json of a run folder, and its config validated again."""
     try:
         document = json.loads((run_dir / CONFIG_JSON).read_text())
-        cfg = validate(RunConfig(**document["config"]))
+        return document, validate(RunConfig(**document["config"]))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError("--resume", f"{run_dir} is not a fedsim run folder ({error})") from None
-    if rounds is not None:
-        cfg = validate(cfg.replace(rounds=rounds))
-    lifecycle.check_results_dir(run_dir)
-    checkpoint = None
-    if (run_dir / CHECKPOINT).exists():
-        checkpoint = load_checkpoint(run_dir / CHECKPOINT)
-        if checkpoint.round >= cfg.rounds:
-            _finish_bookkeeping(run_dir, cfg, document, checkpoint)
-            return run_dir
-    owned = ray is None
-    ray = ray or engine.RayStarter(cfg)
-    try:
-        inputs = _prepare(cfg, started)
-        return _execute(inputs, run_dir, started, _wait_for_ray(ray, inputs), checkpoint)
-    finally:
-        if owned:
-            ray.stop()
+
+
+def _check_algorithm(cfg: RunConfig, checkpoint: Checkpoint, run_dir: Path) -> None:
+    """The checkpoint's strategy must be the one the run's config builds (a checkpoint
+    copied from another run would resume the wrong algorithm)."""
+    expected = type(privacy.wrap(cfg, algorithms.build(cfg).strategy())).__name__
+    found = type(checkpoint.strategy).__name__
+    if found != expected:
+        raise ConfigError(
+            "--resume",
+            f"{run_dir / CHECKPOINT} holds a {found} strategy, but config.json's run "
+            f"({cfg.strategy}, --dp {cfg.dp}) uses {expected}: it is another run's checkpoint",
+        )
 
 
 def _finish_bookkeeping(
     run_dir: Path, cfg: RunConfig, document: dict, checkpoint: Checkpoint
 ) -> None:
-    if document.get("status") == "complete" and (run_dir / MODEL).exists():
+    status = document.get("status")
+    if status in ENDED:
+        raise ENDED[status](
+            f"{run_dir} ended {status} after round {checkpoint.round} ({document.get('error')}); "
+            f"it has nothing left to resume (--resume with --rounds more than "
+            f"{checkpoint.round} trains further)"
+        )
+    if status == "complete" and (run_dir / MODEL).exists():
         print(f"fedsim: {run_dir} is already complete ({checkpoint.round} rounds)")
         return
     _truncate(run_dir, checkpoint.round)
@@ -209,7 +242,7 @@ def _execute(
     print(_announce(cfg, run_dir, cluster, checkpoint.round if checkpoint else None), flush=True)
     transport = Transport(cluster.concurrent_clients, cfg.clients_per_message)
     loop = build_loop(inputs, run_dir, checkpoint, transport, status.failures)
-    with status.running(started):
+    with status.running(started), engine.on_node_lost(status.fail):
         try:
             engine.run_simulation(
                 build_server_app(loop),
@@ -272,13 +305,14 @@ def build_loop(
     else:
         strategy, arrays = checkpoint.strategy, checkpoint.arrays
         states, clock = checkpoint.states, checkpoint.clock
+    trackers = tracking.trackers(cfg, run_dir)  # before any file: one may still refuse
     callbacks = [
         CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV, inputs.timings),
         Checkpointer(run_dir / CHECKPOINT, strategy, states, clock),
         ProgressPrinter(cfg.rounds),
         failures,
         ModelSaver(run_dir / MODEL),
-        *tracking.trackers(cfg, run_dir),
+        *trackers,
     ]
     parts = inputs.partitions
     return FederatedLoop(

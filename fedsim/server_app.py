@@ -22,6 +22,7 @@ import math
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,28 +37,13 @@ from fedsim.algorithms import ASYNCHRONOUS
 from fedsim.clients import ClientStates
 from fedsim.clock import ClockState, round_end, sample_size, time_clients
 from fedsim.config import RunConfig, sample_count
+from fedsim.errors import Diverged, RunAborted, RunEnded, RunStopped
 from fedsim.profiles import Profiles, median_profiles
 from fedsim.protocol import BundleInfo, ClientOutcome, ClientTask
 from fedsim.results import ClientRecord, RoundCallback, RoundRecord, Timings
 
 CentralEvaluate = Callable[[ArrayRecord], tuple[float, float]]
 PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate"}
-
-
-class RunAborted(RuntimeError):
-    """The run cannot go on (every client failing, nodes never showing up)."""
-
-    status = "aborted"  # what config.json says
-
-
-class Diverged(RunAborted):
-    """The model's loss became NaN or infinite: nothing after it can be trusted."""
-
-    status = "diverged"
-
-
-class RunStopped(RuntimeError):
-    """The driver asked the loop to stop (Ctrl-C); completed rounds are on disk."""
 
 
 POLL_SECONDS = 0.02  # how often the loop looks for replies (Flower's own grid waits 0.1 s)
@@ -271,17 +257,22 @@ class FederatedLoop:
                     round=0, central_loss=loss, central_accuracy=accuracy, sim_clock=self.clock.now
                 )
             )
-        failed_in_a_row = 0
+        without: list[RoundRecord] = []  # the latest rounds in a row without an update
         for server_round in range((self.completed or 0) + 1, self.cfg.rounds + 1):
             record = self._round(grid, server_round)
-            failed_in_a_row = failed_in_a_row + 1 if record.train_loss is None else 0
             _check_finite(record)  # a diverged round is not kept: resume starts before it
+            if record.clients_aggregated:
+                self.clock.updated_rounds += 1
+                without = []
+            else:
+                without.append(record)
             self._emit(record)
-            if failed_in_a_row >= self.cfg.max_failed_rounds:
-                raise RunAborted(
-                    f"every sampled client failed in {failed_in_a_row} rounds in a row "
-                    f"(--max-failed-rounds {self.cfg.max_failed_rounds})"
-                )
+            if len(without) >= (most := self.cfg.max_failed_rounds):
+                where = f"{len(without)} rounds in a row (--max-failed-rounds {most})"
+                raise RunAborted(no_updates(without, where, self.cfg.deadline))
+        if not self.clock.updated_rounds:
+            where = f"all {self.cfg.rounds} rounds (the model is the initial one)"
+            raise RunAborted(no_updates(without, where, self.cfg.deadline))
         for callback in self.callbacks:
             callback.on_run_end(self.arrays)
 
@@ -544,8 +535,24 @@ def _metric(metrics, name: str) -> float | None:
     return float(metrics[name])
 
 
+def no_updates(records: Sequence[RoundRecord], where: str, deadline: float | None) -> str:
+    """Why no update reached the server in `records`, in clients.csv's words: "every
+    sampled client failed" when they all failed, timed out or dropped out; else each
+    status with its count (stragglers came after --deadline, or were over-selected)."""
+    counts = Counter(c.status for r in records for c in r.clients if c.phase == "train")
+    if set(counts) <= set(protocol.FAILURES):
+        return f"every sampled client failed in {where}"
+    said = ", ".join(f"{status} for {n}" for status, n in sorted(counts.items()))
+    hint = ""
+    if counts[protocol.STRAGGLER] and deadline is not None:
+        hint = f"; --deadline {deadline:g} simulated seconds is shorter than their rounds"
+    return f"no update reached the server in {where}: clients.csv says {said}{hint}"
+
+
 def _check_finite(record: RoundRecord) -> None:
-    """A diverged model (NaN or infinite loss) cannot recover: stop at the first one."""
+    """A diverged model (NaN or infinite loss) cannot recover: stop at the first one.
+    The simulated clock and the privacy spent are finite by the options' bounds; should
+    one not be, the run says so rather than write it."""
     for name in ("train_loss", "eval_loss", "central_loss"):
         value = getattr(record, name)
         if value is not None and not math.isfinite(value):
@@ -553,6 +560,10 @@ def _check_finite(record: RoundRecord) -> None:
                 f"the model diverged in round {record.round}: {name} is {value} "
                 "(try a smaller --lr); the rounds before it are kept"
             )
+    for name in ("sim_clock", "dp_epsilon"):
+        value = getattr(record, name)
+        if value is not None and not math.isfinite(value):
+            raise RunEnded(f"{name} is {value} in round {record.round}: it cannot be computed")
 
 
 def build_server_app(loop: FederatedLoop) -> ServerApp:

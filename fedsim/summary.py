@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedsim.config import WHERE, RunConfig, applies, fields, with_role
+from fedsim.errors import ConfigError
 
 SUMMARY_CSV = "summary.csv"
 ROUNDS_CSV = "rounds.csv"
@@ -23,6 +24,7 @@ METRICS = (
     "best_accuracy",
     "rounds_done",
     "complete",
+    "status",
     "total_seconds",
     "seconds_per_round",
     "clients_failed",
@@ -33,6 +35,42 @@ METRICS = (
     "sim_seconds_to_target",
 )
 MB = 1e6
+# the rounds.csv columns the summary and the plots read
+ROUNDS_COLUMNS = ("round", "central_accuracy", "round_seconds", "clients_failed")
+ROUNDS_COLUMNS += ("bytes_down", "bytes_up")
+
+
+PLOT = "--plot"  # the option whose folder holds the results read here
+
+
+def read_csv(path: Path, columns: tuple[str, ...] = (), **options) -> pd.DataFrame:
+    """A CSV a run wrote, with at least `columns`; one that is not (garbage, empty,
+    binary, another program's) is a ConfigError naming the file, not a traceback."""
+    try:
+        frame = pd.read_csv(path, **options)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise ConfigError(
+            PLOT, f"{path} is not a CSV fedsim wrote ({_first_line(error)})"
+        ) from None
+    if missing := [c for c in columns if c not in frame.columns]:
+        raise ConfigError(PLOT, f"{path} is not a CSV fedsim wrote (no {', '.join(missing)})")
+    return frame
+
+
+def read_config(run_dir: Path) -> tuple[dict, RunConfig]:
+    """A run's config.json and its RunConfig; a damaged one is a ConfigError."""
+    path = run_dir / CONFIG_JSON
+    try:
+        document = json.loads(path.read_text())
+        return document, RunConfig(**document["config"])
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
+        message = f"{path} is not a config.json fedsim wrote ({_first_line(error)})"
+        raise ConfigError(PLOT, message) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def completed_rounds(run_dir: Path) -> list[int]:
@@ -40,12 +78,17 @@ def completed_rounds(run_dir: Path) -> list[int]:
     path = run_dir / ROUNDS_CSV
     if not path.exists() or path.stat().st_size == 0:
         return []
-    return pd.read_csv(path, usecols=["round"])["round"].tolist()
+    return read_csv(path, ("round",))["round"].tolist()
 
 
-def is_complete(run_dir: Path, rounds: int) -> bool:
-    """A run is complete when its rounds.csv has exactly the rows 0..rounds."""
-    return completed_rounds(run_dir) == list(range(rounds + 1))
+def is_complete(run_dir: Path, document: dict) -> bool:
+    """A run is complete when its config.json says so and its rounds.csv has exactly
+    the rows 0..rounds (a run that ended aborted or was killed is not, whatever its
+    row count)."""
+    rounds = document["config"]["rounds"]
+    return document.get("status") == "complete" and completed_rounds(run_dir) == list(
+        range(rounds + 1)
+    )
 
 
 def run_folders(folder: Path) -> list[Path]:
@@ -69,7 +112,8 @@ def _last(frame: pd.DataFrame, column: str) -> float | None:
 
 def _row(run_dir: Path, cfg: RunConfig, document: dict, target: float | None) -> dict:
     rounds_path = run_dir / ROUNDS_CSV
-    frame = pd.read_csv(rounds_path) if rounds_path.exists() else pd.DataFrame()
+    written = rounds_path.exists() and rounds_path.stat().st_size > 0
+    frame = read_csv(rounds_path, ROUNDS_COLUMNS) if written else pd.DataFrame()
     trained = frame[frame["round"] > 0] if len(frame) else frame
     accuracy = frame["central_accuracy"] if len(frame) else pd.Series(dtype=float)
     communicated = frame[["bytes_down", "bytes_up"]].to_numpy().sum() if len(frame) else 0
@@ -77,7 +121,8 @@ def _row(run_dir: Path, cfg: RunConfig, document: dict, target: float | None) ->
         "final_accuracy": accuracy.iloc[-1] if len(accuracy) else None,
         "best_accuracy": accuracy.max() if len(accuracy) else None,
         "rounds_done": int(frame["round"].iloc[-1]) if len(frame) else 0,
-        "complete": is_complete(run_dir, cfg.rounds),
+        "complete": is_complete(run_dir, document),
+        "status": document.get("status"),
         "total_seconds": document.get("timings_seconds", {}).get("total"),
         "seconds_per_round": trained["round_seconds"].mean() if len(trained) else None,
         "clients_failed": int(trained["clients_failed"].sum()) if len(trained) else 0,
@@ -95,8 +140,8 @@ def summarize(folder: Path, target: float | None = None) -> pd.DataFrame:
     target accuracy is to `target`, else to each run's own --target-accuracy."""
     runs = []
     for run_dir in run_folders(folder):
-        document = json.loads((run_dir / CONFIG_JSON).read_text())
-        runs.append((run_dir, RunConfig(**document["config"]), document))
+        document, cfg = read_config(run_dir)
+        runs.append((run_dir, cfg, document))
     settings = [
         f.name
         for f in fields()

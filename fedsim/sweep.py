@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ ALIASES = {
     "seeds": "seed",
 }
 ONE_VALUE = with_role(FIXED)  # the same for every run
+MAX_RUNS = 10_000  # runs one experiment may hold
 _FIELDS = {f.name: f for f in fields()}
 
 
@@ -129,9 +131,23 @@ def load_experiment(path: Path) -> list[Grid]:
 # ---- the grid as runs ------------------------------------------------------------------
 
 
+def size(grids: Sequence[Grid]) -> int:
+    """How many combinations the grids hold (before equal runs are merged)."""
+    return sum(math.prod(len(values) for values in grid.values()) for grid in grids)
+
+
+def _check_size(grids: Sequence[Grid]) -> None:
+    if (count := size(grids)) > MAX_RUNS:
+        raise ConfigError(
+            "grid", f"holds {count:,} runs, more than {MAX_RUNS:,} in one experiment; sweep fewer"
+        )
+
+
 def expand(grids: Sequence[Grid]) -> list[RunConfig]:
     """One validated RunConfig per combination of each grid's values (defaults fill the
-    options a grid leaves out), grid after grid."""
+    options a grid leaves out), grid after grid; a grid of more than MAX_RUNS is refused
+    before any is made (a product of long lists would plan for minutes)."""
+    _check_size(grids)
     configs = []
     for grid in grids:
         choices = {name: grid.get(name, [default(name)]) for name in _FIELDS}
@@ -177,6 +193,7 @@ def plan(file_grids: Sequence[Grid], given: Grid, default_name: str | None) -> E
     them. Runs are named from what the file (or a command-line list) sweeps, so narrowing
     a sweep on the command line (`--partition iid`) keeps the names of the full grid."""
     grids = _narrow(file_grids, given)
+    _check_size(grids)
     varied = {*swept(file_grids), "seed", *(n for n, values in given.items() if len(values) > 1)}
     labelled = [name for name in _FIELDS if name in varied and name not in ONE_VALUE]
     name = grids[0].get("name", [""])[0] or default_name or _sweep_name(given)
@@ -215,13 +232,15 @@ def _holds(grid: Grid, name: str, values: list[Any]) -> bool:
 
 
 def _sweep_name(given: Grid) -> str:
-    lists = [n for n, values in given.items() if len(values) > 1]
-    return "_".join(
-        [
-            "sweep",
-            *(f"{n.replace('_', '-')}-{'-'.join(shown(n, v) for v in given[n])}" for n in lists),
-        ]
-    )
+    """`sweep_clients-2-4-8`: the options the command line sweeps, with their values (a
+    long list by its length, `seed-100-values`, so that the name stays a folder name)."""
+    parts = ["sweep"]
+    for name, values in given.items():
+        if len(values) > 1:
+            shown_values = [shown(name, v) for v in values]
+            listed = shown_values if len(values) <= 4 else [f"{len(values)}", "values"]
+            parts.append("-".join([name.replace("_", "-"), *listed]))
+    return "_".join(parts)
 
 
 def plan_from(experiment_file: str | None, given: Grid) -> Experiment | None:

@@ -23,13 +23,47 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fedsim.config import ConfigError, RunConfig, flag
-from fedsim.results import CSV_COLUMNS, RoundRecord
+from fedsim.config import RunConfig, flag
+from fedsim.errors import ConfigError
+from fedsim.results import CSV_COLUMNS, RoundRecord, check_writable
 
 INSTALL = 'pip install "fedsim[tracking]"'
 EXPERIMENT = "fedsim"  # the MLflow experiment every run goes to
 RUN_DIR_TAG = "fedsim.run_dir"  # MLflow run tag: the run folder, to find a run's MLflow runs
 METRICS = tuple(c for c in CSV_COLUMNS if c != "round")  # the step is the round
+
+
+def check(cfg: RunConfig) -> None:
+    """What can be known of the trackers' targets before the run folder is claimed: the
+    packages import, a folder can be written, a tracking server answers."""
+    if cfg.tensorboard:
+        _tensorboard_writer()
+        check_writable(flag("tensorboard"), Path(cfg.tensorboard))
+    if cfg.mlflow:
+        _mlflow()
+        uri = cfg.mlflow
+        if len(urlparse(uri).scheme) <= 1:  # a folder (a Windows drive letter is a path)
+            check_writable(flag("mlflow"), Path(uri).expanduser())
+        _check_server(uri)
+
+
+def _tensorboard_writer() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(
+            flag("tensorboard"), f"needs the tensorboard package: {INSTALL}"
+        ) from None
+    return SummaryWriter
+
+
+def _mlflow() -> tuple[Any, Any, Any]:
+    try:
+        import mlflow
+        from mlflow.entities import Metric, Param
+    except ImportError:
+        raise ConfigError(flag("mlflow"), f"needs the mlflow package: {INSTALL}") from None
+    return mlflow, Metric, Param
 
 
 def trackers(cfg: RunConfig, run_dir: Path) -> list[Any]:
@@ -73,13 +107,7 @@ class TensorBoardTracker:
     number as a scalar, flushed every round."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError(
-                flag("tensorboard"), f"needs the tensorboard package: {INSTALL}"
-            ) from None
-        self._summary_writer = SummaryWriter
+        self._summary_writer = _tensorboard_writer()
         self.cfg = cfg
         self.log_dir = _make_folder("tensorboard", Path(cfg.tensorboard) / run_dir.name)
         self._writer: Any = None  # opened at the first round, which it purges from
@@ -123,11 +151,7 @@ class MlflowTracker:
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
-        try:
-            import mlflow
-            from mlflow.entities import Metric, Param
-        except ImportError:
-            raise ConfigError(flag("mlflow"), f"needs the mlflow package: {INSTALL}") from None
+        mlflow, Metric, Param = _mlflow()
         self._metric = Metric
         self.uri = mlflow_uri(cfg.mlflow)
         _check_server(self.uri)

@@ -134,8 +134,21 @@ def start_run():
 
 
 def leftovers(ray_tmp: Path) -> list[str]:
-    found = subprocess.run(["pgrep", "-af", str(ray_tmp)], capture_output=True, text=True)
-    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
+    """`pid command` of every live process of the run started with this Ray temp folder:
+    Ray's own processes name it on their command line; its workers, which rename
+    themselves (`ray::ClientAppActor.run`), have it in their environment."""
+    marker = f"RAY_TMPDIR={ray_tmp}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            environment = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and (str(ray_tmp) in command or marker in environment.split(b"\0")):
+            found.append(f"{proc.name} {command}")
+    return found
 
 
 def wait_for_rounds(csv_path: Path, rounds: int, process: subprocess.Popen, limit: float = 180):

@@ -106,6 +106,13 @@ def test_profiles_file_availability_and_defaults(tmp_path) -> None:
     assert [nobody.next_online(t) for t in (5, 10, 17, 20, 40)] == [5, 15, 17, 30, None]
 
 
+def test_a_profiles_file_saved_by_excel_is_read(tmp_path) -> None:
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark."""
+    path = tmp_path / "excel.csv"
+    path.write_text("\ufeff" + HEADER + "1,100,8,4,\n", encoding="utf-8")
+    assert read_profiles_csv(str(path), 2).of(1) == (100, 8, 4)
+
+
 def test_lognormal_profiles_are_seeded_and_centred_on_the_medians() -> None:
     cfg = RunConfig(clients=2000, profiles="lognormal")
     first, again = load_profiles(cfg), load_profiles(cfg)
@@ -130,6 +137,8 @@ BAD_FILES = [
     (HEADER + "0,1,1,1,10-5\n", "line 2: online '10-5' is not start-end intervals"),
     (HEADER + "0,1,1,1,0-5;x\n", "line 2: online '0-5;x' is not start-end intervals"),
     (HEADER + "0,1,1\n", "line 2: 3 cells, the header has 5"),
+    (HEADER + "0,1e-320,1,1,\n", "line 2: examples_per_second must be at least 1e-09"),
+    (HEADER.replace("online", "online,up_mbps") + "0,1,1,1,,2\n", "'up_mbps' appears twice"),
     ("", "is empty; the first line must name the columns"),
 ]
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from fedsim import data
-from fedsim.config import ConfigError
 from fedsim.data import DataError, load_cifar
+from fedsim.errors import ConfigError
 from tests.conftest import run_cli, write_cifar_batches
 
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")

@@ -156,21 +156,24 @@ def test_clients_without_held_out_examples_are_not_evaluated(tiny_cifar, tmp_pat
 
 
 def test_runs_named_alike_get_folders_of_their_own(tmp_path) -> None:
-    from fedsim.config import ConfigError, RunConfig
-    from fedsim.lifecycle import claim_run_dir
+    from fedsim.config import RunConfig
+    from fedsim.errors import ConfigError
+    from fedsim.lifecycle import claimed_run_dir
 
     cfg = RunConfig(results_dir=str(tmp_path))
-    first, second = claim_run_dir(cfg), claim_run_dir(cfg)  # the same second, the same name
-    assert first != second and second.name.startswith(first.name)
+    with claimed_run_dir(cfg) as first, claimed_run_dir(cfg) as second:  # the same second
+        assert first != second and second.name.startswith(first.name)
+        (first / "config.json").write_text("{}")  # a run began in it: the folder stays
     named = cfg.replace(name="mine")
-    claim_run_dir(named)
-    with pytest.raises(ConfigError, match=r"--name: .* already exists"):
-        claim_run_dir(named)
+    with claimed_run_dir(named) as mine:
+        (mine / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"--name: .* already exists"), claimed_run_dir(named):
+        pass
 
 
 def test_resume_skips_torn_or_foreign_lines(tmp_path) -> None:
     from fedsim.checkpoint import truncate_rows
-    from fedsim.config import ConfigError
+    from fedsim.errors import ConfigError
 
     path = tmp_path / "rounds.csv"
     path.write_text("round,a\n0,1\n1,2\ngarbage\x00\n2,3,4\n3,\n")

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 
 from fedsim import flower_app
-from fedsim.config import ConfigError, RunConfig, fields
+from fedsim.config import RunConfig, fields
+from fedsim.errors import ConfigError
 from tests.conftest import ROOT
 from tests.services import LOOPBACK_ONLY, Services, free_port, wait_for
 

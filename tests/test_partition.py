@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.config import ConfigError, RunConfig
+from fedsim.config import RunConfig
+from fedsim.errors import ConfigError
 from fedsim.partition import (
     cached_partition_indices,
     held_out_count,

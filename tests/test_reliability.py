@@ -48,6 +48,8 @@ BAD_INPUT = [
     (["--cpus-per-client", "64"], "--cpus-per-client: got 64, but Ray has 2 CPUs"),
     (["--ray-address", "127.0.0.1:9"], "--ray-address: 127.0.0.1:9 does not answer"),
     (["--resume", "/x", "--lr", "1"], "--resume: takes a run folder and at most --rounds; drop"),
+    (["--tensorboard", "/dev/null/tb"], "--tensorboard: /dev/null/tb cannot be written"),
+    (["--mlflow", "/dev/null/ml"], "--mlflow: /dev/null/ml cannot be written"),
 ]
 
 
@@ -61,6 +63,59 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tiny_cifar, tmp_path) -
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert message in lines[0]
     assert not results.exists()
+
+
+REFUSED = [  # values that used to pass validation and fail later (issue 25)
+    (["--name", "a\nb"], "--name: 'a\\nb' must be printable (no newline"),
+    (["--dp", "server-fixed", "--dp-noise-multiplier", "1e300"], "must be in (0, 1e+06]"),
+    (["--dp", "server-fixed", "--dp-noise-multiplier", "0"], "must be in (0, 1e+06]"),
+    (["--strategy", "krum", "--clients", "4", "--num-malicious", "1"], "2 × 1 + 3 = 5 replies"),
+    (["--strategy", "multikrum", "--clients", "6", "--num-malicious", "2"], "2 × 2 + 3 = 7"),
+    (["--strategy", "fedbuff", "--dp", "server-fixed"], "--dp: fedbuff: its updates arrive"),
+    (["--gpus-per-client", "0.00001"], "Ray's smallest share is 0.0001"),
+    (
+        ["--clients", ",".join(map(str, range(2, 103))), "--seed", ",".join(map(str, range(100)))],
+        "grid: holds 10,100 runs, more than 10,000",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), REFUSED, ids=[m for _, m in REFUSED])
+def test_values_a_run_cannot_compute_are_refused(args, message, tmp_path, capsys) -> None:
+    from fedsim.cli import main
+
+    results = tmp_path / "results"
+    assert main([*args, "--results-dir", str(results)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not results.exists()
+
+
+@pytest.mark.parametrize(
+    ("file", "content"),
+    [
+        ("rounds.csv", b"garbage\x00,\n\x01\x02"),
+        ("rounds.csv", b"round\n0\n"),
+        ("rounds.csv", bytes(range(256)) * 4),
+        ("config.json", b"{not json"),
+    ],
+    ids=["garbage-rounds", "foreign-rounds", "binary-rounds", "garbage-config"],
+)
+def test_plot_on_files_fedsim_did_not_write_is_one_line(file, content, tmp_path, capsys) -> None:
+    import json
+
+    from fedsim.cli import main
+    from fedsim.config import RunConfig
+
+    run_dir = tmp_path / "experiment" / "run"
+    run_dir.mkdir(parents=True)
+    document = {"status": "complete", "config": RunConfig().as_dict()}
+    (run_dir / "config.json").write_text(json.dumps(document))
+    (run_dir / file).write_bytes(content)
+    assert main(["--plot", str(tmp_path / "experiment")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --plot: "), lines
+    assert f"{run_dir / file} is not a" in lines[0], lines
 
 
 def test_bad_data_folders(tmp_path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.config import ConfigError, RunConfig
+from fedsim.config import RunConfig
+from fedsim.errors import ConfigError
 from fedsim.results import ClientRecord, RoundRecord
 from fedsim.tracking import METRICS, metrics, mlflow_uri, trackers
 

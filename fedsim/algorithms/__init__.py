@@ -34,9 +34,13 @@ ALGORITHMS = {
 # Asynchronous algorithms: no rounds of sampled clients, but a buffer of updates that
 # clients send whenever they finish on the simulated clock (fedsim.asynchronous).
 ASYNCHRONOUS = ("fedbuff",)
-# Algorithms whose train reply holds more than the client's model (SCAFFOLD's carries
-# its control variates' change): Flower's DP wrappers clip every array of a reply.
-NOT_WITH_DP = ("scaffold",)
+# Algorithms --dp cannot wrap, and why
+NOT_WITH_DP = {
+    "scaffold": "its reply carries its control variates' change besides the model, and "
+    "Flower's DP wrappers clip every array a reply holds as if it were the model",
+    "fedbuff": "its updates arrive one by one on the simulated clock, not as rounds of "
+    "sampled clients, so the accountant's sampling model does not describe them",
+}
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
