@@ -1,6 +1,6 @@
 """fedsim's entry point: `python simulate.py --help`."""
 
-from fedsim.cli import entry
+from fedsim.front.cli import entry
 
 if __name__ == "__main__":
     entry()

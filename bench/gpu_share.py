@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bench import cross_device, niid_round
 from bench.measure import RESULTS, SCRATCH, Run, measure, mib
-from fedsim.actor_log import ENV as ACTOR_LOG
+from fedsim.flower.actor_log import ENV as ACTOR_LOG
 
 OUT = SCRATCH / "gpu-share"
 SAMPLE_SECONDS = 0.5

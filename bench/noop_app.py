@@ -23,8 +23,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from bench.reference import config_from
-from fedsim import engine, lifecycle, task
-from fedsim.results import CsvRecorder, RoundRecord, Timings
+from fedsim.flower import engine
+from fedsim.learning import training
+from fedsim.outputs.records import CsvRecorder, RoundRecord, Timings
+from fedsim.run import folders
 
 client_app = ClientApp()
 
@@ -39,7 +41,7 @@ def train(msg: Message, context: Context) -> Message:
 def main(argv: list[str]) -> Path:
     started = time.perf_counter()
     cfg = config_from(argv)
-    with lifecycle.claimed_run_dir(cfg) as run_dir:
+    with folders.claimed_run_dir(cfg) as run_dir:
         timings = Timings()
         recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv")
         last = [time.perf_counter()]
@@ -64,14 +66,14 @@ def main(argv: list[str]) -> Path:
                 min_train_nodes=1,
                 min_available_nodes=cfg.clients,
             )
-            initial = ArrayRecord(task.build_model(cfg.model, seed=cfg.seed).state_dict())
+            initial = ArrayRecord(training.build_model(cfg.model, seed=cfg.seed).state_dict())
             try:
                 strategy.start(grid, initial, num_rounds=cfg.rounds, evaluate_fn=record_round)
             finally:
                 finished.set()
 
         ray = engine.RayStarter(cfg)
-        status = lifecycle.RunStatus(run_dir, cfg, timings, {"engine": "flower floor"})
+        status = folders.RunStatus(run_dir, cfg, timings, {"engine": "flower floor"})
         try:
             with status.running(started):
                 engine.run_simulation(

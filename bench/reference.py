@@ -21,14 +21,16 @@ import numpy as np
 import psutil
 import torch
 
-from fedsim import cli, lifecycle, sweep, task
 from fedsim.algorithms.base import client_seed, train_settings
-from fedsim.config import RunConfig
-from fedsim.data import cache_root, load_cifar
-from fedsim.errors import ConfigError
-from fedsim.partition import cached_partition_indices
-from fedsim.results import ClientRecord, CsvRecorder, RoundRecord, Timings
-from fedsim.server_app import sample_clients
+from fedsim.front import cli, sweep
+from fedsim.ground.config import RunConfig
+from fedsim.ground.errors import ConfigError
+from fedsim.learning import training
+from fedsim.learning.data import cache_root, load_cifar
+from fedsim.learning.partition import cached_partition_indices
+from fedsim.outputs.records import ClientRecord, CsvRecorder, RoundRecord, Timings
+from fedsim.run import folders
+from fedsim.simulation.loop import sample_clients
 
 Split = tuple[torch.Tensor, torch.Tensor]
 State = dict[str, torch.Tensor]
@@ -54,13 +56,13 @@ class ReferenceLoop:
         self.cfg, self.train, self.val, self.test = cfg, train, val, test
         self.timings = timings
         self.settings = train_settings(cfg)
-        self.model = task.build_model(cfg.model, seed=cfg.seed).to(device)
+        self.model = training.build_model(cfg.model, seed=cfg.seed).to(device)
         self.state: State = {k: v.clone() for k, v in self.model.state_dict().items()}
 
     def central(self) -> tuple[float, float]:
         tick = time.perf_counter()
         self.model.load_state_dict(self.state)
-        result = task.evaluate(self.model, *self.test, batch_size=task.CENTRAL_BATCH_SIZE)
+        result = training.evaluate(self.model, *self.test, batch_size=training.CENTRAL_BATCH_SIZE)
         self.timings.central_evaluate += time.perf_counter() - tick
         return result
 
@@ -72,7 +74,7 @@ class ReferenceLoop:
             self.model.load_state_dict(self.state)
             generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, pid, 0))
             images, labels = self.train[pid]
-            losses.append(task.train(self.model, images, labels, self.settings, generator).loss)
+            losses.append(training.train(self.model, images, labels, self.settings, generator).loss)
             states.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
             sizes.append(len(labels))
             seconds = time.perf_counter() - tick
@@ -100,7 +102,7 @@ class ReferenceLoop:
         cfg, tick = self.cfg, time.perf_counter()
         pids = sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_evaluate, 1)
         self.model.load_state_dict(self.state)
-        results = [task.evaluate(self.model, *self.val[pid]) for pid in pids]
+        results = [training.evaluate(self.model, *self.val[pid]) for pid in pids]
         sizes = [len(self.val[pid][1]) for pid in pids]
         record.eval_loss = _weighted_mean([loss for loss, _ in results], sizes)
         record.eval_accuracy = _weighted_mean([accuracy for _, accuracy in results], sizes)
@@ -139,9 +141,9 @@ def run(cfg: RunConfig, device: torch.device = CPU) -> Path:
     torch.set_num_threads(os.cpu_count() or 1)
     loop = ReferenceLoop(cfg, train, val, test, timings, device)
     extra = {"engine": "plain loop", "device": str(device)}
-    with lifecycle.claimed_run_dir(cfg) as run_dir:
+    with folders.claimed_run_dir(cfg) as run_dir:
         recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv", timings)
-        with lifecycle.RunStatus(run_dir, cfg, timings, extra).running(started):
+        with folders.RunStatus(run_dir, cfg, timings, extra).running(started):
             loss, accuracy = loop.central()
             recorder.on_round_end(
                 RoundRecord(0, central_loss=loss, central_accuracy=accuracy), None

@@ -12,14 +12,15 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from fedsim import cli, runner
+from fedsim.front import cli
+from fedsim.run import lifecycle
 
 
 def simulate_with(
     build_client_app: Callable[..., Any], central_evaluator: Callable[..., Any] | None = None
 ) -> NoReturn:
     """`python simulate.py ARGS` with the given client app factory (and evaluator)."""
-    runner.build_client_app = build_client_app
+    lifecycle.build_client_app = build_client_app
     if central_evaluator is not None:
-        runner.CentralEvaluator = central_evaluator
+        lifecycle.CentralEvaluator = central_evaluator
     cli.entry(sys.argv[1:])

@@ -20,8 +20,9 @@ from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
 from bench.swap import simulate_with
-from fedsim import protocol, task
-from fedsim.config import RunConfig
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig
+from fedsim.learning import training
 
 _fds = None  # the quickstart's per-process FederatedDataset cache
 
@@ -89,7 +90,7 @@ def build_client_app(cfg: RunConfig, data: Any) -> ClientApp:
     source = str(Path(cfg.data).resolve())
 
     def model_from(content: RecordDict) -> torch.nn.Module:
-        model = task.build_model(cfg.model)
+        model = training.build_model(cfg.model)
         model.load_state_dict(content["arrays"].to_torch_state_dict())
         return model
 
@@ -115,15 +116,15 @@ def build_client_app(cfg: RunConfig, data: Any) -> ClientApp:
 
     def each_client(handle):
         def handler(msg: Message, context: Context) -> Message:
-            tasks, _ = protocol.unpack_tasks(msg.content)
+            tasks, _ = messages.unpack_tasks(msg.content)
             outcomes = []
             for job in tasks:
                 content = handle(job.pid, job.content)
-                size = protocol.recorddict_bytes(content)
+                size = messages.recorddict_bytes(content)
                 outcomes.append(
-                    protocol.ClientOutcome(job.pid, protocol.OK, bytes_up=size, content=content)
+                    messages.ClientOutcome(job.pid, messages.OK, bytes_up=size, content=content)
                 )
-            return Message(content=protocol.pack_outcomes(outcomes), reply_to=msg)
+            return Message(content=messages.pack_outcomes(outcomes), reply_to=msg)
 
         return handler
 

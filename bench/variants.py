@@ -94,8 +94,8 @@ class Bench:
         import numpy as np
 
         from bench.reference import config_from
-        from fedsim.data import load_cifar
-        from fedsim.partition import cached_partition_indices
+        from fedsim.learning.data import load_cifar
+        from fedsim.learning.partition import cached_partition_indices
 
         os.environ["HF_DATASETS_CACHE"] = str(HF_CACHE)
         cfg = config_from([*self.options, *extra])

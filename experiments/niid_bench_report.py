@@ -25,8 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from fedsim import sweep
-from fedsim.experiment import changed_settings
+from fedsim.front import sweep
+from fedsim.front.experiment import changed_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "experiments" / "niid_bench_cifar10.toml"

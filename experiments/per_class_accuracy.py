@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedsim import task
-from fedsim.data import cache_root, load_cifar
+from fedsim.learning import training
+from fedsim.learning.data import cache_root, load_cifar
 
 
 def per_class(run: Path) -> tuple[float, pd.DataFrame]:
@@ -27,17 +27,17 @@ def per_class(run: Path) -> tuple[float, pd.DataFrame]:
     and `accuracy` (%), a column per class."""
     cfg = json.loads((run / "config.json").read_text())["config"]
     data = load_cifar(cfg["data"], cache_root())
-    model = task.build_model(cfg["model"])
+    model = training.build_model(cfg["model"])
     model.load_state_dict(torch.load(run / "model.pt"))
     images = torch.from_numpy(np.array(data.test_x))
     labels = torch.from_numpy(np.array(data.test_y))
     # the central evaluation's own function and batch size (runner.CentralEvaluator),
     # once over the test split and once per class
-    batch = task.CENTRAL_BATCH_SIZE
-    _, overall = task.evaluate(model, images, labels, batch_size=batch)
+    batch = training.CENTRAL_BATCH_SIZE
+    _, overall = training.evaluate(model, images, labels, batch_size=batch)
     accuracy = [
-        100 * task.evaluate(model, images[labels == k], labels[labels == k], batch_size=batch)[1]
-        for k in range(len(data.classes))
+        100 * training.evaluate(model, images[of], labels[of], batch_size=batch)[1]
+        for of in (labels == k for k in range(len(data.classes)))
     ]
     holders = (pd.read_csv(run / "label_counts.csv", index_col="client") > 0).sum()
     frame = pd.DataFrame(

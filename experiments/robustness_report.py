@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from fedsim.summary import ROUNDS_CSV, summarize
+from fedsim.front.summary import ROUNDS_CSV, summarize
 
 
 def table(summary: pd.DataFrame) -> str:

@@ -20,8 +20,9 @@ from flwr.app import Context, Message, MessageType
 from flwr.clientapp import ClientApp
 
 from bench.swap import simulate_with
-from fedsim import client_app, protocol
-from fedsim.config import RunConfig
+from fedsim.flower import client_app
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig
 
 
 def _misbehave(kind: str) -> None:
@@ -32,7 +33,7 @@ def _misbehave(kind: str) -> None:
 
 def _handle(fault: tuple[str, int, int], cfg: RunConfig, data, msg: Message, context: Context):
     kind, server_round, victim = fault
-    tasks, info = protocol.unpack_tasks(msg.content)
+    tasks, info = messages.unpack_tasks(msg.content)
     run_client = client_app._run_client
     if (
         msg.metadata.message_type == MessageType.TRAIN

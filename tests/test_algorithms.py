@@ -20,11 +20,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
-from fedsim import algorithms, attacks, privacy, protocol
+from fedsim import algorithms
+from fedsim.algorithms import attacks, privacy
 from fedsim.algorithms.base import ClientContext, client_seed
 from fedsim.algorithms.fednova import local_norm
 from fedsim.algorithms.scaffold import CONTROL
-from fedsim.config import RunConfig
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig
 
 SIZES = (7, 12, 5, 9)  # unequal: weights, step counts and a_i differ between clients
 ROUNDS = ((0, 1, 2), (1, 2, 3))  # who trains in each round: partial participation
@@ -244,7 +246,7 @@ def test_model_poisoning_rewrites_the_update(attack) -> None:
     start = {k: v.clone() for k, v in model.state_dict().items()}
     trained = {k: v + 0.01 * torch.randn_like(v) for k, v in start.items()}
     model.load_state_dict(trained)
-    content = RecordDict({protocol.ARRAYS: ArrayRecord(start)})
+    content = RecordDict({messages.ARRAYS: ArrayRecord(start)})
     ctx = ClientContext(cfg, pid, 1, content, RecordDict(), None, None)
     attacks.poison(ctx, model)
     for key, value in model.state_dict().items():
@@ -273,16 +275,16 @@ def test_client_side_clipping_bounds_the_update_norm() -> None:
     sent_model = {"w": np.zeros(4, np.float32), "b": np.ones(2, np.float32)}
     sent = RecordDict(
         {
-            protocol.ARRAYS: ArrayRecord({k: Array(v) for k, v in sent_model.items()}),
-            protocol.CONFIG: ConfigRecord({"clipping_norm": 0.5}),
+            messages.ARRAYS: ArrayRecord({k: Array(v) for k, v in sent_model.items()}),
+            messages.CONFIG: ConfigRecord({"clipping_norm": 0.5}),
         }
     )
     reply_model = {"w": np.full(4, 3.0, np.float32), "b": np.full(2, 5.0, np.float32)}
-    reply = protocol.train_reply(
+    reply = messages.train_reply(
         ArrayRecord({k: Array(v) for k, v in reply_model.items()}), {"num-examples": 1}
     )
     privacy.clip_reply(sent, reply)
-    clipped = reply[protocol.ARRAYS].to_numpy_ndarrays()
+    clipped = reply[messages.ARRAYS].to_numpy_ndarrays()
     update = np.concatenate([c - s for c, s in zip(clipped, sent_model.values(), strict=True)])
     assert np.linalg.norm(update) == pytest.approx(0.5, rel=1e-5)
     assert update[0] / update[-1] == pytest.approx(3.0 / 4.0, rel=1e-5)  # direction kept
@@ -312,8 +314,8 @@ def test_clipping_in_the_client_loop_equals_flowers_server_side_clipping() -> No
         torch.testing.assert_close(client[key], value, atol=1e-6, rtol=0, msg=key)
     plain, *_ = _fedsim(_cfg("fedavg"))
     assert max(float((plain[k] - server[k]).abs().max()) for k in server) > 1e-3  # clipped
-    epsilons = [m[protocol.DP_EPSILON] for m in server_metrics]
-    assert epsilons == [m[protocol.DP_EPSILON] for m in client_metrics]
+    epsilons = [m[messages.DP_EPSILON] for m in server_metrics]
+    assert epsilons == [m[messages.DP_EPSILON] for m in client_metrics]
     assert 0 < epsilons[0] < epsilons[1]
 
 
@@ -335,7 +337,7 @@ def test_adaptive_clipping_accounts_for_both_of_its_noises() -> None:
     gaussian = dp_event.GaussianDpEvent(per_round)
     accountant.compose(dp_event.SampledWithoutReplacementDpEvent(len(SIZES), m, gaussian))
     expected = accountant.get_epsilon(cfg.dp_delta)
-    assert metrics[0][protocol.DP_EPSILON] == pytest.approx(expected, rel=1e-9)
+    assert metrics[0][messages.DP_EPSILON] == pytest.approx(expected, rel=1e-9)
 
 
 # ---- options that must agree, refused before anything starts ----------------------------
@@ -352,7 +354,7 @@ CONFIG_ERRORS = [
 
 @pytest.mark.parametrize(("args", "message"), CONFIG_ERRORS, ids=[a for a, _ in CONFIG_ERRORS])
 def test_options_that_cannot_work_are_one_line_exit_2(args, message, tmp_path, capsys) -> None:
-    from fedsim.cli import main
+    from fedsim.front.cli import main
 
     results = tmp_path / "results"
     assert main([*args.split(), "--results-dir", str(results)]) == 2

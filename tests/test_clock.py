@@ -13,23 +13,26 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim import algorithms, protocol, sweep, task
+from fedsim import algorithms
 from fedsim.algorithms.base import ClientContext
 from fedsim.algorithms.fedbuff import FedBuffStrategy
-from fedsim.asynchronous import BufferedSchedule
-from fedsim.cli import main
-from fedsim.clock import ClockState, Flight, round_end, time_clients
-from fedsim.config import RunConfig
-from fedsim.profiles import (
+from fedsim.front import sweep
+from fedsim.front.cli import main
+from fedsim.front.summary import sim_seconds_to_target
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig
+from fedsim.learning import training
+from fedsim.outputs.records import ClientRecord
+from fedsim.simulation.buffered import BufferedSchedule
+from fedsim.simulation.clock import ClockState, Flight, round_end, time_clients
+from fedsim.simulation.loop import Exchange, sample_clients, sample_from
+from fedsim.simulation.profiles import (
     MEDIAN_DOWN_MBPS,
     MEDIAN_UP_MBPS,
     Profiles,
     load_profiles,
     read_profiles_csv,
 )
-from fedsim.results import ClientRecord
-from fedsim.server_app import Exchange, sample_clients, sample_from
-from fedsim.summary import sim_seconds_to_target
 from tests.conftest import ROOT
 
 HEADER = "client,examples_per_second,down_mbps,up_mbps,online\n"
@@ -184,7 +187,7 @@ def _reply(delta: list[float], staleness: int, loss: float, examples: int) -> Me
         {
             "arrays": ArrayRecord([np.array(delta, dtype=np.float32)]),
             "metrics": MetricRecord({"train_loss": loss, "num-examples": examples}),
-            protocol.STALENESS: ConfigRecord({protocol.STALENESS: staleness}),
+            messages.STALENESS: ConfigRecord({messages.STALENESS: staleness}),
         }
     )
     return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
@@ -214,19 +217,19 @@ def test_fedbuff_weighs_updates_by_staleness_as_written_by_hand() -> None:
 
 def test_fedbuff_clients_send_the_change_they_made() -> None:
     cfg = RunConfig(strategy="fedbuff", batch_size=4)
-    model = task.build_model("cnn", seed=0)
+    model = training.build_model("cnn", seed=0)
     start = ArrayRecord(model.state_dict())
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     ctx = ClientContext(
         cfg=cfg,
         pid=0,
         server_round=1,
-        content=RecordDict({protocol.ARRAYS: start, protocol.CONFIG: ConfigRecord()}),
+        content=RecordDict({messages.ARRAYS: start, messages.CONFIG: ConfigRecord()}),
         state=RecordDict(),
         load_model=lambda arrays: model,  # it holds `start`, and is trained in place
         load_data=lambda split: (images, torch.arange(8) % 10),
     )
-    sent = algorithms.build(cfg).train(ctx).content[protocol.ARRAYS].to_torch_state_dict()
+    sent = algorithms.build(cfg).train(ctx).content[messages.ARRAYS].to_torch_state_dict()
     before, after = start.to_torch_state_dict(), model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     for name, delta in sent.items():
@@ -266,7 +269,7 @@ class _FakeLoop:
         schedule, done = BufferedSchedule(), []
         for server_round in range(1, count + 1):
             arrived = schedule.train(self, None, server_round)
-            staleness = [r.content[protocol.STALENESS][protocol.STALENESS] for r in arrived.replies]
+            staleness = [r.content[messages.STALENESS][messages.STALENESS] for r in arrived.replies]
             done.append((self.clock.now, [c.client for c in arrived.clients], staleness))
             self.version += 1  # the server applies the update
         return done

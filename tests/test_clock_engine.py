@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedsim.summary import run_folders
+from fedsim.front.summary import run_folders
 from tests.conftest import run_cli
 
 EXPERIMENT = """

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fedsim import data
-from fedsim.data import DataError, load_cifar
-from fedsim.errors import ConfigError
+from fedsim.ground.errors import ConfigError
+from fedsim.learning import data
+from fedsim.learning.data import DataError, load_cifar
 from tests.conftest import run_cli, write_cifar_batches
 
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")

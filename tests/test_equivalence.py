@@ -5,7 +5,7 @@ nodes).
 The plain loop here is written independently of fedsim's training code: torch.optim.SGD,
 the proximal term as the FedProx paper writes it, and FedAvg's weighted mean. It shares
 only what defines the experiment: the partitions, the initial weights and each client's
-seed (fedsim.partition, fedsim.task.build_model, fedsim.algorithms.base.client_seed).
+seed (fedsim.partition, fedsim.learning.training.build_model, fedsim.algorithms.base.client_seed).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsim import task
 from fedsim.algorithms.base import client_seed
-from fedsim.config import RunConfig
-from fedsim.data import cache_root, load_cifar
-from fedsim.partition import cached_partition_indices
-from fedsim.server_app import sample_clients
+from fedsim.ground.config import RunConfig
+from fedsim.learning import training
+from fedsim.learning.data import cache_root, load_cifar
+from fedsim.learning.partition import cached_partition_indices
+from fedsim.simulation.loop import sample_clients
 from tests.conftest import run_cli
 
 OPTIONS = "--clients 6 --rounds 2 --fraction-fit 0.67 --batch-size 16 --lr 0.05 --momentum 0.9"
@@ -38,7 +38,7 @@ def _plain_loop(cfg: RunConfig, data) -> dict[str, torch.Tensor]:
     parts = cached_partition_indices(labels, cfg, dataset.key, cache_root())
     images = torch.from_numpy(np.array(dataset.train_x))
     targets = torch.from_numpy(labels)
-    model = task.build_model(cfg.model, seed=cfg.seed)
+    model = training.build_model(cfg.model, seed=cfg.seed)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each client actor runs (--cpus-per-client 1)

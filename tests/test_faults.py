@@ -83,7 +83,7 @@ def test_divergence_stops_the_run_and_says_why(tiny_cifar, tmp_path) -> None:
 @pytest.mark.parametrize("option", ["--lr", "--alpha", "--client-failure-rate"])
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
 def test_non_finite_values_are_refused(option, value, tiny_cifar, tmp_path) -> None:
-    from fedsim.cli import main
+    from fedsim.front.cli import main
 
     results = tmp_path / "results"
     assert main([option, value, "--data", str(tiny_cifar), "--results-dir", str(results)]) == 2
@@ -156,9 +156,9 @@ def test_clients_without_held_out_examples_are_not_evaluated(tiny_cifar, tmp_pat
 
 
 def test_runs_named_alike_get_folders_of_their_own(tmp_path) -> None:
-    from fedsim.config import RunConfig
-    from fedsim.errors import ConfigError
-    from fedsim.lifecycle import claimed_run_dir
+    from fedsim.ground.config import RunConfig
+    from fedsim.ground.errors import ConfigError
+    from fedsim.run.folders import claimed_run_dir
 
     cfg = RunConfig(results_dir=str(tmp_path))
     with claimed_run_dir(cfg) as first, claimed_run_dir(cfg) as second:  # the same second
@@ -172,8 +172,8 @@ def test_runs_named_alike_get_folders_of_their_own(tmp_path) -> None:
 
 
 def test_resume_skips_torn_or_foreign_lines(tmp_path) -> None:
-    from fedsim.checkpoint import truncate_rows
-    from fedsim.errors import ConfigError
+    from fedsim.ground.errors import ConfigError
+    from fedsim.run.checkpoint import truncate_rows
 
     path = tmp_path / "rounds.csv"
     path.write_text("round,a\n0,1\n1,2\ngarbage\x00\n2,3,4\n3,\n")
@@ -203,7 +203,7 @@ def test_nothing_outlives_a_killed_driver_by_more_than_seconds(
 def test_an_error_from_a_client_process_is_said_in_its_own_line() -> None:
     """What Ray and Flower make of an exception raised outside a client's own try (as
     seen when a bench app broke), and the line fedsim reports of it."""
-    from fedsim.server_app import _reason
+    from fedsim.simulation.loop import _reason
 
     reason = (
         "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::"

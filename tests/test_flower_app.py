@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedsim import flower_app
-from fedsim.config import RunConfig, fields
-from fedsim.errors import ConfigError
+from fedsim.front import flower_app
+from fedsim.ground.config import RunConfig, fields
+from fedsim.ground.errors import ConfigError
 from tests.conftest import ROOT
 from tests.services import LOOPBACK_ONLY, Services, free_port, wait_for
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsim import engine
-from fedsim.config import RunConfig
+from fedsim.flower import engine
+from fedsim.ground.config import RunConfig
 from tests.conftest import simulate
 
 H200_MIB = 143_771  # what nvidia-smi reports for an H200

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.config import RunConfig
-from fedsim.errors import ConfigError
-from fedsim.partition import (
+from fedsim.ground.config import RunConfig
+from fedsim.ground.errors import ConfigError
+from fedsim.learning.partition import (
     cached_partition_indices,
     held_out_count,
     label_counts,
@@ -116,7 +116,7 @@ def test_assignment_read_once_equals_flwr_datasets_load_partition(partition, cli
     from datasets import Dataset
     from flwr_datasets.partitioner import IidPartitioner
 
-    from fedsim.partition import _partitioner
+    from fedsim.learning.partition import _partitioner
 
     cfg = RunConfig(clients=clients, partition=partition, seed=3, val_fraction=0.2)
     parts = partition_indices(LABELS, cfg)

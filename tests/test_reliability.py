@@ -82,7 +82,7 @@ REFUSED = [  # values that used to pass validation and fail later (issue 25)
 
 @pytest.mark.parametrize(("args", "message"), REFUSED, ids=[m for _, m in REFUSED])
 def test_values_a_run_cannot_compute_are_refused(args, message, tmp_path, capsys) -> None:
-    from fedsim.cli import main
+    from fedsim.front.cli import main
 
     results = tmp_path / "results"
     assert main([*args, "--results-dir", str(results)]) == 2
@@ -104,8 +104,8 @@ def test_values_a_run_cannot_compute_are_refused(args, message, tmp_path, capsys
 def test_plot_on_files_fedsim_did_not_write_is_one_line(file, content, tmp_path, capsys) -> None:
     import json
 
-    from fedsim.cli import main
-    from fedsim.config import RunConfig
+    from fedsim.front.cli import main
+    from fedsim.ground.config import RunConfig
 
     run_dir = tmp_path / "experiment" / "run"
     run_dir.mkdir(parents=True)

@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsim.results import CLIENT_COLUMNS, CSV_COLUMNS, ClientRecord, CsvRecorder, RoundRecord
+from fedsim.outputs.records import (
+    CLIENT_COLUMNS,
+    CSV_COLUMNS,
+    ClientRecord,
+    CsvRecorder,
+    RoundRecord,
+)
 
 
 def _client(pid: int, status: str = "ok", phase: str = "train", accuracy=None) -> ClientRecord:

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import torch
 
-from fedsim.results import CLIENT_COLUMNS, CSV_COLUMNS
+from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS
 from tests.conftest import simulate
 
 

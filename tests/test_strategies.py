@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fedsim import task
-from fedsim.server_app import sample_clients
+from fedsim.learning import training
+from fedsim.simulation.loop import sample_clients
 from tests.conftest import run_cli
 
 # --- the sampler ------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def models(tiny_cifar, tmp_path_factory) -> dict[str, tuple[dict, pd.DataFrame]]
 
 
 def _initial() -> dict[str, torch.Tensor]:
-    return task.build_model("cnn", seed=0).state_dict()
+    return training.build_model("cnn", seed=0).state_dict()
 
 
 def _change(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

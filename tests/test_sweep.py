@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from experiments.per_class_accuracy import per_class
-from fedsim import cli, sweep
-from fedsim.actor_log import ENV as ACTOR_LOG
-from fedsim.cli import main
-from fedsim.plots import PLOTS
+from fedsim.flower.actor_log import ENV as ACTOR_LOG
+from fedsim.front import cli, sweep
+from fedsim.front.cli import main
+from fedsim.front.plots import PLOTS
 from tests.conftest import ROOT, run_cli
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsim import task
+from fedsim.learning import training
 
 
 def _torch_sgd_train(model, images, labels, settings, generator) -> None:
-    """task.train's loop as it was with torch.optim.SGD (no FedProx, no augmentation)."""
+    """training.train's loop as it was with torch.optim.SGD (no FedProx, no augmentation)."""
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=settings.lr,
@@ -21,7 +21,7 @@ def _torch_sgd_train(model, images, labels, settings, generator) -> None:
     order = torch.randperm(len(labels), generator=generator)
     for start in range(0, len(labels), settings.batch_size):
         index = order[start : start + settings.batch_size]
-        loss = F.cross_entropy(model(task.normalize(images[index])), labels[index])
+        loss = F.cross_entropy(model(training.normalize(images[index])), labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -32,11 +32,11 @@ def test_sgd_matches_torch_optim(momentum: float, weight_decay: float) -> None:
     data = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=data)
     labels = torch.randint(0, 10, (96,), generator=data)
-    settings = task.TrainSettings(
+    settings = training.TrainSettings(
         epochs=1, batch_size=16, lr=0.05, momentum=momentum, weight_decay=weight_decay
     )
-    ours, theirs = task.build_model("cnn", seed=0), task.build_model("cnn", seed=0)
-    task.train(ours, images, labels, settings, torch.Generator().manual_seed(2))
+    ours, theirs = training.build_model("cnn", seed=0), training.build_model("cnn", seed=0)
+    training.train(ours, images, labels, settings, torch.Generator().manual_seed(2))
     _torch_sgd_train(theirs, images, labels, settings, torch.Generator().manual_seed(2))
     for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

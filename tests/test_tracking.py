@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.config import RunConfig
-from fedsim.errors import ConfigError
-from fedsim.results import ClientRecord, RoundRecord
-from fedsim.tracking import METRICS, metrics, mlflow_uri, trackers
+from fedsim.ground.config import RunConfig
+from fedsim.ground.errors import ConfigError
+from fedsim.outputs.records import ClientRecord, RoundRecord
+from fedsim.outputs.tracking import METRICS, metrics, mlflow_uri, trackers
 
 
 @pytest.fixture(autouse=True)
@@ -77,8 +77,9 @@ def _expected(records: list[RoundRecord]) -> dict[str, dict[int, float]]:
 def test_no_tracking_options_means_no_trackers_and_no_imports(tmp_path: Path) -> None:
     assert trackers(RunConfig(), tmp_path / "run") == []
     probe = (
-        "import sys; from pathlib import Path; from fedsim.config import RunConfig; "
-        "from fedsim.tracking import trackers; assert trackers(RunConfig(), Path('r')) == []; "
+        "import sys; from pathlib import Path; from fedsim.ground.config import RunConfig; "
+        "from fedsim.outputs.tracking import trackers; "
+        "assert trackers(RunConfig(), Path('r')) == []; "
         "print(sorted(m for m in ('mlflow', 'tensorboard', 'torch.utils.tensorboard') "
         "if m in sys.modules))"
     )

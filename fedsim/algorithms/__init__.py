@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fedsim.algorithms.base import Algorithm
-    from fedsim.config import RunConfig
+    from fedsim.ground.config import RunConfig
 
 ALGORITHMS = {
     "fedavg": "fedsim.algorithms.fedavg:FedAvg",

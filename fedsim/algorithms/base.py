@@ -15,8 +15,10 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fedsim import attacks, protocol, task
-from fedsim.config import RunConfig
+from fedsim.algorithms import attacks
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig
+from fedsim.learning import training
 
 # fedsim samples clients itself (seeded, by partition id) and shows each strategy a
 # view of exactly the sampled clients, so the strategies' own fractions are 1.0 and
@@ -35,9 +37,9 @@ def given(**options: Any) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
-def train_settings(cfg: RunConfig) -> task.TrainSettings:
+def train_settings(cfg: RunConfig) -> training.TrainSettings:
     """Local SGD as the options set it."""
-    return task.TrainSettings(
+    return training.TrainSettings(
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
@@ -72,7 +74,7 @@ class ClientContext:
 
     @property
     def config(self):
-        return self.content.get(protocol.CONFIG, {})
+        return self.content.get(messages.CONFIG, {})
 
 
 @dataclass
@@ -92,11 +94,11 @@ class Algorithm:
     def strategy(self) -> Strategy:
         raise NotImplementedError
 
-    def settings(self) -> task.TrainSettings:
+    def settings(self) -> training.TrainSettings:
         return train_settings(self.cfg)
 
-    def hooks(self, ctx: ClientContext, model: nn.Module) -> task.LocalHooks:
-        return task.LocalHooks()
+    def hooks(self, ctx: ClientContext, model: nn.Module) -> training.LocalHooks:
+        return training.LocalHooks()
 
     def training_data(self, ctx: ClientContext) -> tuple[torch.Tensor, torch.Tensor]:
         """The client's training split; a label-flipping attacker's labels are flipped."""
@@ -106,30 +108,30 @@ class Algorithm:
         return images, labels
 
     def train(self, ctx: ClientContext) -> ClientResult:
-        model = ctx.load_model(ctx.content[protocol.ARRAYS])
+        model = ctx.load_model(ctx.content[messages.ARRAYS])
         images, labels = self.training_data(ctx)
         hooks = self.hooks(ctx, model)
-        result = task.train(model, images, labels, self.settings(), ctx.generator(), hooks)
+        result = training.train(model, images, labels, self.settings(), ctx.generator(), hooks)
         attacks.poison(ctx, model)  # a malicious client's weights, before the reply is built
         return self.reply(ctx, model, result, len(labels))
 
     def reply(
-        self, ctx: ClientContext, model: nn.Module, result: task.TrainResult, examples: int
+        self, ctx: ClientContext, model: nn.Module, result: training.TrainResult, examples: int
     ) -> ClientResult:
-        metrics = {protocol.TRAIN_LOSS: result.loss, protocol.NUM_EXAMPLES: examples}
-        return ClientResult(protocol.train_reply(self.update(ctx, model), metrics))
+        metrics = {messages.TRAIN_LOSS: result.loss, messages.NUM_EXAMPLES: examples}
+        return ClientResult(messages.train_reply(self.update(ctx, model), metrics))
 
     def update(self, ctx: ClientContext, model: nn.Module) -> ArrayRecord:
         """What the client sends back: its trained weights."""
         return ArrayRecord(model.state_dict())
 
     def evaluate(self, ctx: ClientContext) -> ClientResult:
-        model = ctx.load_model(ctx.content[protocol.ARRAYS])
+        model = ctx.load_model(ctx.content[messages.ARRAYS])
         images, labels = ctx.load_data("val")
-        loss, accuracy = task.evaluate(model, images, labels)
+        loss, accuracy = training.evaluate(model, images, labels)
         metrics = {
-            protocol.EVAL_LOSS: loss,
-            protocol.EVAL_ACCURACY: accuracy,
-            protocol.NUM_EXAMPLES: len(labels),
+            messages.EVAL_LOSS: loss,
+            messages.EVAL_ACCURACY: accuracy,
+            messages.NUM_EXAMPLES: len(labels),
         }
-        return ClientResult(RecordDict({protocol.METRICS: MetricRecord(metrics)}))
+        return ClientResult(RecordDict({messages.METRICS: MetricRecord(metrics)}))

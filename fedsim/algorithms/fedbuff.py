@@ -23,8 +23,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid, strategy
 from torch import nn
 
-from fedsim import protocol
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, ClientContext
+from fedsim.ground import messages
 
 DEFAULT_SERVER_LR = 1.0
 
@@ -87,7 +87,7 @@ class FedBuffStrategy(strategy.FedAvg):
                 }
                 for c in contents
             ],
-            [int(c[protocol.STALENESS][protocol.STALENESS]) for c in contents],
+            [int(c[messages.STALENESS][messages.STALENESS]) for c in contents],
             self.server_lr,
         )
         self.current_arrays = ArrayRecord({name: Array(v) for name, v in updated.items()})
@@ -101,7 +101,7 @@ class FedBuff(Algorithm):
 
     def update(self, ctx: ClientContext, model: nn.Module) -> ArrayRecord:
         """Δ = the model it was sent − the model it trained."""
-        start = ctx.content[protocol.ARRAYS].to_torch_state_dict()
+        start = ctx.content[messages.ARRAYS].to_torch_state_dict()
         return ArrayRecord(
             {name: start[name] - value for name, value in model.state_dict().items()}
         )

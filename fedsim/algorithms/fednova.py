@@ -20,8 +20,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
-from fedsim import protocol, task
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, ClientContext, ClientResult
+from fedsim.ground import messages
+from fedsim.learning import training
 
 NORM = "fednova-a"  # a_i, the l1 norm of the client's momentum-SGD coefficients
 
@@ -80,8 +81,8 @@ class FedNova(Algorithm):
         return FedNovaStrategy(**SAMPLE_ALL)
 
     def reply(
-        self, ctx: ClientContext, model: nn.Module, result: task.TrainResult, examples: int
+        self, ctx: ClientContext, model: nn.Module, result: training.TrainResult, examples: int
     ) -> ClientResult:
         reply = super().reply(ctx, model, result, examples)
-        reply.content[protocol.METRICS][NORM] = local_norm(result.steps, self.cfg.momentum)
+        reply.content[messages.METRICS][NORM] = local_norm(result.steps, self.cfg.momentum)
         return reply

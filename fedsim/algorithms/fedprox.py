@@ -6,17 +6,18 @@ from __future__ import annotations
 from flwr.serverapp import strategy
 from torch import nn
 
-from fedsim import protocol, task
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, ClientContext
+from fedsim.ground import messages
+from fedsim.learning import training
 
 
 class FedProx(Algorithm):
     def strategy(self) -> strategy.Strategy:
         return strategy.FedProx(**SAMPLE_ALL, proximal_mu=self.cfg.proximal_mu)
 
-    def hooks(self, ctx: ClientContext, model: nn.Module) -> task.LocalHooks:
-        mu = float(ctx.config.get(protocol.PROXIMAL_MU, 0.0))
+    def hooks(self, ctx: ClientContext, model: nn.Module) -> training.LocalHooks:
+        mu = float(ctx.config.get(messages.PROXIMAL_MU, 0.0))
         if not mu:
-            return task.LocalHooks()
+            return training.LocalHooks()
         anchor = [p.detach().clone() for p in model.parameters()]
-        return task.LocalHooks(extra_loss=task.proximal_term(anchor, mu))
+        return training.LocalHooks(extra_loss=training.proximal_term(anchor, mu))

@@ -18,8 +18,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp import strategy
 
-from fedsim import protocol, task
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, ClientContext, ClientResult
+from fedsim.ground import messages
+from fedsim.learning import training
 
 RECEIVED_LOSS = "received_loss"
 
@@ -52,8 +53,8 @@ class QFedAvg(Algorithm):
         )
 
     def train(self, ctx: ClientContext) -> ClientResult:
-        model = ctx.load_model(ctx.content[protocol.ARRAYS])
-        received_loss, _ = task.evaluate(model, *self.training_data(ctx))
+        model = ctx.load_model(ctx.content[messages.ARRAYS])
+        received_loss, _ = training.evaluate(model, *self.training_data(ctx))
         result = super().train(ctx)
-        result.content[protocol.METRICS][RECEIVED_LOSS] = received_loss
+        result.content[messages.METRICS][RECEIVED_LOSS] = received_loss
         return result

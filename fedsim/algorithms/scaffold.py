@@ -25,8 +25,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
-from fedsim import protocol, task
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, ClientContext, ClientResult
+from fedsim.ground import messages
+from fedsim.learning import training
 
 CONTROL = "control"  # c in the server's message, c_i in the client's state
 CONTROL_DELTA = "control-delta"  # c_i+ - c_i in the client's reply
@@ -90,7 +91,7 @@ class Scaffold(Algorithm):
         own = ctx.state[CONTROL].to_torch_state_dict()
         return server, {key: value.to(device) for key, value in own.items()}
 
-    def hooks(self, ctx: ClientContext, model: nn.Module) -> task.LocalHooks:
+    def hooks(self, ctx: ClientContext, model: nn.Module) -> training.LocalHooks:
         server, own = self._controls(ctx, next(model.parameters()).device)
         lr = self.cfg.lr
         correction = {key: lr * (server[key] - own[key]) for key in server}
@@ -101,15 +102,15 @@ class Scaffold(Algorithm):
             for key, step in correction.items():
                 weights[key].sub_(step)
 
-        return task.LocalHooks(after_step=correct)
+        return training.LocalHooks(after_step=correct)
 
     def reply(
-        self, ctx: ClientContext, model: nn.Module, result: task.TrainResult, examples: int
+        self, ctx: ClientContext, model: nn.Module, result: training.TrainResult, examples: int
     ) -> ClientResult:
         weights = model.state_dict()
         device = next(model.parameters()).device
         server, own = self._controls(ctx, device)
-        start = ctx.content[protocol.ARRAYS].to_torch_state_dict()
+        start = ctx.content[messages.ARRAYS].to_torch_state_dict()
         scale = max(result.steps, 1) * self.cfg.lr
         updated = {
             key: own[key] - server[key] + (start[key].to(device) - weights[key]) / scale

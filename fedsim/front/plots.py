@@ -20,8 +20,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
-from fedsim.errors import ConfigError
-from fedsim.summary import (
+from fedsim.front.summary import (
     ROUNDS_COLUMNS,
     ROUNDS_CSV,
     read_csv,
@@ -29,6 +28,7 @@ from fedsim.summary import (
     setting_columns,
     write_summary,
 )
+from fedsim.ground.errors import ConfigError
 
 LABEL_COUNTS_CSV = "label_counts.csv"
 PARTITION_SETTINGS = ("partition", "alpha", "classes_per_client", "shards_per_client")

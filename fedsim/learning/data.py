@@ -24,8 +24,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fedsim.config import NUM_CLASSES
-from fedsim.errors import ConfigError
+from fedsim.ground.config import NUM_CLASSES
+from fedsim.ground.errors import ConfigError
 
 IMAGE_SHAPE = (3, 32, 32)
 _ARRAYS = ("train_x", "train_y", "test_x", "test_y")

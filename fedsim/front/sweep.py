@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import (
+from fedsim.ground.config import (
     FIXED,
     ConfigError,
     RunConfig,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedsim.algorithms import ALGORITHMS, ASYNCHRONOUS, NOT_WITH_DP
-from fedsim.errors import ConfigError
+from fedsim.ground.errors import ConfigError
 
 HUB_CIFAR10 = "uoft-cs/cifar10"
 MODELS = ("cnn", "resnet18")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsim.config import WHERE, RunConfig, applies, fields, with_role
-from fedsim.errors import ConfigError
+from fedsim.ground.config import WHERE, RunConfig, applies, fields, with_role
+from fedsim.ground.errors import ConfigError
 
 SUMMARY_CSV = "summary.csv"
 ROUNDS_CSV = "rounds.csv"

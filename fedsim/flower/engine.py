@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsim.config import RAY_RESOURCE_UNIT, RunConfig, flag
-from fedsim.errors import ConfigError
+from fedsim.ground.config import RAY_RESOURCE_UNIT, RunConfig, flag
+from fedsim.ground.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim import protocol
-from fedsim.config import RunConfig
-from fedsim.errors import ConfigError, OutputFailed
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig
+from fedsim.ground.errors import ConfigError, OutputFailed
 
 CSV_COLUMNS = (
     "round",
@@ -114,15 +114,15 @@ class RoundRecord:
     @property
     def clients_failed(self) -> int:
         """Clients that raised, timed out or dropped out; not stragglers."""
-        return sum(c.status in protocol.FAILURES for c in self._of("train"))
+        return sum(c.status in messages.FAILURES for c in self._of("train"))
 
     @property
     def stragglers(self) -> int:
-        return sum(c.status == protocol.STRAGGLER for c in self._of("train"))
+        return sum(c.status == messages.STRAGGLER for c in self._of("train"))
 
     @property
     def clients_aggregated(self) -> int:
-        return sum(c.status == protocol.OK for c in self._of("train"))
+        return sum(c.status == messages.OK for c in self._of("train"))
 
     @property
     def bytes_down(self) -> int:
@@ -272,12 +272,12 @@ class FailureReporter:
         self.errors: list[str] = []  # the first few distinct reasons
 
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
-        bad = [c for c in record.clients if c.status != protocol.OK]
+        bad = [c for c in record.clients if c.status != messages.OK]
         self.counts.update(c.status for c in bad)
         for client in bad:
             if client.error and client.error not in self.errors and len(self.errors) < 5:
                 self.errors.append(client.error)
-        unexpected = [c for c in bad if c.status in (protocol.FAILED, protocol.TIMEOUT)]
+        unexpected = [c for c in bad if c.status in (messages.FAILED, messages.TIMEOUT)]
         if unexpected:
             kinds = Counter(f"{c.phase} {c.status}" for c in unexpected)
             said = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))

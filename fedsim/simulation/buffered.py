@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 from flwr.app import ConfigRecord, Message, MessageType
 from flwr.serverapp import Grid
 
-from fedsim import protocol
-from fedsim.clock import Flight, client_sim_seconds, time_clients
-from fedsim.errors import RunAborted
-from fedsim.server_app import Exchange, sample_from
+from fedsim.ground import messages
+from fedsim.ground.errors import RunAborted
+from fedsim.simulation.clock import Flight, client_sim_seconds, time_clients
+from fedsim.simulation.loop import Exchange, sample_from
 
 if TYPE_CHECKING:
-    from fedsim.server_app import FederatedLoop
+    from fedsim.simulation.loop import FederatedLoop
 
 SAMPLING_STREAM = 2  # FedBuff's draws, apart from rounds' training (0) and evaluation (1)
 
@@ -73,8 +73,8 @@ class BufferedSchedule:
                     )
                 continue
             failed_in_a_row = 0
-            flight.content[protocol.STALENESS] = ConfigRecord(
-                {protocol.STALENESS: version - flight.version}
+            flight.content[messages.STALENESS] = ConfigRecord(
+                {messages.STALENESS: version - flight.version}
             )
             arrived.replies.append(
                 Message(

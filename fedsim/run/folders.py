@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import RunConfig, flag
-from fedsim.errors import ConfigError, OutputFailed, RunEnded
-from fedsim.results import (
+from fedsim.ground.config import RunConfig, flag
+from fedsim.ground.errors import ConfigError, OutputFailed, RunEnded
+from fedsim.outputs.records import (
     FailureReporter,
     Timings,
     check_writable,

@@ -24,15 +24,17 @@ from flwr.app import Context, Message, UserConfig
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim import attacks, cli, lifecycle, runner, sweep
-from fedsim.client_app import build_client_app
-from fedsim.config import RunConfig, fields, flag
-from fedsim.data import cache_root, load_cifar
-from fedsim.errors import ConfigError
-from fedsim.partition import Partitions, cached_partition_indices
-from fedsim.profiles import load_profiles
-from fedsim.results import Timings
-from fedsim.server_app import Transport
+from fedsim.algorithms import attacks
+from fedsim.flower.client_app import build_client_app
+from fedsim.front import cli, sweep
+from fedsim.ground.config import RunConfig, fields, flag
+from fedsim.ground.errors import ConfigError
+from fedsim.learning.data import cache_root, load_cifar
+from fedsim.learning.partition import Partitions, cached_partition_indices
+from fedsim.outputs.records import Timings
+from fedsim.run import folders, lifecycle
+from fedsim.simulation.loop import Transport
+from fedsim.simulation.profiles import load_profiles
 
 _FIELDS = {f.name for f in fields()}
 
@@ -108,12 +110,12 @@ def main(grid: Grid, context: Context) -> None:
     labels = np.asarray(dataset.train_y)
     partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root())
     timings.data_load = time.perf_counter() - started  # decoding and partitioning, together
-    with lifecycle.claimed_run_dir(cfg) as run_dir:
+    with folders.claimed_run_dir(cfg) as run_dir:
         extra = {"run_dir": str(run_dir), "engine": "flower-app", "data_cache_key": dataset.key}
         extra |= attacks.describe(cfg)
-        status = lifecycle.RunStatus(run_dir, cfg, timings, extra)
-        inputs = runner.RunInputs(cfg, dataset, partitions, timings, profiles)
+        status = folders.RunStatus(run_dir, cfg, timings, extra)
+        inputs = lifecycle.RunInputs(cfg, dataset, partitions, timings, profiles)
         transport = Transport(one_node_per_client=True)  # node i holds partition i
-        loop = runner.build_loop(inputs, run_dir, None, transport, status.failures)
+        loop = lifecycle.build_loop(inputs, run_dir, None, transport, status.failures)
         with status.running(started):
             loop.run(grid)

@@ -22,10 +22,10 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.clients import ClientStates
-from fedsim.clock import ClockState
-from fedsim.errors import ConfigError
-from fedsim.results import RoundRecord, atomic_write
+from fedsim.ground.errors import ConfigError
+from fedsim.outputs.records import RoundRecord, atomic_write
+from fedsim.simulation.client_states import ClientStates
+from fedsim.simulation.clock import ClockState
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fedsim.config import RunConfig, flag
-from fedsim.errors import ConfigError
-from fedsim.results import CSV_COLUMNS, RoundRecord, check_writable
+from fedsim.ground.config import RunConfig, flag
+from fedsim.ground.errors import ConfigError
+from fedsim.outputs.records import CSV_COLUMNS, RoundRecord, check_writable
 
 INSTALL = 'pip install "fedsim[tracking]"'
 EXPERIMENT = "fedsim"  # the MLflow experiment every run goes to

@@ -18,14 +18,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim import config, engine, lifecycle, plots, runner
-from fedsim.config import RunConfig, applies, fields, flag, with_role
-from fedsim.data import DecodedDataset, cache_root, load_cifar
-from fedsim.errors import ConfigError, RunAborted, RunEnded
-from fedsim.partition import cached_partition_indices, label_counts
-from fedsim.profiles import load_profiles
-from fedsim.summary import CONFIG_JSON, is_complete
-from fedsim.sweep import Experiment
+from fedsim.flower import engine
+from fedsim.front import plots
+from fedsim.front.summary import CONFIG_JSON, is_complete
+from fedsim.front.sweep import Experiment
+from fedsim.ground import config
+from fedsim.ground.config import RunConfig, applies, fields, flag, with_role
+from fedsim.ground.errors import ConfigError, RunAborted, RunEnded
+from fedsim.learning.data import DecodedDataset, cache_root, load_cifar
+from fedsim.learning.partition import cached_partition_indices, label_counts
+from fedsim.run import folders, lifecycle
+from fedsim.simulation.profiles import load_profiles
 
 # Where and with what a run computes, not what: a finished run does not go stale
 # when these change (the data is compared by its content key instead).
@@ -57,7 +60,7 @@ def changed_settings(cfg: RunConfig, stored: dict) -> list[str]:
 def _state(cfg: RunConfig, folder: Path, data_key: str) -> tuple[str, str]:
     """What is in the run's folder already (and why it ended, if it did); a run with
     other settings is an error. A folder fedsim left half-made is taken over."""
-    if not folder.exists() or (folder.is_dir() and lifecycle.half_made(folder)):
+    if not folder.exists() or (folder.is_dir() and folders.half_made(folder)):
         return "new", ""
     try:
         document = json.loads((folder / CONFIG_JSON).read_text())
@@ -78,7 +81,7 @@ def _state(cfg: RunConfig, folder: Path, data_key: str) -> tuple[str, str]:
             "choose another --name (or --results-dir) for this experiment",
         )
     status = document.get("status", "")
-    if status in runner.ENDED:
+    if status in lifecycle.ENDED:
         return status, str(document.get("error"))
     return ("complete" if is_complete(folder, document) else "unfinished"), ""
 
@@ -120,7 +123,7 @@ def run_experiment(experiment: Experiment) -> None:
             head = f"fedsim: run {index} of {total}: {run.cfg.name}"
             if run.state == "complete":
                 print(f"{head} is complete, skipped", flush=True)
-            elif run.state in runner.ENDED:
+            elif run.state in lifecycle.ENDED:
                 print(
                     f"{head} ended {run.state} ({run.reason}); not run again "
                     f"(--resume {run.folder} to try)",
@@ -132,9 +135,9 @@ def run_experiment(experiment: Experiment) -> None:
                 print(head + (" (unfinished, going on)" if going_on else ""), flush=True)
                 try:
                     if going_on:
-                        runner.resume(run.folder, ray=ray)
+                        lifecycle.resume(run.folder, ray=ray)
                     else:
-                        runner.run(run.cfg, ray=ray)
+                        lifecycle.run(run.cfg, ray=ray)
                 except RunEnded as error:
                     print(f"error: {run.cfg.name}: {error}", file=sys.stderr, flush=True)
                     failed.append(run.cfg.name)

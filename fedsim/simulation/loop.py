@@ -32,15 +32,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedsim import protocol
 from fedsim.algorithms import ASYNCHRONOUS
-from fedsim.clients import ClientStates
-from fedsim.clock import ClockState, round_end, sample_size, time_clients
-from fedsim.config import RunConfig, sample_count
-from fedsim.errors import Diverged, RunAborted, RunEnded, RunStopped
-from fedsim.profiles import Profiles, median_profiles
-from fedsim.protocol import BundleInfo, ClientOutcome, ClientTask
-from fedsim.results import ClientRecord, RoundCallback, RoundRecord, Timings
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig, sample_count
+from fedsim.ground.errors import Diverged, RunAborted, RunEnded, RunStopped
+from fedsim.ground.messages import BundleInfo, ClientOutcome, ClientTask
+from fedsim.outputs.records import ClientRecord, RoundCallback, RoundRecord, Timings
+from fedsim.simulation.client_states import ClientStates
+from fedsim.simulation.clock import ClockState, round_end, sample_size, time_clients
+from fedsim.simulation.profiles import Profiles, median_profiles
 
 CentralEvaluate = Callable[[ArrayRecord], tuple[float, float]]
 PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate"}
@@ -177,7 +177,7 @@ class Exchange:
 
     def by_client(self) -> dict[int, Message]:
         """The replies by partition id."""
-        ok = [c.client for c in self.clients if c.status == protocol.OK]
+        ok = [c.client for c in self.clients if c.status == messages.OK]
         return dict(zip(ok, self.replies, strict=True))
 
     def discard(self, pids: Collection[int]) -> None:
@@ -186,7 +186,7 @@ class Exchange:
         self.replies = [reply for pid, reply in self.by_client().items() if pid not in pids]
         for client in self.clients:
             if client.client in pids:
-                client.status = protocol.STRAGGLER
+                client.status = messages.STRAGGLER
         for pid in pids:
             self.states.pop(pid, None)
 
@@ -237,7 +237,7 @@ class FederatedLoop:
         self.finished = threading.Event()  # set when the rounds are over, however
         self.error: BaseException | None = None  # why they ended early, if they did
         self.nodes: list[int] = []
-        self.reply_bytes = protocol.recorddict_bytes(RecordDict({protocol.ARRAYS: arrays}))
+        self.reply_bytes = messages.recorddict_bytes(RecordDict({messages.ARRAYS: arrays}))
 
     def run(self, grid: Grid) -> None:
         try:
@@ -295,8 +295,8 @@ class FederatedLoop:
             self.timings.aggregate += time.perf_counter() - tick
             if arrays is not None:
                 self.arrays = arrays
-            record.train_loss = _metric(metrics, protocol.TRAIN_LOSS)
-            record.dp_epsilon = _metric(metrics, protocol.DP_EPSILON)
+            record.train_loss = _metric(metrics, messages.TRAIN_LOSS)
+            record.dp_epsilon = _metric(metrics, messages.DP_EPSILON)
             if cfg.evaluates_on_clients:
                 self._evaluate_on_clients(grid, server_round, record)
             record.central_loss, record.central_accuracy = self._central()
@@ -342,8 +342,8 @@ class FederatedLoop:
         record.clients += evaluation.clients
         if evaluation.replies:
             metrics = self.strategy.aggregate_evaluate(server_round, evaluation.replies)
-            record.eval_loss = _metric(metrics, protocol.EVAL_LOSS)
-            record.eval_accuracy = _metric(metrics, protocol.EVAL_ACCURACY)
+            record.eval_loss = _metric(metrics, messages.EVAL_LOSS)
+            record.eval_accuracy = _metric(metrics, messages.EVAL_ACCURACY)
         self.timings.client_evaluate += time.perf_counter() - tick
 
     # ---- one phase: strategy messages -> bundles -> engine -> per-client replies -------
@@ -377,7 +377,7 @@ class FederatedLoop:
             state = self.states.get if training else lambda pid: RecordDict()
             tasks = [ClientTask(pid, sent[pid].content, state(pid)) for pid in bundle]
             message = Message(
-                content=protocol.pack_tasks(tasks, info),
+                content=messages.pack_tasks(tasks, info),
                 dst_node_id=node,
                 message_type=message_type,
             )
@@ -386,7 +386,7 @@ class FederatedLoop:
         exchange = Exchange(replies=[])
         for pid in sorted(sent):
             outcome = outcomes[pid]
-            if outcome.status == protocol.OK:
+            if outcome.status == messages.OK:
                 exchange.replies.append(Message(content=outcome.content, reply_to=sent[pid]))
                 if training and outcome.state is not None:
                     exchange.states[pid] = outcome.state
@@ -426,17 +426,17 @@ class FederatedLoop:
                 elif reply.has_error():
                     error = _reason(reply.error.reason)
                     outcomes.update(
-                        (pid, ClientOutcome(pid, protocol.FAILED, error=error)) for pid in bundle
+                        (pid, ClientOutcome(pid, messages.FAILED, error=error)) for pid in bundle
                     )
                 else:
-                    outcomes.update((o.pid, o) for o in protocol.unpack_outcomes(reply.content))
+                    outcomes.update((o.pid, o) for o in messages.unpack_outcomes(reply.content))
             if again:
                 time.sleep(RESEND_SECONDS)  # the actor's restart takes about a second
                 push(again)
             elif waiting:
                 time.sleep(POLL_SECONDS)
         for _, bundle in waiting.values():
-            outcomes.update((pid, ClientOutcome(pid, protocol.TIMEOUT)) for pid in bundle)
+            outcomes.update((pid, ClientOutcome(pid, messages.TIMEOUT)) for pid in bundle)
         return outcomes
 
     def _check_stop(self) -> None:
@@ -474,7 +474,7 @@ class _Measured:
 
     def bytes(self, content: RecordDict) -> int:
         if id(content) not in self._sizes:
-            self._sizes[id(content)] = (content, protocol.recorddict_bytes(content))
+            self._sizes[id(content)] = (content, messages.recorddict_bytes(content))
         return self._sizes[id(content)][1]
 
 
@@ -484,14 +484,14 @@ def _client_record(
     metrics = {}
     if outcome.content is not None:
         metrics = next(iter(outcome.content.metric_records.values()), {})
-    loss_key = protocol.TRAIN_LOSS if phase == "train" else protocol.EVAL_LOSS
+    loss_key = messages.TRAIN_LOSS if phase == "train" else messages.EVAL_LOSS
     return ClientRecord(
         round=server_round,
         phase=phase,
         client=pid,
         examples=examples,
         loss=_float(metrics.get(loss_key)),
-        accuracy=_float(metrics.get(protocol.EVAL_ACCURACY)) if phase == "evaluate" else None,
+        accuracy=_float(metrics.get(messages.EVAL_ACCURACY)) if phase == "evaluate" else None,
         status=outcome.status,
         seconds=outcome.seconds,
         bytes_down=down,
@@ -540,11 +540,11 @@ def no_updates(records: Sequence[RoundRecord], where: str, deadline: float | Non
     sampled client failed" when they all failed, timed out or dropped out; else each
     status with its count (stragglers came after --deadline, or were over-selected)."""
     counts = Counter(c.status for r in records for c in r.clients if c.phase == "train")
-    if set(counts) <= set(protocol.FAILURES):
+    if set(counts) <= set(messages.FAILURES):
         return f"every sampled client failed in {where}"
     said = ", ".join(f"{status} for {n}" for status, n in sorted(counts.items()))
     hint = ""
-    if counts[protocol.STRAGGLER] and deadline is not None:
+    if counts[messages.STRAGGLER] and deadline is not None:
         hint = f"; --deadline {deadline:g} simulated seconds is shorter than their rounds"
     return f"no update reached the server in {where}: clients.csv says {said}{hint}"
 

@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedsim.config import RunConfig, flag
-from fedsim.errors import ConfigError
+from fedsim.ground.config import RunConfig, flag
+from fedsim.ground.errors import ConfigError
 
 MEDIAN_EXAMPLES_PER_SECOND = 1 / (0.005 * math.e)  # 73.6: FedScale's median device
 MEDIAN_DOWN_MBPS = 55.07  # Speedtest Global Index, mobile download, July 2021

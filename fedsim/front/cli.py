@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedsim import sweep
-from fedsim.config import RunConfig, fields, flag, shown, value_type
-from fedsim.engine import STOP_SIGNALS
-from fedsim.errors import ConfigError, RunEnded
-from fedsim.profiles import load_profiles
+from fedsim.flower.engine import STOP_SIGNALS
+from fedsim.front import sweep
+from fedsim.ground.config import RunConfig, fields, flag, shown, value_type
+from fedsim.ground.errors import ConfigError, RunEnded
+from fedsim.simulation.profiles import load_profiles
 
 _TYPES = typing.get_type_hints(RunConfig)
 
@@ -126,19 +126,19 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
                     "--plot",
                     "takes the experiment folder alone, no run options (but --target-accuracy)",
                 )
-            from fedsim import plots
+            from fedsim.front import plots
 
             plots.report(Path(args.plot), given.get("target_accuracy", [None])[0])
             return 0
         experiment = sweep.plan_from(args.experiment, given)
         if experiment is not None:
-            from fedsim.experiment import run_experiment
+            from fedsim.front.experiment import run_experiment
 
             run_experiment(experiment)
             return 0
         (cfg,) = sweep.expand([given])
         load_profiles(cfg)  # a bad profiles file is refused before Ray starts
-        from fedsim import engine  # light: Ray is imported in its own thread
+        from fedsim.flower import engine  # light: Ray is imported in its own thread
 
         ray = engine.RayStarter(cfg)  # starts while the heavy imports (torch, flwr) run
         _runner().run(cfg, started, ray, exiting=exiting)
@@ -174,7 +174,7 @@ def _exit_now(code: int) -> None:
     at once, since threads Flower's engine left blocked (or starts while it winds down)
     would otherwise hold the interpreter's exit indefinitely."""
     if "ray" in sys.modules:
-        from fedsim import engine
+        from fedsim.flower import engine
 
         engine.stop_ray(wait=0)  # the loop was cut short: its thread need not end soon
     _leave(code)
@@ -182,7 +182,7 @@ def _exit_now(code: int) -> None:
 
 def _leave(code: int) -> typing.NoReturn:
     if "ray" in sys.modules:
-        from fedsim import engine
+        from fedsim.flower import engine
 
         engine.end_raylet_children()
     sys.stdout.flush()
@@ -191,9 +191,9 @@ def _leave(code: int) -> typing.NoReturn:
 
 
 def _runner():
-    from fedsim import runner
+    from fedsim.run import lifecycle
 
-    return runner
+    return lifecycle
 
 
 def _resume(args: argparse.Namespace, given: sweep.Grid, started: float) -> None:

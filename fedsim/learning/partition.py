@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.config import SPLITS, RunConfig, flag, with_role
-from fedsim.errors import ConfigError
+from fedsim.ground.config import SPLITS, RunConfig, flag, with_role
+from fedsim.ground.errors import ConfigError
 
 _CACHE_VERSION = "2"
 

@@ -39,8 +39,8 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
 
-from fedsim import protocol
-from fedsim.config import RunConfig, sample_count
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig, sample_count
 
 
 class Accountant:
@@ -103,7 +103,7 @@ class PrivateStrategy(Strategy):
         if arrays is not None:  # a round whose aggregate was released
             self.accountant.spend(self._noise_multiplier(norm_before))
         metrics = MetricRecord(dict(metrics or {}))
-        metrics[protocol.DP_EPSILON] = self.accountant.epsilon()
+        metrics[messages.DP_EPSILON] = self.accountant.epsilon()
         return arrays, metrics
 
     def configure_evaluate(
@@ -141,8 +141,8 @@ def wrap(cfg: RunConfig, strategy: Strategy) -> Strategy:
 def clip_reply(sent: RecordDict, reply: RecordDict) -> None:
     """What Flower's fixedclipping_mod does to one client's train reply, in place: clip
     (reply model - sent model) to the norm the server put in the config."""
-    norm = float(sent[protocol.CONFIG][KEY_CLIPPING_NORM])
-    original = sent[protocol.ARRAYS]
+    norm = float(sent[messages.CONFIG][KEY_CLIPPING_NORM])
+    original = sent[messages.ARRAYS]
     ((key, arrays),) = reply.array_records.items()
     if list(arrays.keys()) != list(original.keys()):
         raise ValueError("the reply's arrays are not the model's: nothing to clip against")

@@ -18,24 +18,17 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim import algorithms, attacks, engine, lifecycle, privacy, task, tracking
-from fedsim.asynchronous import BufferedSchedule
-from fedsim.checkpoint import (
-    CHECKPOINT,
-    Checkpoint,
-    Checkpointer,
-    load_checkpoint,
-    truncate_rows,
-)
-from fedsim.client_app import ClientData, MappedData, RayObjectData, build_client_app
-from fedsim.clients import ClientStates
-from fedsim.clock import ClockState
-from fedsim.config import RunConfig, flag, validate
-from fedsim.data import DecodedDataset, cache_root, load_cifar
-from fedsim.errors import ConfigError, Diverged, RunAborted
-from fedsim.partition import Partitions, cached_partition_indices
-from fedsim.profiles import Profiles, load_profiles
-from fedsim.results import (
+from fedsim import algorithms
+from fedsim.algorithms import attacks, privacy
+from fedsim.flower import engine
+from fedsim.flower.client_app import ClientData, MappedData, RayObjectData, build_client_app
+from fedsim.ground.config import RunConfig, flag, validate
+from fedsim.ground.errors import ConfigError, Diverged, RunAborted
+from fedsim.learning import training
+from fedsim.learning.data import DecodedDataset, cache_root, load_cifar
+from fedsim.learning.partition import Partitions, cached_partition_indices
+from fedsim.outputs import tracking
+from fedsim.outputs.records import (
     CLIENT_COLUMNS,
     CSV_COLUMNS,
     CsvRecorder,
@@ -44,13 +37,25 @@ from fedsim.results import (
     ProgressPrinter,
     Timings,
 )
-from fedsim.server_app import FederatedLoop, Transport, build_server_app, nodes_needed
+from fedsim.run import folders
+from fedsim.run.checkpoint import (
+    CHECKPOINT,
+    Checkpoint,
+    Checkpointer,
+    load_checkpoint,
+    truncate_rows,
+)
+from fedsim.simulation.buffered import BufferedSchedule
+from fedsim.simulation.client_states import ClientStates
+from fedsim.simulation.clock import ClockState
+from fedsim.simulation.loop import FederatedLoop, Transport, build_server_app, nodes_needed
+from fedsim.simulation.profiles import Profiles, load_profiles
 
 # statuses of runs that ended for a reason, kept by --resume unless it trains further
 ENDED = {kind.status: kind for kind in (RunAborted, Diverged)}
 ROUNDS_CSV = "rounds.csv"
 CLIENTS_CSV = "clients.csv"
-CONFIG_JSON = lifecycle.CONFIG_JSON
+CONFIG_JSON = folders.CONFIG_JSON
 MODEL = "model.pt"
 
 
@@ -59,14 +64,14 @@ class CentralEvaluator:
 
     def __init__(self, cfg: RunConfig, dataset: DecodedDataset) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = task.build_model(cfg.model).to(self.device)
+        self.model = training.build_model(cfg.model).to(self.device)
         self.images = torch.from_numpy(np.array(dataset.test_x)).to(self.device)
         self.labels = torch.from_numpy(np.array(dataset.test_y)).to(self.device)
 
     def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        return task.evaluate(
-            self.model, self.images, self.labels, batch_size=task.CENTRAL_BATCH_SIZE
+        return training.evaluate(
+            self.model, self.images, self.labels, batch_size=training.CENTRAL_BATCH_SIZE
         )
 
 
@@ -120,7 +125,7 @@ def run(
     try:
         inputs = _prepare(cfg, started)
         cluster = _wait_for_ray(ray, inputs)
-        with lifecycle.claimed_run_dir(cfg) as run_dir:
+        with folders.claimed_run_dir(cfg) as run_dir:
             return _execute(inputs, run_dir, started, cluster, None)
     finally:
         if owned and not (exiting and engine.private_ray(cfg)):
@@ -139,8 +144,8 @@ def resume(
     ended for a reason (aborted, diverged) keeps its status unless more rounds are asked
     for. Nothing in the folder changes before the run can go on."""
     started = started or time.perf_counter()
-    lifecycle.check_results_dir(run_dir)
-    with lifecycle.locked(run_dir, "--resume"):
+    folders.check_results_dir(run_dir)
+    with folders.locked(run_dir, "--resume"):
         document, cfg = _stored(run_dir)
         if rounds is not None:
             cfg = validate(cfg.replace(rounds=rounds))
@@ -202,8 +207,8 @@ def _finish_bookkeeping(
     timings = Timings(
         **{k: v for k, v in document.get("timings_seconds", {}).items() if k in known}
     )
-    extra = {k: v for k, v in document.items() if k not in lifecycle.STATUS_KEYS}
-    lifecycle.RunStatus(run_dir, cfg, timings, extra).write("complete", error=None)
+    extra = {k: v for k, v in document.items() if k not in folders.STATUS_KEYS}
+    folders.RunStatus(run_dir, cfg, timings, extra).write("complete", error=None)
     print(
         f"fedsim: {run_dir}: all {checkpoint.round} rounds were done; wrote what the run "
         "had not (model.pt, status complete)"
@@ -238,7 +243,7 @@ def _execute(
         "cluster": cluster.describe(),
         **attacks.describe(cfg),
     }
-    status = lifecycle.RunStatus(run_dir, cfg, inputs.timings, extra)
+    status = folders.RunStatus(run_dir, cfg, inputs.timings, extra)
     print(_announce(cfg, run_dir, cluster, checkpoint.round if checkpoint else None), flush=True)
     transport = Transport(cluster.concurrent_clients, cfg.clients_per_message)
     loop = build_loop(inputs, run_dir, checkpoint, transport, status.failures)
@@ -300,7 +305,7 @@ def build_loop(
     torch.set_num_threads(os.cpu_count() or 1)  # the driver evaluates while clients wait
     if checkpoint is None:
         strategy = privacy.wrap(cfg, algorithms.build(cfg).strategy())
-        arrays = ArrayRecord(task.build_model(cfg.model, seed=cfg.seed).state_dict())
+        arrays = ArrayRecord(training.build_model(cfg.model, seed=cfg.seed).state_dict())
         states, clock = ClientStates(), ClockState()
     else:
         strategy, arrays = checkpoint.strategy, checkpoint.arrays

@@ -21,11 +21,11 @@ from typing import Any
 
 from flwr.app import RecordDict
 
-from fedsim import clients as client_states
-from fedsim import protocol
-from fedsim.config import RunConfig
-from fedsim.profiles import ClientProfile, Profiles
-from fedsim.results import ClientRecord
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig
+from fedsim.outputs.records import ClientRecord
+from fedsim.simulation import client_states
+from fedsim.simulation.profiles import ClientProfile, Profiles
 
 
 def client_sim_seconds(
@@ -49,7 +49,7 @@ def time_clients(
         record.sim_seconds = client_sim_seconds(
             profiles.of(record.client), record.bytes_down, record.examples, epochs, record.bytes_up
         )
-        if record.status == protocol.OK:
+        if record.status == messages.OK:
             finished[record.client] = record.sim_seconds
     return finished
 

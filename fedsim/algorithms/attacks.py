@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim import protocol, task
-from fedsim.config import RunConfig
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig
+from fedsim.learning import training
 
 if TYPE_CHECKING:
     from fedsim.algorithms.base import ClientContext
@@ -60,7 +61,7 @@ def announce(cfg: RunConfig) -> str:
 
 def flip_labels(labels: torch.Tensor) -> torch.Tensor:
     """Label flipping (Fang et al., USENIX Security 2020): label l becomes 9 - l."""
-    return task.NUM_CLASSES - 1 - labels
+    return training.NUM_CLASSES - 1 - labels
 
 
 @torch.no_grad()
@@ -71,7 +72,7 @@ def poison(ctx: ClientContext, model: nn.Module) -> None:
     attack = attack_of(ctx.cfg, ctx.pid)
     if attack not in ("sign-flip", "scale", "gaussian"):
         return
-    start = ctx.content[protocol.ARRAYS].to_torch_state_dict()
+    start = ctx.content[messages.ARRAYS].to_torch_state_dict()
     generator = ctx.generator(NOISE_STREAM)
     for name, weights in model.state_dict().items():
         if not weights.is_floating_point():

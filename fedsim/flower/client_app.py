@@ -27,13 +27,16 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MessageType
 from flwr.clientapp import ClientApp
 
-from fedsim import algorithms, privacy, protocol, task
-from fedsim.actor_log import log_calls
+from fedsim import algorithms
+from fedsim.algorithms import privacy
 from fedsim.algorithms.base import Algorithm, ClientContext, ClientResult, client_seed
-from fedsim.config import RunConfig
-from fedsim.data import read_cached
-from fedsim.partition import Partitions
-from fedsim.protocol import BundleInfo, ClientOutcome, ClientTask
+from fedsim.flower.actor_log import log_calls
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig
+from fedsim.ground.messages import BundleInfo, ClientOutcome, ClientTask
+from fedsim.learning import training
+from fedsim.learning.data import read_cached
+from fedsim.learning.partition import Partitions
 
 # This module is what actors import first: keep Flower's per-actor chatter (such as
 # "Manually terminating ClientAppActor" at shutdown) off the console; fedsim counts and
@@ -134,7 +137,7 @@ class _Process:
         self.cfg = cfg
         self.algorithm: Algorithm = algorithms.build(cfg)
         self.device = client_device(cfg)
-        self.model = task.build_model(cfg.model).to(self.device)
+        self.model = training.build_model(cfg.model).to(self.device)
         self.images, self.labels, self.partitions = data.load()
         self._weights: tuple[ArrayRecord, dict[str, torch.Tensor]] | None = None
 
@@ -162,7 +165,7 @@ class _Process:
 def _run_client(process: _Process, message_type: str, task_: ClientTask, info: BundleInfo):
     cfg, pid = process.cfg, task_.pid
     if info.deadline and time.time() > info.deadline:
-        return ClientOutcome(pid, protocol.TIMEOUT)  # the server has stopped waiting
+        return ClientOutcome(pid, messages.TIMEOUT)  # the server has stopped waiting
     started = time.perf_counter()
     ctx = ClientContext(
         cfg=cfg,
@@ -185,17 +188,17 @@ def _run_client(process: _Process, message_type: str, task_: ClientTask, info: B
         else:
             result = process.algorithm.evaluate(ctx)
     except SimulatedDropout as error:
-        return ClientOutcome(pid, protocol.DROPOUT, time.perf_counter() - started, error=str(error))
+        return ClientOutcome(pid, messages.DROPOUT, time.perf_counter() - started, error=str(error))
     except Exception as error:  # the client fails alone; the bundle goes on
         seconds = time.perf_counter() - started
         return ClientOutcome(
-            pid, protocol.FAILED, seconds, error=f"{type(error).__name__}: {error}"
+            pid, messages.FAILED, seconds, error=f"{type(error).__name__}: {error}"
         )
     seconds = time.perf_counter() - started
-    bytes_up = protocol.recorddict_bytes(result.content)
+    bytes_up = messages.recorddict_bytes(result.content)
     return ClientOutcome(
         pid,
-        protocol.OK,
+        messages.OK,
         seconds=seconds,
         bytes_up=bytes_up,
         measured_in=time.perf_counter() - started - seconds,
@@ -236,11 +239,11 @@ def _run_process(cfg: RunConfig, data: ClientData) -> _Process:
 
 def handle_bundle(cfg: RunConfig, data: ClientData, msg: Message, context: Context) -> Message:
     process = _run_process(cfg, data)
-    tasks, info = protocol.unpack_tasks(msg.content)
+    tasks, info = messages.unpack_tasks(msg.content)
     message_type = msg.metadata.message_type
     with _watchdog(info.deadline):
         outcomes = [_run_client(process, message_type, task_, info) for task_ in tasks]
-    return Message(content=protocol.pack_outcomes(outcomes), reply_to=msg)
+    return Message(content=messages.pack_outcomes(outcomes), reply_to=msg)
 
 
 def build_client_app(cfg: RunConfig, data: ClientData) -> ClientApp:
