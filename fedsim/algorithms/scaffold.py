@@ -52,10 +52,10 @@ class ScaffoldStrategy(FedAvg):
                     if np.issubdtype(array.dtype, np.floating)
                 }
             )
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        for message in messages:
+        sent = list(super().configure_train(server_round, arrays, config, grid))
+        for message in sent:
             message.content[CONTROL] = self.control
-        return messages
+        return sent
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -372,7 +372,7 @@ class FederatedLoop:
         deadline = time.time() + self.cfg.round_timeout
         info = BundleInfo(server_round=server_round, deadline=deadline)
         down = _Measured()
-        messages = []
+        outgoing = []
         for node, bundle in routes:
             state = self.states.get if training else lambda pid: RecordDict()
             tasks = [ClientTask(pid, sent[pid].content, state(pid)) for pid in bundle]
@@ -381,8 +381,8 @@ class FederatedLoop:
                 dst_node_id=node,
                 message_type=message_type,
             )
-            messages.append((message, bundle))
-        outcomes = self._send_and_receive(grid, messages, deadline)
+            outgoing.append((message, bundle))
+        outcomes = self._send_and_receive(grid, outgoing, deadline)
         exchange = Exchange(replies=[])
         for pid in sorted(sent):
             outcome = outcomes[pid]
@@ -401,7 +401,7 @@ class FederatedLoop:
         return exchange
 
     def _send_and_receive(
-        self, grid: Grid, messages: list[tuple[Message, list[int]]], deadline: float
+        self, grid: Grid, outgoing: list[tuple[Message, list[int]]], deadline: float
     ) -> dict[int, ClientOutcome]:
         """Push the bundles, wait for their replies until the deadline (stoppable,
         polling faster than Flower's grid), and read each client's outcome; the clients
@@ -414,7 +414,7 @@ class FederatedLoop:
             ids = grid.push_messages([m for m, _ in batch])
             waiting.update(zip(ids, batch, strict=True))
 
-        push(messages)
+        push(outgoing)
         outcomes: dict[int, ClientOutcome] = {}
         while waiting and time.time() < deadline:
             self._check_stop()
