@@ -24,8 +24,10 @@ from flwr.serverapp.strategy import FedAvg
 
 from bench.reference import config_from
 from fedsim.flower import engine
-from fedsim.learning import training
-from fedsim.outputs.records import CsvRecorder, RoundRecord, Timings
+from fedsim.ground.files import CLIENTS_CSV, ROUNDS_CSV
+from fedsim.learning import models
+from fedsim.outputs.files import CsvRecorder
+from fedsim.outputs.records import RoundRecord, Timings
 from fedsim.run import folders
 
 client_app = ClientApp()
@@ -43,7 +45,7 @@ def main(argv: list[str]) -> Path:
     cfg = config_from(argv)
     with folders.claimed_run_dir(cfg) as run_dir:
         timings = Timings()
-        recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv")
+        recorder = CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV)
         last = [time.perf_counter()]
 
         def record_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -66,7 +68,7 @@ def main(argv: list[str]) -> Path:
                 min_train_nodes=1,
                 min_available_nodes=cfg.clients,
             )
-            initial = ArrayRecord(training.build_model(cfg.model, seed=cfg.seed).state_dict())
+            initial = ArrayRecord(models.build_model(cfg.model, seed=cfg.seed).state_dict())
             try:
                 strategy.start(grid, initial, num_rounds=cfg.rounds, evaluate_fn=record_round)
             finally:

@@ -21,16 +21,16 @@ import numpy as np
 import psutil
 import torch
 
-from fedsim.algorithms.base import client_seed, train_settings
 from fedsim.front import cli, sweep
+from fedsim.ground import streams
 from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
-from fedsim.learning import training
-from fedsim.learning.data import cache_root, load_cifar
-from fedsim.learning.partition import cached_partition_indices
-from fedsim.outputs.records import ClientRecord, CsvRecorder, RoundRecord, Timings
-from fedsim.run import folders
-from fedsim.simulation.loop import sample_clients
+from fedsim.ground.files import CLIENTS_CSV, ROUNDS_CSV
+from fedsim.learning import models, training
+from fedsim.outputs.files import CsvRecorder
+from fedsim.outputs.records import ClientRecord, RoundRecord, Timings
+from fedsim.run import folders, lifecycle
+from fedsim.simulation.sampling import sample_clients
 
 Split = tuple[torch.Tensor, torch.Tensor]
 State = dict[str, torch.Tensor]
@@ -55,8 +55,8 @@ class ReferenceLoop:
     ) -> None:
         self.cfg, self.train, self.val, self.test = cfg, train, val, test
         self.timings = timings
-        self.settings = train_settings(cfg)
-        self.model = training.build_model(cfg.model, seed=cfg.seed).to(device)
+        self.settings = training.train_settings(cfg)
+        self.model = models.build_model(cfg.model, seed=cfg.seed).to(device)
         self.state: State = {k: v.clone() for k, v in self.model.state_dict().items()}
 
     def central(self) -> tuple[float, float]:
@@ -69,10 +69,12 @@ class ReferenceLoop:
     def round(self, server_round: int) -> RoundRecord:
         cfg, started = self.cfg, time.perf_counter()
         states, losses, sizes, clients = [], [], [], []
-        for pid in sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_fit, 0):
+        stream = streams.TRAINING_SAMPLE
+        for pid in sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_fit, stream):
             tick = time.perf_counter()
             self.model.load_state_dict(self.state)
-            generator = torch.Generator().manual_seed(client_seed(cfg.seed, server_round, pid, 0))
+            seed = streams.client_seed(cfg.seed, server_round, pid, streams.LOCAL_TRAINING)
+            generator = torch.Generator().manual_seed(seed)
             images, labels = self.train[pid]
             losses.append(training.train(self.model, images, labels, self.settings, generator).loss)
             states.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
@@ -100,7 +102,8 @@ class ReferenceLoop:
 
     def _evaluate_on_clients(self, server_round: int, record: RoundRecord) -> None:
         cfg, tick = self.cfg, time.perf_counter()
-        pids = sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_evaluate, 1)
+        stream = streams.EVALUATION_SAMPLE
+        pids = sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_evaluate, stream)
         self.model.load_state_dict(self.state)
         results = [training.evaluate(self.model, *self.val[pid]) for pid in pids]
         sizes = [len(self.val[pid][1]) for pid in pids]
@@ -126,23 +129,20 @@ def run(cfg: RunConfig, device: torch.device = CPU) -> Path:
     imports = time.time() - psutil.Process().create_time()  # the process's start counts
     started = time.perf_counter() - imports
     timings = Timings(imports=imports)
+    dataset, parts = lifecycle.load_data(cfg, timings)
     tick = time.perf_counter()
-    dataset = load_cifar(cfg.data, cache_root())
     images = torch.from_numpy(np.array(dataset.train_x))
     labels = torch.from_numpy(np.array(dataset.train_y))
     test = tuple(torch.from_numpy(np.array(a)).to(device) for a in (dataset.test_x, dataset.test_y))
-    timings.data_load = time.perf_counter() - tick
-    tick = time.perf_counter()
-    parts = cached_partition_indices(labels.numpy(), cfg, dataset.key, cache_root())
     train = [_split(images, labels, parts.train(pid), device) for pid in range(cfg.clients)]
     val = [_split(images, labels, parts.val(pid), device) for pid in range(cfg.clients)]
-    timings.partition = time.perf_counter() - tick
+    timings.partition += time.perf_counter() - tick
 
     torch.set_num_threads(os.cpu_count() or 1)
     loop = ReferenceLoop(cfg, train, val, test, timings, device)
     extra = {"engine": "plain loop", "device": str(device)}
     with folders.claimed_run_dir(cfg) as run_dir:
-        recorder = CsvRecorder(run_dir / "rounds.csv", run_dir / "clients.csv", timings)
+        recorder = CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV, timings)
         with folders.RunStatus(run_dir, cfg, timings, extra).running(started):
             loss, accuracy = loop.central()
             recorder.on_round_end(

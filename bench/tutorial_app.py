@@ -20,9 +20,10 @@ from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
 from bench.swap import simulate_with
+from fedsim.flower import bundles
 from fedsim.ground import messages
 from fedsim.ground.config import RunConfig
-from fedsim.learning import training
+from fedsim.learning import models
 
 _fds = None  # the quickstart's per-process FederatedDataset cache
 
@@ -84,13 +85,13 @@ def test_fn(model: torch.nn.Module, loader: DataLoader) -> tuple[float, float]:
 
 
 def build_client_app(cfg: RunConfig, data: Any) -> ClientApp:
-    """The quickstart's two handlers, run for each client of a bundle (fedsim.protocol);
+    """The quickstart's two handlers, run for each client of a bundle (fedsim.flower.bundles);
     fedsim's prepared `data` is ignored on purpose."""
     app = ClientApp()
     source = str(Path(cfg.data).resolve())
 
     def model_from(content: RecordDict) -> torch.nn.Module:
-        model = training.build_model(cfg.model)
+        model = models.build_model(cfg.model)
         model.load_state_dict(content["arrays"].to_torch_state_dict())
         return model
 
@@ -116,7 +117,7 @@ def build_client_app(cfg: RunConfig, data: Any) -> ClientApp:
 
     def each_client(handle):
         def handler(msg: Message, context: Context) -> Message:
-            tasks, _ = messages.unpack_tasks(msg.content)
+            tasks, _ = bundles.unpack_tasks(msg.content)
             outcomes = []
             for job in tasks:
                 content = handle(job.pid, job.content)
@@ -124,7 +125,7 @@ def build_client_app(cfg: RunConfig, data: Any) -> ClientApp:
                 outcomes.append(
                     messages.ClientOutcome(job.pid, messages.OK, bytes_up=size, content=content)
                 )
-            return Message(content=messages.pack_outcomes(outcomes), reply_to=msg)
+            return Message(content=bundles.pack_outcomes(outcomes), reply_to=msg)
 
         return handler
 

@@ -91,16 +91,13 @@ class Bench:
     def prepare(self, extra: Sequence[str] = (), tutorial: bool = False) -> None:
         """Fill the warm caches, untimed: decoded data and partitions (and the tutorial
         pattern's Arrow cache, which flwr-datasets builds on first use)."""
-        import numpy as np
-
         from bench.reference import config_from
-        from fedsim.learning.data import load_cifar
-        from fedsim.learning.partition import cached_partition_indices
+        from fedsim.run import lifecycle
 
         os.environ["HF_DATASETS_CACHE"] = str(HF_CACHE)
+        os.environ["FEDSIM_CACHE"] = str(WARM_CACHE)  # the variants' own (run(): env)
         cfg = config_from([*self.options, *extra])
-        dataset = load_cifar(cfg.data, WARM_CACHE)
-        cached_partition_indices(np.asarray(dataset.train_y), cfg, dataset.key, WARM_CACHE)
+        lifecycle.load_data(cfg)
         if tutorial:
             from bench.tutorial_app import federated_dataset
 

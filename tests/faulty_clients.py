@@ -4,8 +4,9 @@
 
 FAULT is `freeze` (the client's training never returns) or `kill` (the process
 running the client dies, as from the OOM killer or a segfault). Everything else is
-fedsim's own: the client app, its watchdog, the server loop, the engine. The fault
-strikes once, in the client's training in that round; later rounds are left alone.
+fedsim's own: the client app (given a per-client function that misbehaves once, its
+seam), its watchdog, the round loop, the engine. The fault strikes once, in the
+client's training in that round; later rounds are left alone.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import sys
 import time
 from functools import partial
 
-from flwr.app import Context, Message, MessageType
-from flwr.clientapp import ClientApp
+from flwr.app import MessageType
 
 from bench.swap import simulate_with
 from fedsim.flower import client_app
-from fedsim.ground import messages
+from fedsim.flower.bundles import BundleInfo
 from fedsim.ground.config import RunConfig
+from fedsim.ground.messages import ClientOutcome, ClientTask
 
 
 def _misbehave(kind: str) -> None:
@@ -31,33 +32,20 @@ def _misbehave(kind: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _handle(fault: tuple[str, int, int], cfg: RunConfig, data, msg: Message, context: Context):
+def faulty_client(
+    fault: tuple[str, int, int], process, message_type: str, task: ClientTask, info: BundleInfo
+) -> ClientOutcome:
+    """fedsim's own client, but client `victim` misbehaves when it trains in `round`
+    (inside the bundle's watchdog, as a real fault)."""
     kind, server_round, victim = fault
-    tasks, info = messages.unpack_tasks(msg.content)
-    run_client = client_app._run_client
-    if (
-        msg.metadata.message_type == MessageType.TRAIN
-        and info.server_round == server_round
-        and victim in [t.pid for t in tasks]
-    ):
-
-        def faulty(process, message_type, job, bundle_info):
-            if job.pid == victim:
-                _misbehave(kind)
-            return run_client(process, message_type, job, bundle_info)
-
-        client_app._run_client = faulty  # inside the bundle's watchdog, as a real fault
-    try:
-        return client_app.handle_bundle(cfg, data, msg, context)
-    finally:
-        client_app._run_client = run_client
+    hit = message_type == MessageType.TRAIN and info.server_round == server_round
+    if hit and task.pid == victim:
+        _misbehave(kind)
+    return client_app.run_client(process, message_type, task, info)
 
 
-def build_client_app(fault: tuple[str, int, int], cfg: RunConfig, data) -> ClientApp:
-    app = ClientApp()
-    app.train()(partial(_handle, fault, cfg, data))
-    app.evaluate()(partial(_handle, fault, cfg, data))
-    return app
+def build_client_app(fault: tuple[str, int, int], cfg: RunConfig, data):
+    return client_app.build_client_app(cfg, data, partial(faulty_client, fault))
 
 
 if __name__ == "__main__":

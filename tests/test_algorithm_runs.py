@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fedsim.algorithms import ALGORITHMS
-from fedsim.learning import training
+from fedsim.learning import models, nets
 from tests.conftest import run_cli, simulate
 
 OPTIONS = "--clients 10 --rounds 2 --lr 0.05 --batch-size 8 --local-epochs 2"
@@ -64,7 +64,7 @@ def _rounds(run: Path) -> pd.DataFrame:
 
 
 def _distance(model: dict[str, torch.Tensor]) -> float:
-    initial = training.build_model("cnn", seed=0).state_dict()
+    initial = models.build_model("cnn", seed=0).state_dict()
     return float(sum((model[k] - v).pow(2).sum() for k, v in initial.items()).sqrt())
 
 
@@ -126,7 +126,7 @@ def test_dp_reports_the_privacy_spent_each_round(every, tiny_cifar, results) -> 
         expected = accountant.get_epsilon(1e-5)
         assert rounds.loc[server_round, "dp_epsilon"] == pytest.approx(expected, rel=1e-6)
     # each round moves the model by at most the clipping norm, plus the noise
-    noise = 0.1 * 0.05 / 10 * np.sqrt(sum(v.numel() for v in training.Net().state_dict().values()))
+    noise = 0.1 * 0.05 / 10 * np.sqrt(sum(v.numel() for v in nets.Net().state_dict().values()))
     assert _distance(torch.load(results / "dp" / "model.pt")) < 2 * (0.05 + 2 * noise)
     assert _distance(torch.load(every / "fedavg_seed-0" / "model.pt")) > 1.0
 

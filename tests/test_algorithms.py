@@ -22,11 +22,12 @@ from torch import nn
 
 from fedsim import algorithms
 from fedsim.algorithms import attacks, privacy
-from fedsim.algorithms.base import ClientContext, client_seed
+from fedsim.algorithms.context import ClientContext
 from fedsim.algorithms.fednova import local_norm
 from fedsim.algorithms.scaffold import CONTROL
 from fedsim.ground import messages
 from fedsim.ground.config import RunConfig
+from fedsim.ground.streams import client_seed
 
 SIZES = (7, 12, 5, 9)  # unequal: weights, step counts and a_i differ between clients
 ROUNDS = ((0, 1, 2), (1, 2, 3))  # who trains in each round: partial participation

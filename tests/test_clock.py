@@ -4,7 +4,6 @@ how a round ends, FedBuff's schedule and its staleness-weighted update."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,18 +13,20 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim import algorithms
-from fedsim.algorithms.base import ClientContext
+from fedsim.algorithms.context import ClientContext
 from fedsim.algorithms.fedbuff import FedBuffStrategy
 from fedsim.front import sweep
 from fedsim.front.cli import main
 from fedsim.front.summary import sim_seconds_to_target
 from fedsim.ground import messages
 from fedsim.ground.config import RunConfig
-from fedsim.learning import training
+from fedsim.ground.streams import sample as sample_from
+from fedsim.learning import models
 from fedsim.outputs.records import ClientRecord
+from fedsim.run.options import make_config
 from fedsim.simulation.buffered import BufferedSchedule
 from fedsim.simulation.clock import ClockState, Flight, round_end, time_clients
-from fedsim.simulation.loop import Exchange, sample_clients, sample_from
+from fedsim.simulation.loop import PhaseResult, Population
 from fedsim.simulation.profiles import (
     MEDIAN_DOWN_MBPS,
     MEDIAN_UP_MBPS,
@@ -33,6 +34,8 @@ from fedsim.simulation.profiles import (
     load_profiles,
     read_profiles_csv,
 )
+from fedsim.simulation.sampling import sample_clients
+from fedsim.simulation.state import RunState
 from tests.conftest import ROOT
 
 HEADER = "client,examples_per_second,down_mbps,up_mbps,online\n"
@@ -89,7 +92,7 @@ def test_stragglers_are_taken_from_the_exchange() -> None:
     replies = [
         Message(RecordDict(), dst_node_id=pid + 1, message_type="train") for pid in (0, 2, 3)
     ]
-    exchange = Exchange(replies=list(replies), clients=records, states={2: RecordDict()})
+    exchange = PhaseResult(replies=list(replies), clients=records, states={2: RecordDict()})
     exchange.discard({2})
     assert exchange.replies == [replies[0], replies[2]]
     assert [c.status for c in records] == ["ok", "failed", "straggler", "ok"]
@@ -216,8 +219,8 @@ def test_fedbuff_weighs_updates_by_staleness_as_written_by_hand() -> None:
 
 
 def test_fedbuff_clients_send_the_change_they_made() -> None:
-    cfg = RunConfig(strategy="fedbuff", batch_size=4)
-    model = training.build_model("cnn", seed=0)
+    cfg = make_config(strategy="fedbuff", batch_size=4)
+    model = models.build_model("cnn", seed=0)
     start = ArrayRecord(model.state_dict())
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     ctx = ClientContext(
@@ -236,12 +239,12 @@ def test_fedbuff_clients_send_the_change_they_made() -> None:
         assert torch.equal(delta, before[name] - after[name]), name
 
 
-class _FakeLoop:
-    """What BufferedSchedule uses of FederatedLoop; training costs `seconds` per client
-    (no bytes), and each exchange says which model version it trained on."""
+class _Exchanges:
+    """The training phase BufferedSchedule is handed: training costs `seconds` per
+    client (no bytes), and each exchange says which model version it trained on."""
 
     def __init__(self, seconds: list[float], buffer_size: int, concurrency: int) -> None:
-        self.cfg = RunConfig(
+        cfg = make_config(
             clients=len(seconds),
             strategy="fedbuff",
             buffer_size=buffer_size,
@@ -249,28 +252,30 @@ class _FakeLoop:
             max_failed_rounds=1,
         )
         ones = np.ones(len(seconds))
-        self.profiles = Profiles(1 / np.array(seconds), ones, ones)
-        self.train_sizes = np.ones(len(seconds), dtype=int)
-        self.clock = ClockState()
-        self.states = SimpleNamespace(set=lambda pid, state: None)
+        profiles = Profiles(1 / np.array(seconds), ones, ones)
+        population = Population(np.ones(len(seconds), dtype=int), ones, profiles)
+        buffered = algorithms.build(cfg).buffered()
+        self.schedule = BufferedSchedule(buffered, cfg, population)
+        self.state = RunState(ArrayRecord(), FedBuffStrategy())
         self.version = 0
         self.exchanges: list[tuple[int, list[int]]] = []
 
-    def exchange(self, grid, message_type: str, server_round: int, pids: list[int]) -> Exchange:
+    def train(self, server_round: int, pids: list[int]) -> PhaseResult:
         self.exchanges.append((self.version, pids))
         records = [
             ClientRecord(server_round, "train", pid, 1, 1.0, None, "ok", 0.0, 0, 0) for pid in pids
         ]
         replies = [Message(RecordDict(), dst_node_id=pid + 1, message_type="train") for pid in pids]
-        return Exchange(replies=replies, clients=records)
+        return PhaseResult(replies=replies, clients=records)
 
     def updates(self, count: int) -> list[tuple[float, list[int], list[int]]]:
         """(clock, clients, staleness) of `count` server updates."""
-        schedule, done = BufferedSchedule(), []
+        done = []
         for server_round in range(1, count + 1):
-            arrived = schedule.train(self, None, server_round)
+            arrived = self.schedule.train(server_round, self.state, self.train)
             staleness = [r.content[messages.STALENESS][messages.STALENESS] for r in arrived.replies]
-            done.append((self.clock.now, [c.client for c in arrived.clients], staleness))
+            clock = self.state.clock.now
+            done.append((clock, [c.client for c in arrived.clients], staleness))
             self.version += 1  # the server applies the update
         return done
 
@@ -278,7 +283,7 @@ class _FakeLoop:
 def test_fedbuff_schedule_by_hand() -> None:
     """Three clients always training (concurrency 3), one update per arrival: clients
     of 2, 3 and 5 simulated seconds start over as soon as they arrive."""
-    loop = _FakeLoop([2.0, 3.0, 5.0], buffer_size=1, concurrency=3)
+    loop = _Exchanges([2.0, 3.0, 5.0], buffer_size=1, concurrency=3)
     assert loop.updates(6) == [
         (2.0, [0], [0]),  # client 0 started at 0 on version 0
         (3.0, [1], [1]),  # client 1 started at 0; one update since
@@ -292,7 +297,7 @@ def test_fedbuff_schedule_by_hand() -> None:
 
 
 def test_fedbuff_trains_a_start_early_when_it_could_arrive_first() -> None:
-    loop = _FakeLoop([1.0, 3.0, 5.0], buffer_size=3, concurrency=3)
+    loop = _Exchanges([1.0, 3.0, 5.0], buffer_size=3, concurrency=3)
     assert loop.updates(1) == [(3.0, [0, 0, 0], [0, 0, 0])]  # 1, 2, then 3 (before client 1)
     assert loop.exchanges == [(0, [0, 1, 2]), (0, [0]), (0, [0])]
 

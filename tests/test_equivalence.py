@@ -5,7 +5,7 @@ nodes).
 The plain loop here is written independently of fedsim's training code: torch.optim.SGD,
 the proximal term as the FedProx paper writes it, and FedAvg's weighted mean. It shares
 only what defines the experiment: the partitions, the initial weights and each client's
-seed (fedsim.partition, fedsim.learning.training.build_model, fedsim.algorithms.base.client_seed).
+seed (fedsim.learning.partition, fedsim.learning.models.build_model, fedsim.ground.streams).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsim.algorithms.base import client_seed
 from fedsim.ground.config import RunConfig
-from fedsim.learning import training
-from fedsim.learning.data import cache_root, load_cifar
-from fedsim.learning.partition import cached_partition_indices
-from fedsim.simulation.loop import sample_clients
+from fedsim.ground.streams import client_seed
+from fedsim.learning import models
+from fedsim.run import lifecycle
+from fedsim.run.options import make_config
+from fedsim.simulation.sampling import sample_clients
 from tests.conftest import run_cli
 
 OPTIONS = "--clients 6 --rounds 2 --fraction-fit 0.67 --batch-size 16 --lr 0.05 --momentum 0.9"
@@ -33,12 +33,11 @@ OPTIONS += " --weight-decay 0.001 --local-epochs 2"
 
 def _plain_loop(cfg: RunConfig, data) -> dict[str, torch.Tensor]:
     """FedAvg / FedProx as a textbook loop over the same partitions and seeds."""
-    dataset = load_cifar(str(data), cache_root())
+    dataset, parts = lifecycle.load_data(cfg.replace(data=str(data)))
     labels = np.asarray(dataset.train_y)
-    parts = cached_partition_indices(labels, cfg, dataset.key, cache_root())
     images = torch.from_numpy(np.array(dataset.train_x))
     targets = torch.from_numpy(labels)
-    model = training.build_model(cfg.model, seed=cfg.seed)
+    model = models.build_model(cfg.model, seed=cfg.seed)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each client actor runs (--cpus-per-client 1)
@@ -67,7 +66,8 @@ def _plain_loop(cfg: RunConfig, data) -> dict[str, torch.Tensor]:
                         inputs = x[index].float() / 127.5 - 1.0
                         loss = F.cross_entropy(model(inputs), y[index])
                         if cfg.strategy == "fedprox":
-                            loss = loss + cfg.proximal_mu / 2 * sum(
+                            mu = cfg.strategy_options["proximal_mu"]
+                            loss = loss + mu / 2 * sum(
                                 (p - a).pow(2).sum()
                                 for p, a in zip(model.parameters(), anchor, strict=True)
                             )
@@ -133,7 +133,7 @@ def test_bundling_and_actor_count_change_no_number(runs) -> None:
 @pytest.mark.parametrize(("strategy", "name"), [("fedavg", "k3"), ("fedprox", "fedprox-k3")])
 def test_fedsim_equals_a_plain_pytorch_loop(runs, tiny_cifar, strategy, name) -> None:
     model, _, _ = _run(runs, name)
-    cfg = RunConfig(
+    cfg = make_config(
         clients=6,
         rounds=2,
         fraction_fit=0.67,
@@ -143,7 +143,7 @@ def test_fedsim_equals_a_plain_pytorch_loop(runs, tiny_cifar, strategy, name) ->
         weight_decay=0.001,
         local_epochs=2,
         strategy=strategy,
-        proximal_mu=0.5 if strategy == "fedprox" else 0.0,
+        **({"proximal_mu": 0.5} if strategy == "fedprox" else {}),
     )
     reference = _plain_loop(cfg, tiny_cifar)
     for name, tensor in reference.items():

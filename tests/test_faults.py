@@ -173,7 +173,7 @@ def test_runs_named_alike_get_folders_of_their_own(tmp_path) -> None:
 
 def test_resume_skips_torn_or_foreign_lines(tmp_path) -> None:
     from fedsim.ground.errors import ConfigError
-    from fedsim.run.checkpoint import truncate_rows
+    from fedsim.outputs.files import truncate_rows
 
     path = tmp_path / "rounds.csv"
     path.write_text("round,a\n0,1\n1,2\ngarbage\x00\n2,3,4\n3,\n")
@@ -203,7 +203,7 @@ def test_nothing_outlives_a_killed_driver_by_more_than_seconds(
 def test_an_error_from_a_client_process_is_said_in_its_own_line() -> None:
     """What Ray and Flower make of an exception raised outside a client's own try (as
     seen when a bench app broke), and the line fedsim reports of it."""
-    from fedsim.simulation.loop import _reason
+    from fedsim.flower.exchange import _reason
 
     reason = (
         "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::"

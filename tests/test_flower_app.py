@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 
 from fedsim.front import flower_app
-from fedsim.ground.config import RunConfig, fields
+from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
+from fedsim.run.options import every
 from tests.conftest import ROOT
 from tests.services import LOOPBACK_ONLY, Services, free_port, wait_for
 
@@ -38,7 +39,7 @@ def test_app_config_is_every_option_at_its_default(monkeypatch) -> None:
     config = _app_section()["config"]
     assert flower_app.config_from(config) == RunConfig()
     options = [flower_app.option_name(key) for key in config]
-    assert sorted(options) == sorted(f.name for f in fields() if f.name != "ray_address")
+    assert sorted(options) == sorted(name for name in every() if name != "ray_address")
 
 
 def test_run_config_is_read_like_the_command_line() -> None:

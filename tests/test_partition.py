@@ -116,12 +116,12 @@ def test_assignment_read_once_equals_flwr_datasets_load_partition(partition, cli
     from datasets import Dataset
     from flwr_datasets.partitioner import IidPartitioner
 
-    from fedsim.learning.partition import _partitioner
+    from fedsim.learning.partition import PARTITIONERS
 
     cfg = RunConfig(clients=clients, partition=partition, seed=3, val_fraction=0.2)
     parts = partition_indices(LABELS, cfg)
     order = np.random.default_rng(cfg.seed).permutation(len(LABELS))
-    partitioner = IidPartitioner(clients) if partition == "iid" else _partitioner(cfg)
+    partitioner = IidPartitioner(clients) if partition == "iid" else PARTITIONERS[partition](cfg)
     partitioner.dataset = Dataset.from_dict({"label": LABELS[order], "row": order})
     for pid in range(clients):
         rows = np.asarray(partitioner.load_partition(pid)["row"])

@@ -6,13 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsim.outputs.records import (
-    CLIENT_COLUMNS,
-    CSV_COLUMNS,
-    ClientRecord,
-    CsvRecorder,
-    RoundRecord,
-)
+from fedsim.outputs.files import CsvRecorder
+from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, ClientRecord, RoundRecord
 
 
 def _client(pid: int, status: str = "ok", phase: str = "train", accuracy=None) -> ClientRecord:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedsim.learning import training
-from fedsim.simulation.loop import sample_clients
+from fedsim.simulation.sampling import sample_clients
 from tests.conftest import run_cli
 
 # --- the sampler ------------------------------------------------------------------------

@@ -110,7 +110,9 @@ def test_shipped_experiments_hold_the_issue_grids() -> None:
     assert ("dirichlet", 0.5, 2) in splits
     assert {c.classes_per_client for c in niid.runs if c.partition == "pathological"} == {1, 2, 3}
     assert {
-        (c.strategy, c.partition, c.proximal_mu) for c in niid.runs if c.strategy == "fedprox"
+        (c.strategy, c.partition, c.strategy_options["proximal_mu"])
+        for c in niid.runs
+        if c.strategy == "fedprox"
     } == {
         ("fedprox", "iid", 0.01),
         ("fedprox", "dirichlet", 0.001),  # NIID-Bench's mu for each partition
@@ -143,13 +145,13 @@ def test_one_cell_of_a_grid_keeps_its_variants_settings() -> None:
         10,
     )
     prox = _plan("--partition", "dirichlet", "--strategy", "fedprox", experiment=toml).runs
-    assert [c.proximal_mu for c in prox] == [0.001]
+    assert [c.strategy_options["proximal_mu"] for c in prox] == [0.001]
     two = _plan("--partition", "pathological", "--classes-per-client", "2", experiment=toml)
     assert {(c.partition, c.classes_per_client) for c in two.runs} == {("pathological", 2)}
     assert len(two.runs) == 4  # the four strategies
     # a value no variant holds overrides them all
     mu = _plan("--proximal-mu", "0.5", "--strategy", "fedprox", experiment=toml).runs
-    assert len(mu) == 5 and {c.proximal_mu for c in mu} == {0.5}
+    assert len(mu) == 5 and {c.strategy_options["proximal_mu"] for c in mu} == {0.5}
     # so does a list with such a value: seeds 0 and 1 of a cell the file runs with seed 0
     seeds = _plan("--seed", "0,1", "--partition", "iid", "--strategy", "scaffold", experiment=toml)
     assert [c.name for c in seeds.runs] == ["scaffold_iid_seed-0", "scaffold_iid_seed-1"]

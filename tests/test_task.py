@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsim.learning import training
+from fedsim.learning import models, training
 
 
 def _torch_sgd_train(model, images, labels, settings, generator) -> None:
@@ -35,7 +35,7 @@ def test_sgd_matches_torch_optim(momentum: float, weight_decay: float) -> None:
     settings = training.TrainSettings(
         epochs=1, batch_size=16, lr=0.05, momentum=momentum, weight_decay=weight_decay
     )
-    ours, theirs = training.build_model("cnn", seed=0), training.build_model("cnn", seed=0)
+    ours, theirs = models.build_model("cnn", seed=0), models.build_model("cnn", seed=0)
     training.train(ours, images, labels, settings, torch.Generator().manual_seed(2))
     _torch_sgd_train(theirs, images, labels, settings, torch.Generator().manual_seed(2))
     for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):

@@ -14,6 +14,7 @@ from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
 from fedsim.outputs.records import ClientRecord, RoundRecord
 from fedsim.outputs.tracking import METRICS, metrics, mlflow_uri, trackers
+from fedsim.run.options import make_config
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +149,7 @@ def test_mlflow_file_store_holds_the_params_and_each_metric_history(tmp_path: Pa
 
     records = _rounds()
     store = tmp_path / "mlruns"
-    cfg = RunConfig(mlflow=str(store), clients=5, server_lr=None)
+    cfg = make_config(mlflow=str(store), clients=5, strategy="fedavgm")
     (tracker,) = _run(cfg, tmp_path / "results" / "run-c", records)
 
     client = mlflow.MlflowClient(tracking_uri=store.as_uri())
@@ -157,7 +158,7 @@ def test_mlflow_file_store_holds_the_params_and_each_metric_history(tmp_path: Pa
     assert run.info.run_id == tracker.run_id and run.info.run_name == "run-c"
     assert run.info.status == "FINISHED"
     assert run.data.tags["fedsim.run_dir"] == str((tmp_path / "results" / "run-c").resolve())
-    assert run.data.params == {k: str(v) for k, v in cfg.as_dict().items()}
+    assert run.data.params == {k: str(v) for k, v in cfg.flat().items()}
     assert run.data.params["server_lr"] == "None" and run.data.params["clients"] == "5"
     expected = _expected(records)
     assert set(run.data.metrics) == set(expected)

@@ -1,8 +1,11 @@
-"""The federated algorithms, one module each: its client side and its server side.
+"""The federated algorithms, one module each, and their registry.
 
-Adding an algorithm = one module here (a subclass of `base.Algorithm`), its test, and
-one line in ALGORITHMS. Entries are import paths so that naming and validating an
-algorithm (the command line, experiment files) imports nothing heavy.
+An algorithm is a subclass of `base.Algorithm` in a module of its own that declares its
+options, checks and flags and implements its server and client sides (see base.py).
+Adding one is that module, its test, and one line in ALGORITHMS (its `--strategy`
+name and where its class is); docs/algorithms.md walks through FedDyn as the example.
+Attacks and differential privacy live beside them (attacks.py, privacy.py): every
+algorithm is attacked and privatised the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ ALGORITHMS = {
     "fedbuff": "fedsim.algorithms.fedbuff:FedBuff",
     "scaffold": "fedsim.algorithms.scaffold:Scaffold",
     "fednova": "fedsim.algorithms.fednova:FedNova",
+    "feddyn": "fedsim.algorithms.feddyn:FedDyn",
     "fedmedian": "fedsim.algorithms.fedmedian:FedMedian",
     "fedtrimmedavg": "fedsim.algorithms.fedtrimmedavg:FedTrimmedAvg",
     "krum": "fedsim.algorithms.krum:Krum",
@@ -31,19 +35,10 @@ ALGORITHMS = {
     "bulyan": "fedsim.algorithms.bulyan:Bulyan",
     "qfedavg": "fedsim.algorithms.qfedavg:QFedAvg",
 }
-# Asynchronous algorithms: no rounds of sampled clients, but a buffer of updates that
-# clients send whenever they finish on the simulated clock (fedsim.asynchronous).
-ASYNCHRONOUS = ("fedbuff",)
-# Algorithms --dp cannot wrap, and why
-NOT_WITH_DP = {
-    "scaffold": "its reply carries its control variates' change besides the model, and "
-    "Flower's DP wrappers clip every array a reply holds as if it were the model",
-    "fedbuff": "its updates arrive one by one on the simulated clock, not as rounds of "
-    "sampled clients, so the accountant's sampling model does not describe them",
-}
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
+    """The class registered as `name`."""
     module, _, attribute = ALGORITHMS[name].partition(":")
     return getattr(importlib.import_module(module), attribute)
 

@@ -12,27 +12,26 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from torch import nn
-
-from fedsim.ground import messages
+from fedsim.ground import messages, streams
 from fedsim.ground.config import RunConfig
-from fedsim.learning import training
 
 if TYPE_CHECKING:
-    from fedsim.algorithms.base import ClientContext
+    import torch
+    from torch import nn
 
+    from fedsim.algorithms.context import ClientContext
+
+MODEL_POISONING = ("sign-flip", "gaussian", "scale")  # rewrite the trained weights
+DATA_POISONING = ("label-flip",)  # train on wrong labels
+ATTACKS = MODEL_POISONING + DATA_POISONING  # --attack's choices
 SCALE = 10.0  # the scale attack's boost (Bhagoji et al., ICML 2019, "explicit boosting")
-CHOICE_STREAM = 0x41545441434B  # seeds which clients are malicious, apart from sampling's
-NOISE_STREAM = 2  # the client's random stream for gaussian noise (0 shuffles, 1 drops out)
 
 
 @functools.cache
 def malicious(cfg: RunConfig) -> frozenset[int]:
     """The malicious partitions: round(F × clients) of them, drawn from the seed alone."""
     count = int(cfg.byzantine_fraction * cfg.clients + 0.5)
-    rng = np.random.default_rng([cfg.seed, CHOICE_STREAM])
+    rng = streams.run_rng(cfg.seed, streams.MALICIOUS)
     return frozenset(rng.choice(cfg.clients, size=count, replace=False).tolist())
 
 
@@ -61,29 +60,36 @@ def announce(cfg: RunConfig) -> str:
 
 def flip_labels(labels: torch.Tensor) -> torch.Tensor:
     """Label flipping (Fang et al., USENIX Security 2020): label l becomes 9 - l."""
-    return training.NUM_CLASSES - 1 - labels
+    from fedsim.learning.data import NUM_CLASSES
+
+    return NUM_CLASSES - 1 - labels
 
 
-@torch.no_grad()
 def poison(ctx: ClientContext, model: nn.Module) -> None:
     """Rewrite a malicious client's trained weights w from the global weights g, in place:
     sign-flip sends g - (w - g), scale g + 10 (w - g), gaussian g + noise with the
     update's root-mean-square, tensor by tensor. Honest clients are left alone."""
     attack = attack_of(ctx.cfg, ctx.pid)
-    if attack not in ("sign-flip", "scale", "gaussian"):
-        return
+    if attack in MODEL_POISONING:
+        _poison(ctx, model, attack)
+
+
+def _poison(ctx: ClientContext, model: nn.Module, attack: str) -> None:
+    import torch
+
     start = ctx.content[messages.ARRAYS].to_torch_state_dict()
-    generator = ctx.generator(NOISE_STREAM)
-    for name, weights in model.state_dict().items():
-        if not weights.is_floating_point():
-            continue
-        origin = start[name].to(weights.device)
-        update = weights - origin
-        if attack == "sign-flip":
-            update = -update
-        elif attack == "scale":
-            update = SCALE * update
-        else:
-            noise = torch.randn(update.shape, generator=generator).to(weights.device)
-            update = noise * update.pow(2).mean().sqrt()
-        weights.copy_(origin + update)
+    generator = ctx.generator(streams.ATTACK_NOISE)
+    with torch.no_grad():
+        for name, weights in model.state_dict().items():
+            if not weights.is_floating_point():
+                continue
+            origin = start[name].to(weights.device)
+            update = weights - origin
+            if attack == "sign-flip":
+                update = -update
+            elif attack == "scale":
+                update = SCALE * update
+            else:
+                noise = torch.randn(update.shape, generator=generator).to(weights.device)
+                update = noise * update.pow(2).mean().sqrt()
+            weights.copy_(origin + update)

@@ -1,24 +1,40 @@
-"""What every algorithm shares: a generic client (local SGD on the client's partition)
-and the Flower strategy settings fedsim needs; an algorithm overrides only what it
-changes (pfl-research's pattern: an algorithm is a short class over a generic loop).
+"""The base of every algorithm: how an algorithm describes itself, and the generic
+client (local SGD on the client's partition) it changes only where it must
+(pfl-research's pattern: an algorithm is a short class over a generic loop).
+
+An algorithm's file declares, on its class:
+- its options, as `Option` class attributes (help, default, bounds); `self.name_of_it`
+  reads the run's value, and the command line, experiment files, the Flower App's
+  run config, config.json and the summary all take them from there;
+- its checks (`check`): settings it cannot run with, refused before anything starts;
+- its flags: `asynchronous` (it has no rounds of sampled clients: `buffered()` says
+  how its updates arrive), `not_with_dp` (why --dp cannot wrap it), `source`;
+- its server side (`strategy()`: a Flower Strategy, Flower's own class wherever one
+  exists) and what its clients do (`hooks`, `reply`, or `train` and `evaluate` whole),
+  with memory kept between a client's rounds in `ClientResult.state`.
+
+The command line reads every algorithm's class to list its options, so an algorithm
+module imports torch and fedsim.learning inside its client-side methods, not at the
+top: naming and validating options stays fast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
-from torch import nn
 
-from fedsim.algorithms import attacks
+from fedsim.algorithms.context import ClientContext, ClientResult
 from fedsim.ground import messages
-from fedsim.ground.config import RunConfig
-from fedsim.learning import training
+from fedsim.ground.config import Option, RunConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from fedsim.learning.training import LocalHooks, TrainResult, TrainSettings
 
 # fedsim samples clients itself (seeded, by partition id) and shows each strategy a
 # view of exactly the sampled clients, so the strategies' own fractions are 1.0 and
@@ -37,77 +53,73 @@ def given(**options: Any) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
-def train_settings(cfg: RunConfig) -> training.TrainSettings:
-    """Local SGD as the options set it."""
-    return training.TrainSettings(
-        epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        augment=cfg.augment,
-    )
+@dataclass(frozen=True)
+class Buffered:
+    """How an asynchronous algorithm's updates arrive (fedsim.simulation.buffered): the
+    server updates the model once `size` have, with `concurrency` clients training at
+    once on the simulated clock."""
 
-
-def client_seed(seed: int, server_round: int, pid: int, stream: int) -> int:
-    """Independent, reproducible seeds per (run seed, round, client, purpose)."""
-    return int(np.random.default_rng([seed, server_round, pid, stream]).integers(2**62))
-
-
-@dataclass
-class ClientContext:
-    """One client's task inside an actor: what it was sent, its memory, and access to
-    its data and to the process's model."""
-
-    cfg: RunConfig
-    pid: int
-    server_round: int
-    content: RecordDict  # what the strategy sent this client
-    state: RecordDict  # its memory from its last round (empty the first time)
-    load_model: Callable[[ArrayRecord], nn.Module]  # the process's model with these weights
-    load_data: Callable[[str], tuple[torch.Tensor, torch.Tensor]]  # "train"/"val" split
-
-    def generator(self, stream: int = 0) -> torch.Generator:
-        return torch.Generator().manual_seed(
-            client_seed(self.cfg.seed, self.server_round, self.pid, stream)
-        )
-
-    @property
-    def config(self):
-        return self.content.get(messages.CONFIG, {})
-
-
-@dataclass
-class ClientResult:
-    content: RecordDict  # the reply the strategy aggregates
-    state: RecordDict | None = None  # the client's new memory (None: keep it)
+    size: int
+    concurrency: int
 
 
 class Algorithm:
-    """Server side: `strategy()`, a Flower Strategy (Flower's own class wherever one
-    exists). Client side: `train()` and `evaluate()`; the default is plain local SGD
-    with the algorithm's `hooks()`, and a reply of the new weights."""
+    """Server side: `strategy()`, a Flower Strategy. Client side: `train()` and
+    `evaluate()`; the default is plain local SGD with the algorithm's `hooks()`, and a
+    reply of the new weights (`update`)."""
+
+    source: ClassVar[str] = ""  # where it comes from: "Li et al., MLSys 2020"
+    asynchronous: ClassVar[bool] = False  # no rounds of sampled clients: see buffered()
+    not_with_dp: ClassVar[str | None] = None  # why --dp cannot wrap it, if it cannot
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
 
+    @classmethod
+    def options(cls) -> list[Option]:
+        """The options it declares (its class's and its bases'), in declaration order."""
+        found: dict[str, Option] = {}
+        for klass in reversed(cls.__mro__):
+            found.update((k, v) for k, v in vars(klass).items() if isinstance(v, Option))
+        return list(found.values())
+
+    def check(self) -> None:
+        """Refuse (ConfigError) settings it cannot run with; called before anything runs."""
+
+    def buffered(self) -> Buffered | None:
+        """How its updates arrive, for an asynchronous algorithm (None: rounds)."""
+        return None
+
+    # ---- server side -------------------------------------------------------------------
+
     def strategy(self) -> Strategy:
         raise NotImplementedError
 
-    def settings(self) -> training.TrainSettings:
+    # ---- client side -------------------------------------------------------------------
+
+    def settings(self) -> TrainSettings:
+        from fedsim.learning.training import train_settings
+
         return train_settings(self.cfg)
 
-    def hooks(self, ctx: ClientContext, model: nn.Module) -> training.LocalHooks:
-        return training.LocalHooks()
+    def hooks(self, ctx: ClientContext, model: nn.Module) -> LocalHooks:
+        from fedsim.learning.training import LocalHooks
+
+        return LocalHooks()
 
     def training_data(self, ctx: ClientContext) -> tuple[torch.Tensor, torch.Tensor]:
         """The client's training split; a label-flipping attacker's labels are flipped."""
+        from fedsim.algorithms import attacks
+
         images, labels = ctx.load_data("train")
         if attacks.attack_of(ctx.cfg, ctx.pid) == "label-flip":
             labels = attacks.flip_labels(labels)
         return images, labels
 
     def train(self, ctx: ClientContext) -> ClientResult:
+        from fedsim.algorithms import attacks
+        from fedsim.learning import training
+
         model = ctx.load_model(ctx.content[messages.ARRAYS])
         images, labels = self.training_data(ctx)
         hooks = self.hooks(ctx, model)
@@ -116,7 +128,7 @@ class Algorithm:
         return self.reply(ctx, model, result, len(labels))
 
     def reply(
-        self, ctx: ClientContext, model: nn.Module, result: training.TrainResult, examples: int
+        self, ctx: ClientContext, model: nn.Module, result: TrainResult, examples: int
     ) -> ClientResult:
         metrics = {messages.TRAIN_LOSS: result.loss, messages.NUM_EXAMPLES: examples}
         return ClientResult(messages.train_reply(self.update(ctx, model), metrics))
@@ -126,6 +138,8 @@ class Algorithm:
         return ArrayRecord(model.state_dict())
 
     def evaluate(self, ctx: ClientContext) -> ClientResult:
+        from fedsim.learning import training
+
         model = ctx.load_model(ctx.content[messages.ARRAYS])
         images, labels = ctx.load_data("val")
         loss, accuracy = training.evaluate(model, images, labels)
@@ -135,3 +149,14 @@ class Algorithm:
             messages.NUM_EXAMPLES: len(labels),
         }
         return ClientResult(RecordDict({messages.METRICS: MetricRecord(metrics)}))
+
+
+# ---- options more than one algorithm declares (each declares it, from here) -------------
+
+SERVER_LR = Option(
+    None,
+    "server learning rate (default: Flower's for the algorithm; FedBuff's 1)",
+    bounds="(0, inf)",
+    type=float,
+)
+NUM_MALICIOUS = Option(0, "malicious clients the aggregation must withstand (f)", bounds="[0, inf)")

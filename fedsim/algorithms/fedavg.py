@@ -9,5 +9,7 @@ from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
 
 
 class FedAvg(Algorithm):
+    source = "McMahan et al., AISTATS 2017"
+
     def strategy(self) -> strategy.Strategy:
         return strategy.FedAvg(**SAMPLE_ALL)

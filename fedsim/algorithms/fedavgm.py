@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from flwr.serverapp import strategy
 
-from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, given
+from fedsim.algorithms.base import SAMPLE_ALL, SERVER_LR, Algorithm, given
+from fedsim.ground.config import Option
 
 
 class FedAvgM(Algorithm):
+    source = "Hsu et al., 2019"
+    server_lr = SERVER_LR
+    server_momentum = Option(
+        None, "server momentum (default: Flower's)", bounds="[0, 1)", type=float
+    )
+
     def strategy(self) -> strategy.Strategy:
         return strategy.FedAvgM(
             **SAMPLE_ALL,
-            **given(
-                server_learning_rate=self.cfg.server_lr, server_momentum=self.cfg.server_momentum
-            ),
+            **given(server_learning_rate=self.server_lr, server_momentum=self.server_momentum),
         )

@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid, strategy
-from torch import nn
 
-from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, ClientContext
+from fedsim.algorithms.base import SAMPLE_ALL, SERVER_LR, Algorithm, Buffered
+from fedsim.algorithms.context import ClientContext
 from fedsim.ground import messages
+from fedsim.ground.config import Option
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DEFAULT_SERVER_LR = 1.0
 
@@ -95,8 +100,23 @@ class FedBuffStrategy(strategy.FedAvg):
 
 
 class FedBuff(Algorithm):
+    source = "Nguyen et al., AISTATS 2022"
+    asynchronous = True
+    not_with_dp = (
+        "its updates arrive one by one on the simulated clock, not as rounds of sampled "
+        "clients, so the accountant's sampling model does not describe them"
+    )
+    buffer_size = Option(
+        10, "client updates the server waits for before each update (K)", "[1, inf)"
+    )
+    concurrency = Option(20, "clients training at once in simulated time (C)", "[1, inf)")
+    server_lr = SERVER_LR
+
+    def buffered(self) -> Buffered:
+        return Buffered(size=self.buffer_size, concurrency=self.concurrency)
+
     def strategy(self) -> FedBuffStrategy:
-        lr = self.cfg.server_lr
+        lr = self.server_lr
         return FedBuffStrategy(DEFAULT_SERVER_LR if lr is None else lr)
 
     def update(self, ctx: ClientContext, model: nn.Module) -> ArrayRecord:

@@ -9,5 +9,7 @@ from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
 
 
 class FedMedian(Algorithm):
+    source = "Yin et al., ICML 2018"
+
     def strategy(self) -> strategy.Strategy:
         return strategy.FedMedian(**SAMPLE_ALL)

@@ -13,16 +13,21 @@ model like every other algorithm's (attacks and Flower's DP wrappers act on it a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from torch import nn
 
-from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, ClientContext, ClientResult
+from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
+from fedsim.algorithms.context import ClientContext, ClientResult
 from fedsim.ground import messages
-from fedsim.learning import training
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fedsim.learning.training import TrainResult
 
 NORM = "fednova-a"  # a_i, the l1 norm of the client's momentum-SGD coefficients
 
@@ -77,11 +82,13 @@ class FedNovaStrategy(FedAvg):
 
 
 class FedNova(Algorithm):
+    source = "Wang et al., NeurIPS 2020, as NIID-Bench runs it"
+
     def strategy(self) -> FedNovaStrategy:
         return FedNovaStrategy(**SAMPLE_ALL)
 
     def reply(
-        self, ctx: ClientContext, model: nn.Module, result: training.TrainResult, examples: int
+        self, ctx: ClientContext, model: nn.Module, result: TrainResult, examples: int
     ) -> ClientResult:
         reply = super().reply(ctx, model, result, examples)
         reply.content[messages.METRICS][NORM] = local_norm(result.steps, self.cfg.momentum)

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from flwr.serverapp import strategy
 
-from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, given
+from fedsim.algorithms.base import SAMPLE_ALL, SERVER_LR, Algorithm, given
 
 
 class _FedOpt(Algorithm):
+    source = "Reddi et al., ICLR 2021"
     optimizer: type[strategy.Strategy]
+    server_lr = SERVER_LR
 
     def strategy(self) -> strategy.Strategy:
-        return self.optimizer(**SAMPLE_ALL, eta_l=self.cfg.lr, **given(eta=self.cfg.server_lr))
+        return self.optimizer(**SAMPLE_ALL, eta_l=self.cfg.lr, **given(eta=self.server_lr))
 
 
 class FedAdam(_FedOpt):

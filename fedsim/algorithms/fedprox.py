@@ -3,19 +3,31 @@ to their loss. Flower's FedProx sends mu in each client's config."""
 
 from __future__ import annotations
 
-from flwr.serverapp import strategy
-from torch import nn
+from typing import TYPE_CHECKING
 
-from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, ClientContext
+from flwr.serverapp import strategy
+
+from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
+from fedsim.algorithms.context import ClientContext
 from fedsim.ground import messages
-from fedsim.learning import training
+from fedsim.ground.config import Option
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fedsim.learning.training import LocalHooks
 
 
 class FedProx(Algorithm):
-    def strategy(self) -> strategy.Strategy:
-        return strategy.FedProx(**SAMPLE_ALL, proximal_mu=self.cfg.proximal_mu)
+    source = "Li et al., MLSys 2020"
+    proximal_mu = Option(0.0, "weight of the proximal term mu/2 · ||w - w_global||²", "[0, inf)")
 
-    def hooks(self, ctx: ClientContext, model: nn.Module) -> training.LocalHooks:
+    def strategy(self) -> strategy.Strategy:
+        return strategy.FedProx(**SAMPLE_ALL, proximal_mu=self.proximal_mu)
+
+    def hooks(self, ctx: ClientContext, model: nn.Module) -> LocalHooks:
+        from fedsim.learning import training
+
         mu = float(ctx.config.get(messages.PROXIMAL_MU, 0.0))
         if not mu:
             return training.LocalHooks()

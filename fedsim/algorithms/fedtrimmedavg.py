@@ -6,8 +6,14 @@ from __future__ import annotations
 from flwr.serverapp import strategy
 
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
+from fedsim.ground.config import Option
 
 
 class FedTrimmedAvg(Algorithm):
+    source = "Yin et al., ICML 2018"
+    trim_fraction = Option(
+        0.2, "share of the clients' values cut from each end, per coordinate (beta)", "[0, 0.5)"
+    )
+
     def strategy(self) -> strategy.Strategy:
-        return strategy.FedTrimmedAvg(**SAMPLE_ALL, beta=self.cfg.trim_fraction)
+        return strategy.FedTrimmedAvg(**SAMPLE_ALL, beta=self.trim_fraction)

@@ -39,8 +39,9 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
 
-from fedsim.ground import messages
-from fedsim.ground.config import RunConfig, sample_count
+from fedsim.ground import messages, streams
+from fedsim.ground.config import RunConfig, flag
+from fedsim.ground.errors import ConfigError
 
 
 class Accountant:
@@ -120,22 +121,74 @@ class PrivateStrategy(Strategy):
         self.wrapper.summary()
 
 
-def wrap(cfg: RunConfig, strategy: Strategy) -> Strategy:
-    """The algorithm's strategy as `--dp` asks: itself, or inside Flower's DP wrapper."""
-    if cfg.dp == "off":
-        return strategy
-    np.random.seed(cfg.seed)  # Flower's wrappers draw their noise from NumPy's global RNG
-    sampled = sample_count(cfg.clients, cfg.fraction_fit)
-    z, norm = cfg.dp_noise_multiplier, cfg.dp_clipping_norm
-    if cfg.dp == "server-fixed":
-        wrapper = DifferentialPrivacyServerSideFixedClipping(strategy, z, norm, sampled)
-    elif cfg.dp == "server-adaptive":
-        wrapper = DifferentialPrivacyServerSideAdaptiveClipping(
-            strategy, z, sampled, initial_clipping_norm=norm
+def _server_fixed(strategy: Strategy, z: float, norm: float, sampled: int) -> Strategy:
+    return DifferentialPrivacyServerSideFixedClipping(strategy, z, norm, sampled)
+
+
+def _server_adaptive(strategy: Strategy, z: float, norm: float, sampled: int) -> Strategy:
+    return DifferentialPrivacyServerSideAdaptiveClipping(
+        strategy, z, sampled, initial_clipping_norm=norm
+    )
+
+
+def _client_fixed(strategy: Strategy, z: float, norm: float, sampled: int) -> Strategy:
+    return DifferentialPrivacyClientSideFixedClipping(strategy, z, norm, sampled)
+
+
+OFF = "off"
+WRAPPERS = {  # --dp's modes: Flower's wrapper for each
+    "server-fixed": _server_fixed,
+    "server-adaptive": _server_adaptive,
+    "client-fixed": _client_fixed,
+}
+DP_MODES = (OFF, *WRAPPERS)
+
+
+def check(cfg: RunConfig) -> None:
+    """What Flower's DP wrappers would refuse mid-run, and algorithms they cannot wrap."""
+    if cfg.dp == OFF:
+        return
+    from fedsim.algorithms import algorithm_class
+
+    reason = algorithm_class(cfg.strategy).not_with_dp
+    if reason:
+        raise ConfigError(flag("dp"), f"{cfg.strategy}: {reason}")
+    sampled = cfg.sampled_per_round
+    if cfg.dp == "server-adaptive" and cfg.dp_noise_multiplier * 10 >= sampled:
+        raise ConfigError(
+            flag("dp_noise_multiplier"),
+            f"server-adaptive clipping spends part of the noise on counting clipped updates "
+            f"(standard deviation clients/20); Flower needs more than 10 × "
+            f"{cfg.dp_noise_multiplier:g} clients a round, {sampled} train each round "
+            "(--clients × --fraction-fit)",
         )
-    else:
-        wrapper = DifferentialPrivacyClientSideFixedClipping(strategy, z, norm, sampled)
+
+
+def wrap(cfg: RunConfig, strategy: Strategy) -> Strategy:
+    """The algorithm's strategy as `--dp` asks: itself, or inside Flower's DP wrapper,
+    whose noise is then seeded by the run's seed."""
+    if cfg.dp == OFF:
+        return strategy
+    streams.seed_dp_noise(cfg.seed)
+    return private(cfg, strategy)
+
+
+def private(cfg: RunConfig, strategy: Strategy) -> Strategy:
+    """`wrap` without seeding anything (to name what a run would use)."""
+    if cfg.dp == OFF:
+        return strategy
+    sampled = cfg.sampled_per_round
+    wrapper = WRAPPERS[cfg.dp](strategy, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, sampled)
     return PrivateStrategy(wrapper, Accountant(cfg.clients, sampled, cfg.dp_delta))
+
+
+def kind(strategy: Strategy) -> str:
+    """What a strategy is, wrapper included: `FedAvg`, or `FedAvg in
+    DifferentialPrivacyServerSideFixedClipping`."""
+    if isinstance(strategy, PrivateStrategy):
+        inner = type(strategy.wrapper.strategy).__name__
+        return f"{inner} in {type(strategy.wrapper).__name__}"
+    return type(strategy).__name__
 
 
 def clip_reply(sent: RecordDict, reply: RecordDict) -> None:

@@ -18,9 +18,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp import strategy
 
-from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, ClientContext, ClientResult
+from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
+from fedsim.algorithms.context import ClientContext, ClientResult
 from fedsim.ground import messages
-from fedsim.learning import training
+from fedsim.ground.config import Option
 
 RECEIVED_LOSS = "received_loss"
 
@@ -44,15 +45,20 @@ class QFedAvgStrategy(strategy.QFedAvg):
 
 
 class QFedAvg(Algorithm):
+    source = "Li et al., ICLR 2020"
+    q = Option(0.1, "q-FFL fairness exponent (0 weighs every client's loss alike)", "[0, inf)")
+
     def strategy(self) -> QFedAvgStrategy:
         return QFedAvgStrategy(
             client_learning_rate=self.cfg.lr,
-            q=self.cfg.q,
+            q=self.q,
             train_loss_key=RECEIVED_LOSS,
             **SAMPLE_ALL,
         )
 
     def train(self, ctx: ClientContext) -> ClientResult:
+        from fedsim.learning import training
+
         model = ctx.load_model(ctx.content[messages.ARRAYS])
         received_loss, _ = training.evaluate(model, *self.training_data(ctx))
         result = super().train(ctx)

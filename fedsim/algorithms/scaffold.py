@@ -17,17 +17,22 @@ aggregates.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from torch import nn
 
-from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, ClientContext, ClientResult
+from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
+from fedsim.algorithms.context import ClientContext, ClientResult
 from fedsim.ground import messages
-from fedsim.learning import training
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from fedsim.learning.training import LocalHooks, TrainResult
 
 CONTROL = "control"  # c in the server's message, c_i in the client's state
 CONTROL_DELTA = "control-delta"  # c_i+ - c_i in the client's reply
@@ -78,6 +83,12 @@ class ScaffoldStrategy(FedAvg):
 
 
 class Scaffold(Algorithm):
+    source = "Karimireddy et al., ICML 2020, as NIID-Bench runs it"
+    not_with_dp = (
+        "its reply carries its control variates' change besides the model, and Flower's "
+        "DP wrappers clip every array a reply holds as if it were the model"
+    )
+
     def strategy(self) -> ScaffoldStrategy:
         return ScaffoldStrategy(clients=self.cfg.clients, **SAMPLE_ALL)
 
@@ -87,11 +98,15 @@ class Scaffold(Algorithm):
         """(c, c_i): the server's control variate and the client's, zeros the first time."""
         server = {k: v.to(device) for k, v in ctx.content[CONTROL].to_torch_state_dict().items()}
         if CONTROL not in ctx.state:
-            return server, {key: torch.zeros_like(value) for key, value in server.items()}
+            return server, {key: value.new_zeros(value.shape) for key, value in server.items()}
         own = ctx.state[CONTROL].to_torch_state_dict()
         return server, {key: value.to(device) for key, value in own.items()}
 
-    def hooks(self, ctx: ClientContext, model: nn.Module) -> training.LocalHooks:
+    def hooks(self, ctx: ClientContext, model: nn.Module) -> LocalHooks:
+        import torch
+
+        from fedsim.learning.training import LocalHooks
+
         server, own = self._controls(ctx, next(model.parameters()).device)
         lr = self.cfg.lr
         correction = {key: lr * (server[key] - own[key]) for key in server}
@@ -102,10 +117,10 @@ class Scaffold(Algorithm):
             for key, step in correction.items():
                 weights[key].sub_(step)
 
-        return training.LocalHooks(after_step=correct)
+        return LocalHooks(after_step=correct)
 
     def reply(
-        self, ctx: ClientContext, model: nn.Module, result: training.TrainResult, examples: int
+        self, ctx: ClientContext, model: nn.Module, result: TrainResult, examples: int
     ) -> ClientResult:
         weights = model.state_dict()
         device = next(model.parameters()).device

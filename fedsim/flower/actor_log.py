@@ -25,7 +25,7 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedsim.ground.messages import BUNDLE
+from fedsim.flower.bundles import BUNDLE
 
 ENV = "FEDSIM_ACTOR_LOG"
 

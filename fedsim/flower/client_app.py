@@ -1,9 +1,9 @@
 """The Flower ClientApp: the clients of one bundle, trained or evaluated one after another.
 
-Built by a factory that closes over the run's config and a `ClientData` handle,
-because the simulation engine hands apps an empty run_config. A message carries a
-bundle of virtual clients (fedsim.protocol); each one runs the algorithm's client side
-(fedsim.algorithms) with its own seeds, and fails alone: a client that raises is
+Its handlers are bound to the run's config and a `ClientData` handle (the simulation
+engine hands apps an empty run_config). A message carries a bundle of virtual clients
+(fedsim.flower.bundles); each one runs the algorithm's client side (fedsim.algorithms)
+with its own seeds (fedsim.ground.streams), and fails alone: a client that raises is
 reported as failed and the next one runs. Each actor process keeps one model object
 and one zero-copy view of the data, so a client costs a weight load, gathering its
 rows, and the training itself; memory stays flat however many clients it serves.
@@ -29,12 +29,15 @@ from flwr.clientapp import ClientApp
 
 from fedsim import algorithms
 from fedsim.algorithms import privacy
-from fedsim.algorithms.base import Algorithm, ClientContext, ClientResult, client_seed
+from fedsim.algorithms.base import Algorithm
+from fedsim.algorithms.context import ClientContext, ClientResult
+from fedsim.flower import bundles
 from fedsim.flower.actor_log import log_calls
-from fedsim.ground import messages
+from fedsim.flower.bundles import BundleInfo
+from fedsim.ground import messages, streams
 from fedsim.ground.config import RunConfig
-from fedsim.ground.messages import BundleInfo, ClientOutcome, ClientTask
-from fedsim.learning import training
+from fedsim.ground.messages import ClientOutcome, ClientTask
+from fedsim.learning import models
 from fedsim.learning.data import read_cached
 from fedsim.learning.partition import Partitions
 
@@ -137,7 +140,7 @@ class _Process:
         self.cfg = cfg
         self.algorithm: Algorithm = algorithms.build(cfg)
         self.device = client_device(cfg)
-        self.model = training.build_model(cfg.model).to(self.device)
+        self.model = models.build_model(cfg.model).to(self.device)
         self.images, self.labels, self.partitions = data.load()
         self._weights: tuple[ArrayRecord, dict[str, torch.Tensor]] | None = None
 
@@ -162,7 +165,10 @@ class _Process:
         )
 
 
-def _run_client(process: _Process, message_type: str, task_: ClientTask, info: BundleInfo):
+def run_client(
+    process: _Process, message_type: str, task_: ClientTask, info: BundleInfo
+) -> ClientOutcome:
+    """One client's task, in the process that serves it; never raises."""
     cfg, pid = process.cfg, task_.pid
     if info.deadline and time.time() > info.deadline:
         return ClientOutcome(pid, messages.TIMEOUT)  # the server has stopped waiting
@@ -179,7 +185,7 @@ def _run_client(process: _Process, message_type: str, task_: ClientTask, info: B
     try:
         if message_type == MessageType.TRAIN:
             # Simulated dropout, decided by the seed alone
-            dropout = np.random.default_rng(client_seed(cfg.seed, info.server_round, pid, 1))
+            dropout = streams.client_rng(cfg.seed, info.server_round, pid, streams.DROPOUT)
             if cfg.client_failure_rate and dropout.random() < cfg.client_failure_rate:
                 raise SimulatedDropout(f"client {pid} dropped out in round {info.server_round}")
             result: ClientResult = process.algorithm.train(ctx)
@@ -237,21 +243,27 @@ def _run_process(cfg: RunConfig, data: ClientData) -> _Process:
     return _per_process(key, lambda: _Process(cfg, data))
 
 
-def handle_bundle(cfg: RunConfig, data: ClientData, msg: Message, context: Context) -> Message:
+# The per-client function a bundle's handler runs (tests put a misbehaving one here)
+RunClient = Callable[[_Process, str, ClientTask, BundleInfo], ClientOutcome]
+
+
+def handle_bundle(
+    cfg: RunConfig, data: ClientData, run: RunClient, msg: Message, context: Context
+) -> Message:
     process = _run_process(cfg, data)
-    tasks, info = messages.unpack_tasks(msg.content)
+    tasks, info = bundles.unpack_tasks(msg.content)
     message_type = msg.metadata.message_type
     with _watchdog(info.deadline):
-        outcomes = [_run_client(process, message_type, task_, info) for task_ in tasks]
-    return Message(content=messages.pack_outcomes(outcomes), reply_to=msg)
+        outcomes = [run(process, message_type, task_, info) for task_ in tasks]
+    return Message(content=bundles.pack_outcomes(outcomes), reply_to=msg)
 
 
-def build_client_app(cfg: RunConfig, data: ClientData) -> ClientApp:
+def build_client_app(cfg: RunConfig, data: ClientData, run: RunClient = run_client) -> ClientApp:
     """The handlers bound to this run. They are module functions under `partial`, not
     closures: Flower pickles the app into every message it hands an actor, and a
     closure is pickled by value (2.5 ms of the driver's time per message), a module
     function by name (0.1 ms)."""
     app = ClientApp(mods=[log_calls])
-    app.train()(partial(handle_bundle, cfg, data))
-    app.evaluate()(partial(handle_bundle, cfg, data))
+    app.train()(partial(handle_bundle, cfg, data, run))
+    app.evaluate()(partial(handle_bundle, cfg, data, run))
     return app

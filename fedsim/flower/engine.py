@@ -1,11 +1,14 @@
-"""The only module that talks to Ray and to Flower's simulation engine.
+"""Ray and Flower's simulation engine: starting a private Ray instance (or attaching to a
+cluster), sizing the clients' actors, running the apps, and the actors' shelf.
 
 `flwr.simulation.run_simulation` is deprecated upstream (still the in-process engine in
-flwr 1.42); keeping the call here leaves one place to change. fedsim starts Ray itself,
+flwr 1.42); calling it only here leaves one place to change. fedsim starts Ray itself,
 before Flower would, so that it can pick a private cluster (`address="local"`, never a
 stale one from Ray's address file) and keep the offline machines from phoning home.
 With `--ray-address` (or RAY_ADDRESS) it attaches to a cluster started with `ray start`
-instead; `ray.shutdown()` then only disconnects, and the cluster keeps running.
+instead; `ray.shutdown()` then only disconnects, and the cluster keeps running. (The
+client side reads data through Ray's object store, fedsim.flower.client_app, and the
+actor log asks Ray where an actor runs; the rest of fedsim never imports Ray.)
 """
 
 from __future__ import annotations

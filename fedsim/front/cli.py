@@ -1,4 +1,8 @@
-"""Command line -> validated RunConfig(s) -> runs. Bad input: one line, exit code 2."""
+"""Command line -> validated RunConfig(s) -> runs. Bad input: one line, exit code 2.
+
+Every option comes from the catalog (fedsim.run.options): RunConfig's own, grouped by
+concern in `--help`, and each algorithm's, under its name.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,21 @@ import os
 import signal
 import sys
 import time
-import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fedsim import algorithms
 from fedsim.flower.engine import STOP_SIGNALS
 from fedsim.front import sweep
-from fedsim.ground.config import RunConfig, fields, flag, shown, value_type
+from fedsim.ground.config import ALGORITHM, GROUPS, Option, flag
 from fedsim.ground.errors import ConfigError, RunEnded
+from fedsim.run import options
 from fedsim.simulation.profiles import load_profiles
 
-_TYPES = typing.get_type_hints(RunConfig)
+if TYPE_CHECKING:
+    from fedsim.run.lifecycle import Seams
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,20 +33,43 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError("usage", message)
 
 
-def _convert(name: str, text: str) -> Any:
-    kind = value_type(name)
-    optional = isinstance(_TYPES[name], types.UnionType)
-    if optional and text.strip().lower() in ("auto", "none", ""):
+def _convert(option: Option, text: str) -> Any:
+    if option.optional and text.strip().lower() in ("auto", "none", ""):
         return None
     try:
-        if kind is int:
+        if option.type is int:
             return int(text)
-        if kind is float:
+        if option.type is float:
             return float(text)
     except ValueError:
-        noun = "an integer" if kind is int else "a number"
-        raise ConfigError(flag(name), f"must be {noun}, got {text!r}") from None
+        noun = "an integer" if option.type is int else "a number"
+        raise ConfigError(flag(option.name), f"must be {noun}, got {text!r}") from None
     return text
+
+
+def _listable(option: Option) -> bool:
+    """Whether a comma list of its values is a sweep: numbers and choices, not paths."""
+    return option.type in (int, float) or option.name in options.CHOICES
+
+
+def _add(group: argparse._ArgumentGroup, option: Option, note: str = "") -> None:
+    if option.type is bool:
+        default = "on" if option.default else "off"
+        group.add_argument(
+            flag(option.name),
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=f"{option.help}{note} (default: {default})",
+        )
+        return
+    allowed = options.choices(option.name)
+    listed = f"; one of {', '.join(map(str, allowed))}" if allowed else ""
+    group.add_argument(
+        flag(option.name),
+        metavar=option.name.upper(),
+        default=None,
+        help=f"{option.help}{listed}{note} (default: {option.shown(option.default)})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,53 +79,67 @@ def build_parser() -> argparse.ArgumentParser:
         "Numeric and choice options take a comma list (--clients 2,4,8) to sweep a grid "
         "into results/<experiment>/.",
     )
-    parser.add_argument(
+    runs = parser.add_argument_group("runs and experiments")
+    runs.add_argument(
         "--experiment",
         metavar="FILE",
         help="run the grid in a TOML file (options given here override it); "
         "--name names the experiment folder (default: the file's name)",
     )
-    parser.add_argument(
+    runs.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="go on with an interrupted run from its last completed round "
         "(with --rounds: extend it)",
     )
-    parser.add_argument(
+    runs.add_argument(
         "--plot",
         metavar="DIR",
         help="only redraw summary.csv and the plots of results/<experiment> from its CSVs "
         "(with --target-accuracy: the time to reach it)",
     )
-    for f in fields():
-        if value_type(f.name) is bool:
-            parser.add_argument(
-                flag(f.name),
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})",
-            )
-        else:
-            parser.add_argument(
-                flag(f.name),
-                metavar=f.name.upper(),
-                default=None,
-                help=f"{f.metadata['help']} (default: {shown(f.name, f.default)})",
-            )
+    catalog, owners = options.every(), options.owners()
+    core = [option for name, option in catalog.items() if name not in owners]
+    for concern in GROUPS:
+        group = parser.add_argument_group(concern)
+        for option in core:
+            if option.group == concern:
+                _add(group, option)
+        if concern == ALGORITHM:
+            _algorithm_groups(parser, catalog, owners)
     return parser
+
+
+def _algorithm_groups(
+    parser: argparse.ArgumentParser, catalog: dict[str, Option], owners: dict[str, tuple]
+) -> None:
+    """Each algorithm's own options under its name; one several algorithms declare
+    appears under the first, naming them all."""
+    added: set[str] = set()
+    for name in algorithms.ALGORITHMS:
+        cls = algorithms.algorithm_class(name)
+        mine = [option for option in cls.options() if option.name not in added]
+        if not mine:
+            continue
+        group = parser.add_argument_group(f"--strategy {name}", f"{cls.source}")
+        for option in mine:
+            shared = owners[option.name]
+            note = f" ({', '.join(shared)})" if len(shared) > 1 else ""
+            _add(group, catalog[option.name], note)
+            added.add(option.name)
 
 
 def given_options(args: argparse.Namespace) -> sweep.Grid:
     """The run options set on the command line; numeric and choice ones may be lists."""
     given: sweep.Grid = {}
-    for f in fields():
-        raw = getattr(args, f.name)
+    for name, option in options.every().items():
+        raw = getattr(args, name)
         if raw is None:
             continue
-        if isinstance(raw, bool) or (value_type(f.name) is str and "choices" not in f.metadata):
-            given[f.name] = [raw]
+        if isinstance(raw, bool) or not _listable(option):
+            given[name] = [raw]
         else:
-            given[f.name] = [_convert(f.name, part.strip()) for part in raw.split(",")]
+            given[name] = [_convert(option, part.strip()) for part in raw.split(",")]
     return given
 
 
@@ -109,7 +152,10 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
+def main(
+    argv: Sequence[str] | None = None, exiting: bool = False, seams: Seams | None = None
+) -> int:
+    """simulate.py with `argv`; `seams` replace parts of the runs (tests, benchmarks)."""
     started = time.perf_counter()
     for stop in STOP_SIGNALS:
         signal.signal(stop, _interrupt)
@@ -118,7 +164,7 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
         args = build_parser().parse_args(argv)
         given = given_options(args)
         if args.resume:
-            _resume(args, given, started)
+            _resume(args, given, started, seams)
             return 0
         if args.plot:
             if set(given) - {"target_accuracy"} or args.experiment:
@@ -134,14 +180,15 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
         if experiment is not None:
             from fedsim.front.experiment import run_experiment
 
-            run_experiment(experiment)
+            run_experiment(experiment, seams)
             return 0
         (cfg,) = sweep.expand([given])
         load_profiles(cfg)  # a bad profiles file is refused before Ray starts
         from fedsim.flower import engine  # light: Ray is imported in its own thread
 
         ray = engine.RayStarter(cfg)  # starts while the heavy imports (torch, flwr) run
-        _runner().run(cfg, started, ray, exiting=exiting)
+        lifecycle = _lifecycle()
+        lifecycle.run(cfg, started, ray, exiting=exiting, seams=seams or lifecycle.Seams())
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -154,16 +201,16 @@ def main(argv: Sequence[str] | None = None, exiting: bool = False) -> int:
     return 0
 
 
-def entry(argv: Sequence[str] | None = None) -> typing.NoReturn:
+def entry(argv: Sequence[str] | None = None, seams: Seams | None = None) -> typing.NoReturn:
     """`python simulate.py`: main(), then leave. Once Ray has run in this process, leave
     at once (every result file is fsynced and closed by then): threads Flower's engine
     left blocked on actors would otherwise hold the interpreter's exit."""
-    code = main(argv, exiting=True)
+    code = main(argv, exiting=True, seams=seams)
     if "ray" in sys.modules:
         # Not ray.shutdown(): Flower's engine thread may still be winding down, and a
         # call it makes into a shut-down Ray ends the process with status 1. Ray's
         # processes get the parent-death signal as this process ends (RayStarter); a
-        # run on a cluster fedsim did not start has disconnected already (runner.run).
+        # run on a cluster fedsim did not start has disconnected already (lifecycle.run).
         _leave(code)
     raise SystemExit(code)
 
@@ -190,13 +237,16 @@ def _leave(code: int) -> typing.NoReturn:
     os._exit(code)
 
 
-def _runner():
+def _lifecycle():
+    """fedsim.run.lifecycle, imported when a run begins (it imports torch and flwr)."""
     from fedsim.run import lifecycle
 
     return lifecycle
 
 
-def _resume(args: argparse.Namespace, given: sweep.Grid, started: float) -> None:
+def _resume(
+    args: argparse.Namespace, given: sweep.Grid, started: float, seams: Seams | None
+) -> None:
     """A resumed run keeps its stored config; only --rounds may change (to extend it)."""
     others = [flag(name) for name in given if name != "rounds"]
     others += ["--plot"] * bool(args.plot) + ["--experiment"] * bool(args.experiment)
@@ -206,4 +256,6 @@ def _resume(args: argparse.Namespace, given: sweep.Grid, started: float) -> None
         )
     if len(given.get("rounds", [])) > 1:
         raise ConfigError("--resume", "takes one --rounds value, not a list")
-    _runner().resume(Path(args.resume), given.get("rounds", [None])[0], started)
+    lifecycle = _lifecycle()
+    rounds = given.get("rounds", [None])[0]
+    lifecycle.resume(Path(args.resume), rounds, started, seams=seams or lifecycle.Seams())

@@ -20,19 +20,13 @@ import pandas as pd
 
 from fedsim.flower import engine
 from fedsim.front import plots
-from fedsim.front.summary import CONFIG_JSON, is_complete
+from fedsim.front.summary import is_complete
 from fedsim.front.sweep import Experiment
-from fedsim.ground import config
-from fedsim.ground.config import RunConfig, applies, fields, flag, with_role
+from fedsim.ground.config import NOT_COMPARED, RunConfig, flag
 from fedsim.ground.errors import ConfigError, RunAborted, RunEnded
-from fedsim.learning.data import DecodedDataset, cache_root, load_cifar
-from fedsim.learning.partition import cached_partition_indices, label_counts
-from fedsim.run import folders, lifecycle
-from fedsim.simulation.profiles import load_profiles
-
-# Where and with what a run computes, not what: a finished run does not go stale
-# when these change (the data is compared by its content key instead).
-NOT_COMPARED = with_role(config.NOT_COMPARED)
+from fedsim.ground.files import CONFIG_JSON, LABEL_COUNTS_CSV
+from fedsim.learning.partition import label_counts
+from fedsim.run import folders, lifecycle, options
 
 
 @dataclass(frozen=True)
@@ -46,14 +40,17 @@ class _Planned:
 
 def changed_settings(cfg: RunConfig, stored: dict) -> list[str]:
     """How a stored run's config (config.json's `config`) differs from `cfg` in what
-    could change its numbers. An option newer than the run was at its default there:
-    unused options change nothing."""
+    could change its numbers: options that apply, other than where and with what a run
+    computes (the data is compared by its content key instead). An option newer than
+    the run was at its default there: unused options change nothing."""
+    there = options.from_document(stored).flat()
+    here = cfg.flat()
     return [
-        f"{f.name} {stored.get(f.name, f.default)!r} there, {getattr(cfg, f.name)!r} here"
-        for f in fields()
-        if f.name not in NOT_COMPARED
-        and applies(cfg, f.name)
-        and stored.get(f.name, f.default) != getattr(cfg, f.name)
+        f"{name} {there.get(name)!r} there, {here.get(name)!r} here"
+        for name in options.every()
+        if name not in options.with_role(NOT_COMPARED)
+        and options.applies(cfg, name)
+        and there.get(name) != here.get(name)
     ]
 
 
@@ -87,18 +84,15 @@ def _state(cfg: RunConfig, folder: Path, data_key: str) -> tuple[str, str]:
 
 
 def _check(experiment: Experiment) -> list[_Planned]:
-    """Data, partitions, profiles and run folder of every run, before any of them starts."""
-    datasets: dict[str, DecodedDataset] = {}
+    """Data, partitions, profiles, trackers and run folder of every run, before any of
+    them starts (fedsim.run.lifecycle.prepare, as each run itself does)."""
     planned = []
     for cfg in experiment.runs:
-        load_profiles(cfg)
-        if cfg.data not in datasets:
-            datasets[cfg.data] = load_cifar(cfg.data, cache_root())
-        dataset = datasets[cfg.data]
-        labels = np.asarray(dataset.train_y)
-        parts = cached_partition_indices(labels, cfg, dataset.key, cache_root())
+        inputs = lifecycle.prepare(cfg)
+        dataset, labels = inputs.dataset, np.asarray(inputs.dataset.train_y)
         counts = pd.DataFrame(
-            label_counts(labels, parts, len(dataset.classes)), columns=list(dataset.classes)
+            label_counts(labels, inputs.partitions, len(dataset.classes)),
+            columns=list(dataset.classes),
         ).rename_axis("client")
         folder = experiment.folder / cfg.name
         state, reason = _state(cfg, folder, dataset.key)
@@ -106,9 +100,10 @@ def _check(experiment: Experiment) -> list[_Planned]:
     return planned
 
 
-def run_experiment(experiment: Experiment) -> None:
+def run_experiment(experiment: Experiment, seams: lifecycle.Seams | None = None) -> None:
     """Run what is not complete yet, then summarise and plot. A run that aborts (every
     client failing) is reported and the sweep goes on; the exit status tells."""
+    seams = seams or lifecycle.Seams()
     total, failed = len(experiment.runs), []
     print(
         f"fedsim: experiment {experiment.folder}: {total} runs "
@@ -135,14 +130,14 @@ def run_experiment(experiment: Experiment) -> None:
                 print(head + (" (unfinished, going on)" if going_on else ""), flush=True)
                 try:
                     if going_on:
-                        lifecycle.resume(run.folder, ray=ray)
+                        lifecycle.resume(run.folder, ray=ray, seams=seams)
                     else:
-                        lifecycle.run(run.cfg, ray=ray)
+                        lifecycle.run(run.cfg, ray=ray, seams=seams)
                 except RunEnded as error:
                     print(f"error: {run.cfg.name}: {error}", file=sys.stderr, flush=True)
                     failed.append(run.cfg.name)
             if run.folder.is_dir():
-                run.counts.to_csv(run.folder / plots.LABEL_COUNTS_CSV)
+                run.counts.to_csv(run.folder / LABEL_COUNTS_CSV)
     finally:
         if ray is not None:
             ray.stop()

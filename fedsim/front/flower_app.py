@@ -24,25 +24,20 @@ from flwr.app import Context, Message, UserConfig
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.algorithms import attacks
+from fedsim import algorithms
 from fedsim.flower.client_app import build_client_app
+from fedsim.flower.exchange import Transport
 from fedsim.front import cli, sweep
-from fedsim.ground.config import RunConfig, fields, flag
+from fedsim.ground.config import RunConfig, flag
 from fedsim.ground.errors import ConfigError
-from fedsim.learning.data import cache_root, load_cifar
-from fedsim.learning.partition import Partitions, cached_partition_indices
-from fedsim.outputs.records import Timings
-from fedsim.run import folders, lifecycle
-from fedsim.simulation.loop import Transport
-from fedsim.simulation.profiles import load_profiles
-
-_FIELDS = {f.name for f in fields()}
+from fedsim.learning.partition import Partitions
+from fedsim.run import folders, lifecycle, options
 
 
 def option_name(key: str) -> str:
-    """The RunConfig field a run-config key sets: `local-epochs` -> local_epochs."""
+    """The option a run-config key sets: `local-epochs` -> local_epochs."""
     name = sweep.ALIASES.get(key, key.replace("-", "_"))
-    if name not in _FIELDS:
+    if name not in options.every():
         raise ConfigError(key, "is not a fedsim option (see `python simulate.py --help`)")
     return name
 
@@ -76,10 +71,8 @@ class LocalData:
         return f"local-{hash(self.cfg):x}"
 
     def load(self) -> tuple[np.ndarray, np.ndarray, Partitions]:
-        dataset = load_cifar(self.cfg.data, cache_root())
-        labels = np.asarray(dataset.train_y)
-        partitions = cached_partition_indices(labels, self.cfg, dataset.key, cache_root())
-        return dataset.train_x, labels, partitions
+        dataset, partitions = lifecycle.load_data(self.cfg)
+        return dataset.train_x, np.asarray(dataset.train_y), partitions
 
 
 @functools.cache
@@ -104,18 +97,12 @@ def main(grid: Grid, context: Context) -> None:
     """fedsim's round loop on Flower's grid, with the run lifecycle simulate.py uses."""
     started = time.perf_counter()
     cfg = config_from(context.run_config)
-    timings = Timings()
-    profiles = load_profiles(cfg)
-    dataset = load_cifar(cfg.data, cache_root())
-    labels = np.asarray(dataset.train_y)
-    partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root())
-    timings.data_load = time.perf_counter() - started  # decoding and partitioning, together
+    inputs = lifecycle.prepare(cfg, started)
     with folders.claimed_run_dir(cfg) as run_dir:
-        extra = {"run_dir": str(run_dir), "engine": "flower-app", "data_cache_key": dataset.key}
-        extra |= attacks.describe(cfg)
-        status = folders.RunStatus(run_dir, cfg, timings, extra)
-        inputs = lifecycle.RunInputs(cfg, dataset, partitions, timings, profiles)
-        transport = Transport(one_node_per_client=True)  # node i holds partition i
-        loop = lifecycle.build_loop(inputs, run_dir, None, transport, status.failures)
+        facts = {**lifecycle.run_facts(inputs, run_dir, None), "engine": "flower-app"}
+        status = folders.RunStatus(run_dir, cfg, inputs.timings, facts)
+        algorithm = algorithms.build(cfg)
+        loop = lifecycle.build_loop(inputs, run_dir, None, status.failures, algorithm)
+        exchange = lifecycle.exchange_on(grid, loop, Transport(one_node_per_client=True))
         with status.running(started):
-            loop.run(grid)
+            loop.run(exchange)

@@ -22,15 +22,14 @@ from matplotlib.ticker import MaxNLocator
 
 from fedsim.front.summary import (
     ROUNDS_COLUMNS,
-    ROUNDS_CSV,
     read_csv,
     run_folders,
     setting_columns,
     write_summary,
 )
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.files import CLIENTS_CSV, LABEL_COUNTS_CSV, ROUNDS_CSV
 
-LABEL_COUNTS_CSV = "label_counts.csv"
 PARTITION_SETTINGS = ("partition", "alpha", "classes_per_client", "shards_per_client")
 PLOTS = (
     "accuracy_vs_round.png",
@@ -41,7 +40,6 @@ PLOTS = (
     "accuracy_vs_megabytes.png",
     "accuracy_vs_sim_hours.png",
 )
-CLIENTS_CSV = "clients.csv"
 BANDS = ((10, 90), (25, 75))  # percentile bands of the clients' accuracies
 
 Group = tuple[str, pd.DataFrame]

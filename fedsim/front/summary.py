@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsim.ground.config import WHERE, RunConfig, applies, fields, with_role
+from fedsim.ground.config import WHERE, RunConfig
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.files import CONFIG_JSON, ROUNDS_CSV, SUMMARY_CSV
+from fedsim.run import options
 
-SUMMARY_CSV = "summary.csv"
-ROUNDS_CSV = "rounds.csv"
-CONFIG_JSON = "config.json"
 ALWAYS_SHOWN = ("clients", "seed")  # the plots' axes, shown even when not swept
-NOT_SETTINGS = with_role(WHERE)  # where a run went, not what it computed
 METRICS = (
     "final_accuracy",
     "best_accuracy",
@@ -62,7 +60,7 @@ def read_config(run_dir: Path) -> tuple[dict, RunConfig]:
     path = run_dir / CONFIG_JSON
     try:
         document = json.loads(path.read_text())
-        return document, RunConfig(**document["config"])
+        return document, options.from_document(document["config"])
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
         message = f"{path} is not a config.json fedsim wrote ({_first_line(error)})"
         raise ConfigError(PLOT, message) from None
@@ -142,16 +140,21 @@ def summarize(folder: Path, target: float | None = None) -> pd.DataFrame:
     for run_dir in run_folders(folder):
         document, cfg = read_config(run_dir)
         runs.append((run_dir, cfg, document))
+    flat = {run_dir: cfg.flat() for run_dir, cfg, _ in runs}
+    where = options.with_role(WHERE)  # where a run went, not what it computed
     settings = [
-        f.name
-        for f in fields()
-        if f.name not in NOT_SETTINGS
-        and (f.name in ALWAYS_SHOWN or len({getattr(cfg, f.name) for _, cfg, _ in runs}) > 1)
+        name
+        for name in options.every()
+        if name not in where
+        and (name in ALWAYS_SHOWN or len({flat[run_dir].get(name) for run_dir in flat}) > 1)
     ]
     rows = [
         {
             "run": run_dir.name,
-            **{name: getattr(cfg, name) if applies(cfg, name) else None for name in settings},
+            **{
+                name: flat[run_dir][name] if options.applies(cfg, name) else None
+                for name in settings
+            },
             **_row(run_dir, cfg, document, target or cfg.target_accuracy),
         }
         for run_dir, cfg, document in runs
@@ -167,6 +170,5 @@ def write_summary(folder: Path, target: float | None = None) -> pd.DataFrame:
 
 
 def setting_columns(summary: pd.DataFrame) -> list[str]:
-    """The columns of a summary that are run settings (RunConfig field names)."""
-    names = {f.name for f in fields()}
-    return [c for c in summary.columns if c in names]
+    """The columns of a summary that are run settings (option names)."""
+    return [c for c in summary.columns if c in options.every()]

@@ -16,19 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsim.ground.config import (
-    FIXED,
-    ConfigError,
-    RunConfig,
-    applies,
-    default_data,
-    fields,
-    shown,
-    validate,
-    validate_values,
-    value_type,
-    with_role,
-)
+from fedsim.ground.config import FIXED, RunConfig, default_data
+from fedsim.ground.errors import ConfigError
+from fedsim.run import options
 
 Grid = dict[str, list[Any]]  # option -> the values to sweep (one value: fixed)
 
@@ -41,13 +31,16 @@ ALIASES = {
     "fraction-train": "fraction_fit",
     "seeds": "seed",
 }
-ONE_VALUE = with_role(FIXED)  # the same for every run
 MAX_RUNS = 10_000  # runs one experiment may hold
-_FIELDS = {f.name: f for f in fields()}
+
+
+def one_value() -> tuple[str, ...]:
+    """The options that are the same for every run of an experiment."""
+    return options.with_role(FIXED)
 
 
 def default(name: str) -> Any:
-    return default_data() if name == "data" else _FIELDS[name].default
+    return default_data() if name == "data" else options.every()[name].default
 
 
 # ---- the experiment file ---------------------------------------------------------------
@@ -55,14 +48,15 @@ def default(name: str) -> Any:
 
 def _field_name(key: str, path: Path, seen: dict[str, str]) -> str:
     name = ALIASES.get(key, key.replace("-", "_"))
-    if name not in _FIELDS:
-        known = sorted([*_FIELDS, *ALIASES])
+    catalog = options.every()
+    if name not in catalog:
+        known = sorted([*catalog, *ALIASES])
         close = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(
             EXPERIMENT,
             f"{path}: unknown key {key!r}, {hint}keys are fedsim's options "
-            f"({', '.join(sorted(_FIELDS))}), '{VARIANT}' or {', '.join(ALIASES)}",
+            f"({', '.join(sorted(catalog))}), '{VARIANT}' or {', '.join(ALIASES)}",
         )
     if name in seen:
         raise ConfigError(EXPERIMENT, f"{path}: {key!r} and {seen[name]!r} set the same option")
@@ -72,7 +66,8 @@ def _field_name(key: str, path: Path, seen: dict[str, str]) -> str:
 
 def _typed(name: str, key: str, value: Any, path: Path) -> Any:
     """A TOML value as the option's type: ints are numbers too, nothing else converts."""
-    kind = value_type(name)
+    option = options.every()[name]
+    kind = option.type
     accepted = (int, float) if kind is float else (kind,)
     if isinstance(value, bool) is not (kind is bool) or not isinstance(value, accepted):
         noun = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "a string")
@@ -82,7 +77,7 @@ def _typed(name: str, key: str, value: Any, path: Path) -> Any:
         )
     value = kind(value)
     try:
-        validate_values(RunConfig(**{name: value}))
+        options.check_value(name, value)
     except ConfigError as error:
         raise ConfigError(EXPERIMENT, f"{path}: {key} = {value!r}: {error}") from None
     return value
@@ -96,7 +91,7 @@ def _grid(table: dict[str, Any], path: Path) -> Grid:
         values = value if isinstance(value, list) else [value]
         if not values:
             raise ConfigError(EXPERIMENT, f"{path}: {key} is an empty list, give one value or more")
-        if len(values) > 1 and name in ONE_VALUE:
+        if len(values) > 1 and name in one_value():
             raise ConfigError(EXPERIMENT, f"{path}: {key} takes one value, not a list")
         grid[name] = [_typed(name, key, v, path) for v in values]
     return grid
@@ -120,7 +115,7 @@ def load_experiment(path: Path) -> list[Grid]:
     grids = []
     for variant in variants:
         grid = _grid(variant, path)
-        if fixed := [name for name in grid if name in ONE_VALUE]:
+        if fixed := [name for name in grid if name in one_value()]:
             raise ConfigError(
                 EXPERIMENT, f"{path}: {fixed[0]} cannot vary by [[{VARIANT}]], set it at the top"
             )
@@ -150,34 +145,35 @@ def expand(grids: Sequence[Grid]) -> list[RunConfig]:
     _check_size(grids)
     configs = []
     for grid in grids:
-        choices = {name: grid.get(name, [default(name)]) for name in _FIELDS}
+        chosen = {"data": [default("data")], **grid}
         configs += [
-            validate(RunConfig(**dict(zip(choices, combo, strict=True))))
-            for combo in itertools.product(*choices.values())
+            options.make_config(**dict(zip(chosen, combo, strict=True)))
+            for combo in itertools.product(*chosen.values())
         ]
     return configs
 
 
 def swept(grids: Sequence[Grid]) -> list[str]:
     """The options that take more than one value among the runs they apply to, in
-    field order (alpha set for every Dirichlet variant alike is not swept)."""
-    configs = expand(grids)
+    catalog order (alpha set for every Dirichlet variant alike is not swept)."""
+    configs = [(cfg, cfg.flat()) for cfg in expand(grids)]
     return [
         name
-        for name in _FIELDS
-        if len({getattr(cfg, name) for cfg in configs if applies(cfg, name)}) > 1
+        for name in options.every()
+        if len({values.get(name) for cfg, values in configs if options.applies(cfg, name)}) > 1
     ]
 
 
 def run_label(cfg: RunConfig, names: Sequence[str]) -> str:
     """A run's folder name: its value of each swept option that applies to it (no alpha
     for an IID run), choices bare (`fedprox`), others as `clients-8`."""
+    values = cfg.flat()
     parts = [
-        shown(name, getattr(cfg, name))
-        if _FIELDS[name].metadata.get("choices")
-        else f"{name.replace('_', '-')}-{shown(name, getattr(cfg, name))}"
+        options.shown(name, values[name])
+        if name in options.CHOICES
+        else f"{name.replace('_', '-')}-{options.shown(name, values[name])}"
         for name in names
-        if applies(cfg, name)
+        if options.applies(cfg, name)
     ]
     return "_".join(parts)
 
@@ -195,10 +191,11 @@ def plan(file_grids: Sequence[Grid], given: Grid, default_name: str | None) -> E
     grids = _narrow(file_grids, given)
     _check_size(grids)
     varied = {*swept(file_grids), "seed", *(n for n, values in given.items() if len(values) > 1)}
-    labelled = [name for name in _FIELDS if name in varied and name not in ONE_VALUE]
+    fixed = one_value()
+    labelled = [name for name in options.every() if name in varied and name not in fixed]
     name = grids[0].get("name", [""])[0] or default_name or _sweep_name(given)
     parent = Path(grids[0].get("results_dir", [default("results_dir")])[0])
-    folder = parent / validate(RunConfig(name=name)).name
+    folder = parent / options.make_config(name=name).name
     runs: dict[str, RunConfig] = {}
     for cfg in expand([{**grid, "name": [""], "results_dir": [str(folder)]} for grid in grids]):
         label = run_label(cfg, labelled)
@@ -237,7 +234,7 @@ def _sweep_name(given: Grid) -> str:
     parts = ["sweep"]
     for name, values in given.items():
         if len(values) > 1:
-            shown_values = [shown(name, v) for v in values]
+            shown_values = [options.shown(name, v) for v in values]
             listed = shown_values if len(values) <= 4 else [f"{len(values)}", "values"]
             parts.append("-".join([name.replace("_", "-"), *listed]))
     return "_".join(parts)

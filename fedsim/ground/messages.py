@@ -1,25 +1,19 @@
-"""What the server and the clients say to each other: record keys and the bundle format.
+"""What the server and the clients say to each other, as both sides name it: record
+keys, client outcomes, one client's task and outcome, and a record's size and bytes.
 
-Flower's strategies build one message per client and aggregate one reply per client.
-fedsim keeps that contract, but the engine carries several virtual clients in one
-message (a *bundle*): Flower's simulation engine costs about 20-80 ms per message
-whatever the message holds, so a round of 100 one-image clients would cost seconds of
-bookkeeping for milliseconds of training. Bundles are transport, not semantics: the
-server loop packs the strategy's per-client messages into bundles and unpacks each
-bundle's reply into per-client replies before the strategy, the recorders or the clock
-see anything.
-
-A bundle holds each distinct record once (every client of a FedAvg round gets the same
-model object) plus a `fedsim.bundle` ConfigRecord saying which records make up which
-client's message, which client state goes with it, and by when the work must be done.
+Flower's strategies build one message per client and aggregate one reply per client;
+the loop (fedsim.simulation) hands an exchange one ClientTask per client and gets one
+ClientOutcome back, whatever carries them (fedsim.flower.bundles packs several clients
+into one engine message). Algorithms name the keys too, so they live here, below both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.common import serde
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 # Keys of Flower's strategies (their defaults) and of fedsim's client metrics
 ARRAYS = "arrays"
@@ -31,12 +25,8 @@ PROXIMAL_MU = "proximal-mu"  # FedProx's configure_train sends it
 TRAIN_LOSS = "train_loss"
 EVAL_LOSS = "eval_loss"
 EVAL_ACCURACY = "eval_accuracy"
-DP_EPSILON = "dp_epsilon"  # privacy spent so far (fedsim.privacy's strategy reports it)
+DP_EPSILON = "dp_epsilon"  # privacy spent so far (fedsim.algorithms.privacy reports it)
 PARTITION_ID = "partition-id"  # node config of a SuperNode with its own data
-
-# fedsim's bundle envelope
-BUNDLE = "fedsim.bundle"
-STATE = "state"  # the client's memory, kept by the server between its rounds
 
 # Client outcomes, as clients.csv reports them
 OK = "ok"
@@ -57,18 +47,31 @@ def recorddict_bytes(content: RecordDict) -> int:
     return serde.recorddict_to_proto(content).ByteSize()
 
 
+def to_bytes(record: RecordDict) -> bytes:
+    """Flower's own serialization (protobuf): exact, and independent of pickling."""
+    return serde.recorddict_to_proto(record).SerializeToString()
+
+
+def from_bytes(blob: bytes) -> RecordDict:
+    proto = ProtoRecordDict()
+    proto.ParseFromString(blob)
+    return serde.recorddict_from_proto(proto)
+
+
 @dataclass
 class ClientTask:
-    """One client's part of a bundle: what the strategy sent it, and its memory."""
+    """One client's task: what the strategy sent it, its memory, and how much work it
+    is (examples × epochs; an exchange may use it to balance its load)."""
 
     pid: int
     content: RecordDict
     state: RecordDict = field(default_factory=RecordDict)
+    work: float = 1.0
 
 
 @dataclass
 class ClientOutcome:
-    """One client's part of a bundle's reply."""
+    """What became of one client's task."""
 
     pid: int
     status: str
@@ -78,107 +81,6 @@ class ClientOutcome:
     content: RecordDict | None = None  # the reply its strategy aggregates
     state: RecordDict | None = None  # its memory after this round (None: unchanged)
     error: str = ""
-
-
-@dataclass(frozen=True)
-class BundleInfo:
-    server_round: int
-    deadline: float  # time.time() by which the bundle's work must be done (0: none)
-
-
-def pack_tasks(tasks: list[ClientTask], info: BundleInfo) -> RecordDict:
-    """One message's content for several clients; shared records are sent once."""
-    bundle = RecordDict()
-    names: dict[int, str] = {}  # id(record) -> its name in the bundle
-    layouts, states = [], []
-
-    def place(record) -> str:
-        if id(record) not in names:
-            names[id(record)] = f"r{len(names)}"
-            bundle[names[id(record)]] = record
-        return names[id(record)]
-
-    for task in tasks:
-        layouts.append(",".join(f"{key}={place(rec)}" for key, rec in task.content.items()))
-        states.append(",".join(f"{key}={place(rec)}" for key, rec in task.state.items()))
-    bundle[BUNDLE] = ConfigRecord(
-        {
-            "clients": [task.pid for task in tasks],
-            "layout": layouts,
-            "state": states,
-            "round": info.server_round,
-            "deadline": info.deadline,
-        }
-    )
-    return bundle
-
-
-def _resolve(bundle: RecordDict, layout: str) -> RecordDict:
-    content = RecordDict()
-    for item in filter(None, layout.split(",")):
-        key, name = item.split("=", 1)
-        content[key] = bundle[name]
-    return content
-
-
-def unpack_tasks(bundle: RecordDict) -> tuple[list[ClientTask], BundleInfo]:
-    meta = bundle[BUNDLE]
-    tasks = [
-        ClientTask(int(pid), _resolve(bundle, layout), _resolve(bundle, state))
-        for pid, layout, state in zip(meta["clients"], meta["layout"], meta["state"], strict=True)
-    ]
-    return tasks, BundleInfo(int(meta["round"]), float(meta["deadline"]))
-
-
-def pack_outcomes(outcomes: list[ClientOutcome]) -> RecordDict:
-    """A bundle's reply: each client's records under its own prefix."""
-    reply = RecordDict()
-    layouts, states = [], []
-    for index, outcome in enumerate(outcomes):
-        parts = []
-        for key, record in (outcome.content or RecordDict()).items():
-            reply[f"c{index}.{key}"] = record
-            parts.append(f"{key}=c{index}.{key}")
-        layouts.append(",".join(parts))
-        if outcome.state is None:
-            states.append("-")  # unchanged
-        else:
-            for key, record in outcome.state.items():
-                reply[f"s{index}.{key}"] = record
-            states.append(",".join(f"{key}=s{index}.{key}" for key in outcome.state))
-    reply[BUNDLE] = ConfigRecord(
-        {
-            "clients": [o.pid for o in outcomes],
-            "status": [o.status for o in outcomes],
-            "seconds": [float(o.seconds) for o in outcomes],
-            "bytes_up": [int(o.bytes_up) for o in outcomes],
-            "measured_in": [float(o.measured_in) for o in outcomes],
-            "error": [o.error for o in outcomes],
-            "layout": layouts,
-            "state": states,
-        }
-    )
-    return reply
-
-
-def unpack_outcomes(reply: RecordDict) -> list[ClientOutcome]:
-    meta = reply[BUNDLE]
-    outcomes = []
-    for index, pid in enumerate(meta["clients"]):
-        status, state = meta["status"][index], meta["state"][index]
-        outcomes.append(
-            ClientOutcome(
-                pid=int(pid),
-                status=status,
-                seconds=float(meta["seconds"][index]),
-                bytes_up=int(meta["bytes_up"][index]),
-                measured_in=float(meta["measured_in"][index]),
-                content=_resolve(reply, meta["layout"][index]) if status == OK else None,
-                state=None if state == "-" else _resolve(reply, state),
-                error=meta["error"][index],
-            )
-        )
-    return outcomes
 
 
 def train_reply(arrays: ArrayRecord, metrics: dict[str, float | int]) -> RecordDict:

@@ -24,10 +24,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fedsim.ground.config import NUM_CLASSES
 from fedsim.ground.errors import ConfigError
 
 IMAGE_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10  # CIFAR-10's; a model's outputs and the labels' range
 _ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 _CACHE_VERSION = "1"
 Decode = Callable[[], tuple[dict[str, np.ndarray], list[str]]]

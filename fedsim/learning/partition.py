@@ -20,12 +20,14 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fedsim.ground.config import SPLITS, RunConfig, flag, with_role
+from fedsim.ground.config import SPLITS, RunConfig, core_options, flag
 from fedsim.ground.errors import ConfigError
 
 _CACHE_VERSION = "2"
@@ -74,38 +76,49 @@ class Partitions:
         return (self.train_sizes + self.val_sizes).tolist()
 
 
-def _partitioner(cfg: RunConfig):
-    """flwr-datasets' partitioner for a non-IID `cfg.partition`."""
-    from flwr_datasets.partitioner import (
-        DirichletPartitioner,
-        PathologicalPartitioner,
-        ShardPartitioner,
+def _dirichlet(cfg: RunConfig):
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    return DirichletPartitioner(
+        num_partitions=cfg.clients,
+        partition_by="label",
+        alpha=cfg.alpha,
+        min_partition_size=cfg.min_partition_size,
+        self_balancing=cfg.dirichlet_balance,
+        seed=cfg.seed,
     )
 
-    n = cfg.clients
-    if cfg.partition == "dirichlet":
-        return DirichletPartitioner(
-            num_partitions=n,
-            partition_by="label",
-            alpha=cfg.alpha,
-            min_partition_size=cfg.min_partition_size,
-            self_balancing=cfg.dirichlet_balance,
-            seed=cfg.seed,
-        )
-    if cfg.partition == "pathological":
-        return PathologicalPartitioner(
-            num_partitions=n,
-            partition_by="label",
-            num_classes_per_partition=cfg.classes_per_client,
-            class_assignment_mode="first-deterministic",
-            seed=cfg.seed,
-        )
+
+def _pathological(cfg: RunConfig):
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    return PathologicalPartitioner(
+        num_partitions=cfg.clients,
+        partition_by="label",
+        num_classes_per_partition=cfg.classes_per_client,
+        class_assignment_mode="first-deterministic",
+        seed=cfg.seed,
+    )
+
+
+def _shard(cfg: RunConfig):
+    from flwr_datasets.partitioner import ShardPartitioner
+
     return ShardPartitioner(
-        num_partitions=n,
+        num_partitions=cfg.clients,
         partition_by="label",
         num_shards_per_partition=cfg.shards_per_client,
         seed=cfg.seed,
     )
+
+
+# --partition's choices: flwr-datasets' partitioner for each, IID split by fedsim itself
+PARTITIONERS: dict[str, Callable[[RunConfig], Any] | None] = {
+    "iid": None,  # contiguous slices of the shuffled rows, as IidPartitioner's (_assignment)
+    "dirichlet": _dirichlet,
+    "pathological": _pathological,
+    "shard": _shard,
+}
 
 
 def _assignment(labels: np.ndarray, order: np.ndarray, cfg: RunConfig) -> list[np.ndarray]:
@@ -119,11 +132,12 @@ def _assignment(labels: np.ndarray, order: np.ndarray, cfg: RunConfig) -> list[n
     selects. That attribute is private in flwr-datasets 0.6.1, hence the exact pin;
     tests/test_partition.py checks the result against `load_partition`, client by client.
     """
-    if cfg.partition == "iid":
+    build = PARTITIONERS[cfg.partition]
+    if build is None:
         return np.array_split(order.astype(np.int64, copy=False), cfg.clients)
     from datasets import Dataset
 
-    partitioner = _partitioner(cfg)
+    partitioner = build(cfg)
     partitioner.dataset = Dataset.from_dict({"label": np.asarray(labels)[order], "row": order})
     partitioner.num_partitions  # noqa: B018 - computes the assignment (see above)
     rows = np.asarray(partitioner.dataset["row"], dtype=np.int64)
@@ -137,6 +151,12 @@ def partition_indices(labels: np.ndarray, cfg: RunConfig) -> Partitions:
         raise ConfigError(
             flag("clients"),
             f"must be ≤ {len(labels)} (the training examples available), got {cfg.clients}",
+        )
+    classes = len(np.unique(labels))
+    if cfg.partition == "pathological" and cfg.classes_per_client > classes:
+        raise ConfigError(
+            flag("classes_per_client"),
+            f"got {cfg.classes_per_client}, but the data has {classes} classes",
         )
     shards = cfg.clients * cfg.shards_per_client
     if cfg.partition == "shard" and shards > len(labels):
@@ -170,7 +190,8 @@ def partition_indices(labels: np.ndarray, cfg: RunConfig) -> Partitions:
 
 def cache_key(cfg: RunConfig, data_key: str) -> str:
     """Everything that decides a partition: the data and the options tagged SPLITS."""
-    settings = (_CACHE_VERSION, data_key, *(getattr(cfg, name) for name in with_role(SPLITS)))
+    splits = [name for name, option in core_options().items() if SPLITS in option.roles]
+    settings = (_CACHE_VERSION, data_key, *(getattr(cfg, name) for name in splits))
     return hashlib.sha256(repr(settings).encode()).hexdigest()[:24]
 
 

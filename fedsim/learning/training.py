@@ -1,4 +1,4 @@
-"""Models and the plain PyTorch loops that train and evaluate them.
+"""Local training and evaluation: the plain PyTorch loops every client runs.
 
 Data arrives as uint8 NCHW tensors already in memory; batches are drawn by index with
 a seeded generator and normalised on the fly, so there is no DataLoader, no worker
@@ -14,47 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NUM_CLASSES = 10
-
-
-class Net(nn.Module):
-    """The CNN of Flower's PyTorch quickstart (and NIID-Bench's CIFAR-10 model)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, NUM_CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = x.flatten(1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
-
-
-def _resnet18() -> nn.Module:
-    """torchvision's ResNet-18 with the usual CIFAR stem (3x3 conv, no max-pool)."""
-    from torchvision.models import resnet18
-
-    model = resnet18(num_classes=NUM_CLASSES)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-    return model
-
-
-MODELS: dict[str, Callable[[], nn.Module]] = {"cnn": Net, "resnet18": _resnet18}
-
-
-def build_model(name: str, seed: int | None = None) -> nn.Module:
-    if seed is not None:
-        torch.manual_seed(seed)
-    return MODELS[name]()
+from fedsim.ground.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -65,6 +25,18 @@ class TrainSettings:
     momentum: float
     weight_decay: float = 0.0
     augment: bool = False
+
+
+def train_settings(cfg: RunConfig) -> TrainSettings:
+    """Local SGD as the options set it."""
+    return TrainSettings(
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        augment=cfg.augment,
+    )
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Experiment tracking in the tools people already use: TensorBoard and MLflow.
 
-`--tensorboard DIR` and `--mlflow URI` each add a round callback (fedsim.results) that
+`--tensorboard DIR` and `--mlflow URI` each add a round callback (fedsim.outputs) that
 logs the resolved config once and every rounds.csv number of every round, at step =
 round. rounds.csv stays the record; these are copies in a viewer's format. Each package
 is imported only when its option is set (`pip install "fedsim[tracking]"`).
@@ -25,7 +25,9 @@ from urllib.parse import urlparse
 
 from fedsim.ground.config import RunConfig, flag
 from fedsim.ground.errors import ConfigError
-from fedsim.outputs.records import CSV_COLUMNS, RoundRecord, check_writable
+from fedsim.outputs.callbacks import RoundCallback
+from fedsim.outputs.files import check_writable
+from fedsim.outputs.records import CSV_COLUMNS, RoundRecord
 
 INSTALL = 'pip install "fedsim[tracking]"'
 EXPERIMENT = "fedsim"  # the MLflow experiment every run goes to
@@ -93,7 +95,7 @@ def _make_folder(option: str, folder: Path) -> Path:
 
 
 def _config_markdown(cfg: RunConfig) -> str:
-    rows = [f"| {name} | {_cell(value)} |" for name, value in cfg.as_dict().items()]
+    rows = [f"| {name} | {_cell(value)} |" for name, value in cfg.flat().items()]
     return "\n".join(["| option | value |", "| --- | --- |", *rows])
 
 
@@ -101,7 +103,7 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-class TensorBoardTracker:
+class TensorBoardTracker(RoundCallback):
     """Event files in `<--tensorboard>/<run folder name>`, so an experiment's runs sit
     side by side in one `tensorboard --logdir`: the config as text, each rounds.csv
     number as a scalar, flushed every round."""
@@ -137,7 +139,7 @@ def mlflow_uri(value: str) -> str:
     return folder.as_uri()
 
 
-class MlflowTracker:
+class MlflowTracker(RoundCallback):
     """An MLflow run named after the run folder in experiment "fedsim": the config as
     params, each rounds.csv number as a metric at step = round. The tracking URI is
     this client's own; MLflow's global state (mlflow.set_tracking_uri) is left alone.
@@ -166,7 +168,7 @@ class MlflowTracker:
                 tags={RUN_DIR_TAG: str(run_dir.resolve())},
             )
             self.run_id = run.info.run_id
-            params = [Param(name, str(value)) for name, value in cfg.as_dict().items()]
+            params = [Param(name, str(value)) for name, value in cfg.flat().items()]
             for start in range(0, len(params), 100):  # MLflow's batch limit
                 self.client.log_batch(self.run_id, params=params[start : start + 100])
         except Exception as error:

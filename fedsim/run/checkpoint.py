@@ -10,78 +10,59 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import pickle
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
-from flwr.serverapp.strategy import Strategy
 
 from fedsim.ground.errors import ConfigError
-from fedsim.outputs.records import RoundRecord, atomic_write
+from fedsim.outputs.callbacks import RoundCallback
+from fedsim.outputs.files import atomic_write
+from fedsim.outputs.records import RoundRecord
 from fedsim.simulation.client_states import ClientStates
 from fedsim.simulation.clock import ClockState
-
-CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class Checkpoint:
-    round: int
-    arrays: ArrayRecord
-    strategy: Strategy
-    states: ClientStates
-    clock: ClockState
+from fedsim.simulation.state import RunState
 
 
-class Checkpointer:
-    """Writes checkpoint.pt at the end of every round (round 0 included)."""
+class Checkpointer(RoundCallback):
+    """Writes the checkpoint at the end of every round (round 0 included): the run's
+    state as the loop leaves it, and the driver's RNG states."""
 
-    def __init__(
-        self, path: Path, strategy: Strategy, states: ClientStates, clock: ClockState
-    ) -> None:
-        self.path = path
-        self.strategy = strategy
-        self.states = states
-        self.clock = clock
+    def __init__(self, path: Path, state: RunState) -> None:
+        self.path, self.state = path, state
 
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
-        state = {
+        saved = {
             "round": record.round,
             "model": arrays.to_torch_state_dict(),
-            "strategy": pickle.dumps(self.strategy),
-            "client_states": self.states.to_bytes(),
-            "clock": self.clock.to_dict(),
+            "strategy": pickle.dumps(self.state.strategy),
+            "client_states": self.state.states.to_bytes(),
+            "clock": self.state.clock.to_dict(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
                 "torch": torch.get_rng_state(),
             },
         }
-        atomic_write(self.path, lambda handle: torch.save(state, handle))
-
-    def on_run_end(self, arrays: ArrayRecord) -> None:
-        pass
+        atomic_write(self.path, lambda handle: torch.save(saved, handle))
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
+def load_checkpoint(path: Path) -> RunState:
     """Read a checkpoint back and put the driver's RNGs where they were; one that does
     not read back whole (truncated, empty, not fedsim's) is a ConfigError on --resume."""
     try:
-        state = torch.load(path, weights_only=False)
-        checkpoint = Checkpoint(
-            round=int(state["round"]),
-            arrays=ArrayRecord(state["model"]),
-            strategy=pickle.loads(state["strategy"]),
-            states=ClientStates.from_bytes(state.get("client_states", {})),
-            clock=ClockState.from_dict(state.get("clock", {})),
+        saved = torch.load(path, weights_only=False)
+        state = RunState(
+            arrays=ArrayRecord(saved["model"]),
+            strategy=pickle.loads(saved["strategy"]),
+            states=ClientStates.from_bytes(saved.get("client_states", {})),
+            clock=ClockState.from_dict(saved.get("clock", {})),
+            completed=int(saved["round"]),
         )
-        rng = state["rng"]
+        rng = saved["rng"]
     except Exception as error:  # torch.load raises many kinds on a damaged file
         raise ConfigError(
             "--resume",
@@ -91,33 +72,4 @@ def load_checkpoint(path: Path) -> Checkpoint:
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
-    return checkpoint
-
-
-def truncate_rows(csv_path: Path, last_round: int, columns: Sequence[str]) -> None:
-    """Keep the header and the rows of rounds up to `last_round`: rows written before a
-    crash cut the checkpoint short go, and so do lines that are not rows at all (a
-    torn or foreign line), which would otherwise break every later read. A file written
-    before fedsim appended columns gets them, empty in its old rows, so that the rows
-    the resumed run adds line up."""
-    if not csv_path.exists():
-        return
-    with open(csv_path, newline="", errors="replace") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        return
-    header = rows[0]
-    if list(columns[: len(header)]) != header:
-        raise ConfigError(
-            "--resume", f"{csv_path} has the columns {header}, not fedsim's {list(columns)}"
-        )
-
-    def kept(row: list[str]) -> bool:
-        try:
-            return len(row) == len(header) and int(row[0]) <= last_round
-        except ValueError:
-            return False
-
-    padding = [""] * (len(columns) - len(header))
-    rows = [list(columns)] + [row + padding for row in rows[1:] if kept(row)]
-    atomic_write(csv_path, lambda handle: csv.writer(handle).writerows(rows), text=True)
+    return state

@@ -1,5 +1,5 @@
-"""One run's folder from claim to final status, shared by simulate.py (fedsim.runner),
-the Flower App (fedsim.flower_app) and the benchmarks' own loops (bench/).
+"""One run's folder from claim to final status, shared by fedsim.run.lifecycle (simulate.py,
+experiments, the Flower App) and the benchmarks' own loops (bench/).
 
 A run folder is claimed atomically (two runs named alike in the same second get two
 folders, never one) and locked by the process that runs it, until it ends: a second
@@ -24,15 +24,11 @@ from typing import Any
 
 from fedsim.ground.config import RunConfig, flag
 from fedsim.ground.errors import ConfigError, OutputFailed, RunEnded
-from fedsim.outputs.records import (
-    FailureReporter,
-    Timings,
-    check_writable,
-    run_name,
-    write_config_json,
-)
+from fedsim.ground.files import CONFIG_JSON, is_temporary
+from fedsim.outputs.console import FailureReporter
+from fedsim.outputs.files import check_writable, write_config_json
+from fedsim.outputs.records import Timings
 
-CONFIG_JSON = "config.json"
 # what write_config_json and RunStatus put into config.json themselves
 STATUS_KEYS = ("status", "config", "csv_columns", "versions", "hardware", "timings_seconds")
 STATUS_KEYS += ("client_outcomes", "client_errors", "error")
@@ -42,10 +38,19 @@ def check_results_dir(parent: Path) -> None:
     check_writable(flag("results_dir"), parent)
 
 
+def run_name(cfg: RunConfig, now: float | None = None) -> str:
+    """`--name`, else time and the settings that tell runs apart."""
+    if cfg.name:
+        return cfg.name
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    partition = cfg.partition + (f"{cfg.alpha:g}" if cfg.partition == "dirichlet" else "")
+    return f"{stamp}-{cfg.strategy}-{cfg.clients}c-{partition}-r{cfg.rounds}-s{cfg.seed}"
+
+
 def half_made(run_dir: Path) -> bool:
     """A folder fedsim claimed and was stopped in before it wrote anything: empty, or
     holding only atomic_write's temporary files."""
-    return all(p.name.startswith(".") and p.name.endswith(".tmp") for p in run_dir.iterdir())
+    return all(is_temporary(p.name) for p in run_dir.iterdir())
 
 
 class RunLock:

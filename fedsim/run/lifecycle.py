@@ -1,8 +1,15 @@
-"""One run, end to end: data -> partitions -> Ray -> Flower -> results.
+"""One run, end to end, written once: prepare -> claim -> execute -> status.
 
-Everything that can be wrong with the input (options, data, partitions, the results
-folder, GPUs) is checked before Ray starts, and the run folder is created only once
-the run can begin: a bad run leaves nothing behind.
+    prepare(cfg)                      -> RunInputs: data, partitions, profiles, checked
+    execute(inputs, run_dir, ...)     -> the round loop on Flower's engine, results written
+    run(cfg) / resume(run_dir)        -> the two above with Ray, the folder and its lock
+
+simulate.py, experiments, the Flower App (fedsim.front.flower_app, which brings its own
+grid) and the benchmarks all go through here. Everything that can be wrong with the
+input (options, model, data, partitions, trackers, the results folder, GPUs) is checked
+before the run folder is claimed: a bad run leaves nothing behind. What tests and
+benchmarks put in place of fedsim's own parts (the client app, the central evaluation)
+they pass as Seams; nothing replaces a private function.
 """
 
 from __future__ import annotations
@@ -11,52 +18,44 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
 
 from fedsim import algorithms
 from fedsim.algorithms import attacks, privacy
+from fedsim.algorithms.base import Algorithm
 from fedsim.flower import engine
 from fedsim.flower.client_app import ClientData, MappedData, RayObjectData, build_client_app
-from fedsim.ground.config import RunConfig, flag, validate
+from fedsim.flower.exchange import FlowerExchange, Transport, nodes_needed
+from fedsim.flower.server_app import build_server_app
+from fedsim.ground import messages
+from fedsim.ground.config import RunConfig, flag, sample_count
 from fedsim.ground.errors import ConfigError, Diverged, RunAborted
-from fedsim.learning import training
+from fedsim.ground.files import CHECKPOINT, CLIENTS_CSV, CONFIG_JSON, MODEL, ROUNDS_CSV
+from fedsim.learning import models, training
 from fedsim.learning.data import DecodedDataset, cache_root, load_cifar
 from fedsim.learning.partition import Partitions, cached_partition_indices
 from fedsim.outputs import tracking
-from fedsim.outputs.records import (
-    CLIENT_COLUMNS,
-    CSV_COLUMNS,
-    CsvRecorder,
-    FailureReporter,
-    ModelSaver,
-    ProgressPrinter,
-    Timings,
-)
-from fedsim.run import folders
-from fedsim.run.checkpoint import (
-    CHECKPOINT,
-    Checkpoint,
-    Checkpointer,
-    load_checkpoint,
-    truncate_rows,
-)
+from fedsim.outputs.console import FailureReporter, ProgressPrinter
+from fedsim.outputs.files import CsvRecorder, ModelSaver, truncate_rows
+from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, Timings
+from fedsim.run import folders, options
+from fedsim.run.checkpoint import Checkpointer, load_checkpoint
 from fedsim.simulation.buffered import BufferedSchedule
-from fedsim.simulation.client_states import ClientStates
-from fedsim.simulation.clock import ClockState
-from fedsim.simulation.loop import FederatedLoop, Transport, build_server_app, nodes_needed
+from fedsim.simulation.loop import CentralEvaluate, Population, RoundLoop
 from fedsim.simulation.profiles import Profiles, load_profiles
+from fedsim.simulation.sampling import sample_size
+from fedsim.simulation.state import RunState
 
 # statuses of runs that ended for a reason, kept by --resume unless it trains further
 ENDED = {kind.status: kind for kind in (RunAborted, Diverged)}
-ROUNDS_CSV = "rounds.csv"
-CLIENTS_CSV = "clients.csv"
-CONFIG_JSON = folders.CONFIG_JSON
-MODEL = "model.pt"
 
 
 class CentralEvaluator:
@@ -64,7 +63,7 @@ class CentralEvaluator:
 
     def __init__(self, cfg: RunConfig, dataset: DecodedDataset) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = training.build_model(cfg.model).to(self.device)
+        self.model = models.build_model(cfg.model).to(self.device)
         self.images = torch.from_numpy(np.array(dataset.test_x)).to(self.device)
         self.labels = torch.from_numpy(np.array(dataset.test_y)).to(self.device)
 
@@ -73,6 +72,15 @@ class CentralEvaluator:
         return training.evaluate(
             self.model, self.images, self.labels, batch_size=training.CENTRAL_BATCH_SIZE
         )
+
+
+@dataclass(frozen=True)
+class Seams:
+    """The parts of a run that tests and benchmarks replace: how the client app is built
+    (a misbehaving client, Flower's quickstart client) and the central evaluation."""
+
+    client_app: Callable[[RunConfig, ClientData], ClientApp] = build_client_app
+    evaluator: Callable[[RunConfig, DecodedDataset], CentralEvaluate] = CentralEvaluator
 
 
 @dataclass
@@ -86,17 +94,15 @@ class RunInputs:
     profiles: Profiles
 
 
-def _prepare(cfg: RunConfig, started: float) -> RunInputs:
+def prepare(cfg: RunConfig, started: float | None = None) -> RunInputs:
+    """Check what can only be checked against the machine and load what the run reads:
+    the profiles, the trackers' targets, the data and its partitions
+    (decoded and split once per machine, then cached), the GPUs asked for."""
+    started = started or time.perf_counter()
     timings = Timings(imports=time.perf_counter() - started)
     profiles = load_profiles(cfg)  # a bad profiles file is refused before the data loads
     tracking.check(cfg)
-    tick = time.perf_counter()
-    dataset = load_cifar(cfg.data, cache_root())
-    timings.data_load = time.perf_counter() - tick
-    tick = time.perf_counter()
-    labels = np.asarray(dataset.train_y)
-    partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root())
-    timings.partition = time.perf_counter() - tick
+    dataset, partitions = load_data(cfg, timings)
     if cfg.gpus_per_client and engine.private_ray(cfg) and not torch.cuda.is_available():
         raise ConfigError(
             flag("gpus_per_client"),
@@ -106,11 +112,27 @@ def _prepare(cfg: RunConfig, started: float) -> RunInputs:
     return RunInputs(cfg, dataset, partitions, timings, profiles)
 
 
+def load_data(cfg: RunConfig, timings: Timings | None = None) -> tuple[DecodedDataset, Partitions]:
+    """The run's data (decoded once per machine, then mapped from the cache) and its
+    partitions (split once per setting, then cached): the same in the driver, in a
+    Flower App's client process and in the benchmarks' plain loop."""
+    timings = timings or Timings()
+    tick = time.perf_counter()
+    dataset = load_cifar(cfg.data, cache_root())
+    timings.data_load = time.perf_counter() - tick
+    tick = time.perf_counter()
+    labels = np.asarray(dataset.train_y)
+    partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root())
+    timings.partition = time.perf_counter() - tick
+    return dataset, partitions
+
+
 def run(
     cfg: RunConfig,
     started: float | None = None,
     ray: engine.RayStarter | None = None,
     exiting: bool = False,
+    seams: Seams = Seams(),
 ) -> Path:
     """A fresh run; returns its folder. Ray starts (or `ray` has started) while the
     data is loaded and checked; nothing is written before both are ready. `exiting`:
@@ -123,10 +145,10 @@ def run(
     owned = ray is None
     ray = ray or engine.RayStarter(cfg)
     try:
-        inputs = _prepare(cfg, started)
+        inputs = prepare(cfg, started)
         cluster = _wait_for_ray(ray, inputs)
         with folders.claimed_run_dir(cfg) as run_dir:
-            return _execute(inputs, run_dir, started, cluster, None)
+            return execute(inputs, run_dir, started, cluster, None, seams)
     finally:
         if owned and not (exiting and engine.private_ray(cfg)):
             ray.stop()
@@ -137,6 +159,7 @@ def resume(
     rounds: int | None = None,
     started: float | None = None,
     ray: engine.RayStarter | None = None,
+    seams: Seams = Seams(),
 ) -> Path:
     """Go on with an interrupted run from its last checkpoint (optionally to more rounds).
     A run whose rounds were all done but whose bookkeeping was cut short (killed before
@@ -146,40 +169,40 @@ def resume(
     started = started or time.perf_counter()
     folders.check_results_dir(run_dir)
     with folders.locked(run_dir, "--resume"):
-        document, cfg = _stored(run_dir)
+        document, cfg = stored_config(run_dir, "--resume")
         if rounds is not None:
-            cfg = validate(cfg.replace(rounds=rounds))
-        checkpoint = None
+            cfg = options.validate(cfg.replace(rounds=rounds))
+        state = None
         if (run_dir / CHECKPOINT).exists():
-            checkpoint = load_checkpoint(run_dir / CHECKPOINT)
-            _check_algorithm(cfg, checkpoint, run_dir)
-            if checkpoint.round >= cfg.rounds:
-                _finish_bookkeeping(run_dir, cfg, document, checkpoint)
+            state = load_checkpoint(run_dir / CHECKPOINT)
+            _check_algorithm(cfg, state, run_dir)
+            if state.completed >= cfg.rounds:
+                _finish_bookkeeping(run_dir, cfg, document, state)
                 return run_dir
         owned = ray is None
         ray = ray or engine.RayStarter(cfg)
         try:
-            inputs = _prepare(cfg, started)
-            return _execute(inputs, run_dir, started, _wait_for_ray(ray, inputs), checkpoint)
+            inputs = prepare(cfg, started)
+            return execute(inputs, run_dir, started, _wait_for_ray(ray, inputs), state, seams)
         finally:
             if owned:
                 ray.stop()
 
 
-def _stored(run_dir: Path) -> tuple[dict, RunConfig]:
+def stored_config(run_dir: Path, option: str) -> tuple[dict, RunConfig]:
     """config.json of a run folder, and its config validated again."""
     try:
         document = json.loads((run_dir / CONFIG_JSON).read_text())
-        return document, validate(RunConfig(**document["config"]))
+        return document, options.from_document(document["config"])
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ConfigError("--resume", f"{run_dir} is not a fedsim run folder ({error})") from None
+        raise ConfigError(option, f"{run_dir} is not a fedsim run folder ({error})") from None
 
 
-def _check_algorithm(cfg: RunConfig, checkpoint: Checkpoint, run_dir: Path) -> None:
+def _check_algorithm(cfg: RunConfig, state: RunState, run_dir: Path) -> None:
     """The checkpoint's strategy must be the one the run's config builds (a checkpoint
     copied from another run would resume the wrong algorithm)."""
-    expected = type(privacy.wrap(cfg, algorithms.build(cfg).strategy())).__name__
-    found = type(checkpoint.strategy).__name__
+    expected = privacy.kind(privacy.private(cfg, algorithms.build(cfg).strategy()))
+    found = privacy.kind(state.strategy)
     if found != expected:
         raise ConfigError(
             "--resume",
@@ -188,21 +211,18 @@ def _check_algorithm(cfg: RunConfig, checkpoint: Checkpoint, run_dir: Path) -> N
         )
 
 
-def _finish_bookkeeping(
-    run_dir: Path, cfg: RunConfig, document: dict, checkpoint: Checkpoint
-) -> None:
-    status = document.get("status")
+def _finish_bookkeeping(run_dir: Path, cfg: RunConfig, document: dict, state: RunState) -> None:
+    status, done = document.get("status"), state.completed
     if status in ENDED:
         raise ENDED[status](
-            f"{run_dir} ended {status} after round {checkpoint.round} ({document.get('error')}); "
-            f"it has nothing left to resume (--resume with --rounds more than "
-            f"{checkpoint.round} trains further)"
+            f"{run_dir} ended {status} after round {done} ({document.get('error')}); it has "
+            f"nothing left to resume (--resume with --rounds more than {done} trains further)"
         )
     if status == "complete" and (run_dir / MODEL).exists():
-        print(f"fedsim: {run_dir} is already complete ({checkpoint.round} rounds)")
+        print(f"fedsim: {run_dir} is already complete ({done} rounds)")
         return
-    _truncate(run_dir, checkpoint.round)
-    ModelSaver(run_dir / MODEL).on_run_end(checkpoint.arrays)
+    _truncate(run_dir, done)
+    ModelSaver(run_dir / MODEL).on_run_end(state.arrays)
     known = {f.name for f in dataclasses.fields(Timings)}
     timings = Timings(
         **{k: v for k, v in document.get("timings_seconds", {}).items() if k in known}
@@ -210,7 +230,7 @@ def _finish_bookkeeping(
     extra = {k: v for k, v in document.items() if k not in folders.STATUS_KEYS}
     folders.RunStatus(run_dir, cfg, timings, extra).write("complete", error=None)
     print(
-        f"fedsim: {run_dir}: all {checkpoint.round} rounds were done; wrote what the run "
+        f"fedsim: {run_dir}: all {done} rounds were done; wrote what the run "
         "had not (model.pt, status complete)"
     )
 
@@ -226,43 +246,84 @@ def _wait_for_ray(ray: engine.RayStarter, inputs: RunInputs) -> engine.Cluster:
     return cluster
 
 
-def _execute(
+def run_facts(inputs: RunInputs, run_dir: Path, resumed: int | None) -> dict[str, object]:
+    """What config.json says of a run beyond its options and status."""
+    return {
+        "run_dir": str(run_dir),
+        "data_cache_key": inputs.dataset.key,
+        "partition_sizes": inputs.partitions.sizes,
+        "resumed_from_round": resumed,
+        **attacks.describe(inputs.cfg),
+    }
+
+
+def execute(
     inputs: RunInputs,
     run_dir: Path,
     started: float,
     cluster: engine.Cluster,
-    checkpoint: Checkpoint | None,
+    state: RunState | None,
+    seams: Seams = Seams(),
 ) -> Path:
+    """The rounds on Flower's simulation engine, from `state` (a checkpoint's) or from
+    the start, with config.json's status around them."""
     cfg = inputs.cfg
-    _truncate(run_dir, checkpoint.round if checkpoint else -1)
-    extra = {
-        "run_dir": str(run_dir),
-        "data_cache_key": inputs.dataset.key,
-        "partition_sizes": inputs.partitions.sizes,
-        "resumed_from_round": checkpoint.round if checkpoint else None,
-        "cluster": cluster.describe(),
-        **attacks.describe(cfg),
-    }
-    status = folders.RunStatus(run_dir, cfg, inputs.timings, extra)
-    print(_announce(cfg, run_dir, cluster, checkpoint.round if checkpoint else None), flush=True)
+    resumed = state.completed if state else None
+    _truncate(run_dir, resumed if resumed is not None else -1)
+    facts = {**run_facts(inputs, run_dir, resumed), "cluster": cluster.describe()}
+    status = folders.RunStatus(run_dir, cfg, inputs.timings, facts)
+    print(_announce(cfg, run_dir, cluster, resumed), flush=True)
+    algorithm = algorithms.build(cfg)
+    loop = build_loop(inputs, run_dir, state, status.failures, algorithm, seams.evaluator)
     transport = Transport(cluster.concurrent_clients, cfg.clients_per_message)
-    loop = build_loop(inputs, run_dir, checkpoint, transport, status.failures)
+    reply_bytes = model_bytes(loop)
+
+    def serve(grid: Grid) -> None:
+        loop.run(exchange_on(grid, loop, transport))
+
     with status.running(started), engine.on_node_lost(status.fail):
         try:
             engine.run_simulation(
-                build_server_app(loop),
-                build_client_app(cfg, _client_data(inputs, cluster)),
-                nodes_needed(cfg, transport, loop.reply_bytes),
+                build_server_app(serve),
+                seams.client_app(cfg, _client_data(inputs, cluster)),
+                nodes_needed(_phase_sizes(cfg, algorithm, reply_bytes), transport),
                 cluster,
                 loop.finished,
             )
         except KeyboardInterrupt:
-            loop.stop.set()  # the server loop ends at its next poll; Ray goes down after
+            loop.stop.set()  # the loop ends at the exchange's next look; Ray goes down after
             raise
         if loop.error is not None:  # the engine may have stopped before it said so
             raise loop.error
     print(f"fedsim: done in {inputs.timings.total:.1f} s -> {run_dir}", flush=True)
     return run_dir
+
+
+def model_bytes(loop: RoundLoop) -> int:
+    """A training reply's size: one model, as Flower serializes it."""
+    return messages.recorddict_bytes(RecordDict({messages.ARRAYS: loop.state.arrays}))
+
+
+def exchange_on(grid: Grid, loop: RoundLoop, transport: Transport) -> FlowerExchange:
+    """The loop's exchange over Flower's `grid` (one node per client on the Deployment
+    Engine, where node i holds partition i)."""
+    wanted = loop.cfg.clients if transport.one_node_per_client else 1
+    return FlowerExchange(
+        grid, transport, model_bytes(loop), loop.cfg.round_timeout, loop.stop, wanted
+    )
+
+
+def _phase_sizes(cfg: RunConfig, algorithm: Algorithm, reply_bytes: int) -> list[tuple[int, int]]:
+    """The most clients each phase of a round sends at once, with the bytes of each of
+    their replies: a round's sample (over-selected), or FedBuff's clients in flight."""
+    buffered = algorithm.buffered()
+    wanted = buffered.concurrency if buffered else sample_size(cfg, cfg.sampled_per_round)
+    sizes = {min(cfg.clients, wanted): reply_bytes}
+    if cfg.evaluates_on_clients:
+        sizes.setdefault(sample_count(cfg.clients, cfg.fraction_evaluate), 0)
+        if cfg.evaluate_all_every:
+            sizes.setdefault(cfg.clients, 0)
+    return list(sizes.items())
 
 
 def _announce(cfg: RunConfig, run_dir: Path, cluster: engine.Cluster, resumed: int | None) -> str:
@@ -296,42 +357,32 @@ def _client_data(inputs: RunInputs, cluster: engine.Cluster) -> ClientData:
 def build_loop(
     inputs: RunInputs,
     run_dir: Path,
-    checkpoint: Checkpoint | None,
-    transport: Transport,
+    state: RunState | None,
     failures: FailureReporter,
-) -> FederatedLoop:
-    """The round loop with its result files; fedsim.flower_app runs it on Flower's grid."""
+    algorithm: Algorithm,
+    evaluator: Callable[[RunConfig, DecodedDataset], CentralEvaluate] = CentralEvaluator,
+) -> RoundLoop:
+    """The round loop with its result files, from `state` or from the start (the
+    strategy wrapped for --dp, then the initial model: the order the seeds are drawn in,
+    fedsim.ground.streams)."""
     cfg = inputs.cfg
     torch.set_num_threads(os.cpu_count() or 1)  # the driver evaluates while clients wait
-    if checkpoint is None:
-        strategy = privacy.wrap(cfg, algorithms.build(cfg).strategy())
-        arrays = ArrayRecord(training.build_model(cfg.model, seed=cfg.seed).state_dict())
-        states, clock = ClientStates(), ClockState()
-    else:
-        strategy, arrays = checkpoint.strategy, checkpoint.arrays
-        states, clock = checkpoint.states, checkpoint.clock
+    if state is None:
+        strategy = privacy.wrap(cfg, algorithm.strategy())
+        arrays = ArrayRecord(models.build_model(cfg.model, seed=cfg.seed).state_dict())
+        state = RunState(arrays, strategy)
     trackers = tracking.trackers(cfg, run_dir)  # before any file: one may still refuse
     callbacks = [
         CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV, inputs.timings),
-        Checkpointer(run_dir / CHECKPOINT, strategy, states, clock),
+        Checkpointer(run_dir / CHECKPOINT, state),
         ProgressPrinter(cfg.rounds),
         failures,
         ModelSaver(run_dir / MODEL),
         *trackers,
     ]
     parts = inputs.partitions
-    return FederatedLoop(
-        cfg,
-        strategy,
-        arrays,
-        CentralEvaluator(cfg, inputs.dataset),
-        callbacks,
-        inputs.timings,
-        sizes=(parts.train_sizes, parts.val_sizes),
-        transport=transport,
-        states=states,
-        completed=checkpoint.round if checkpoint else None,
-        profiles=inputs.profiles,
-        clock=clock,
-        schedule=BufferedSchedule() if cfg.strategy in algorithms.ASYNCHRONOUS else None,
-    )
+    population = Population(parts.train_sizes, parts.val_sizes, inputs.profiles)
+    buffered = algorithm.buffered()
+    schedule = BufferedSchedule(buffered, cfg, population) if buffered else None
+    central = evaluator(cfg, inputs.dataset)
+    return RoundLoop(cfg, state, population, central, callbacks, inputs.timings, schedule)

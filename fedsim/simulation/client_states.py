@@ -11,19 +11,8 @@ continues with exactly the same memories.
 from __future__ import annotations
 
 from flwr.app import RecordDict
-from flwr.common import serde
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
-
-def to_bytes(record: RecordDict) -> bytes:
-    """Flower's own serialization (protobuf): exact, and independent of pickling."""
-    return serde.recorddict_to_proto(record).SerializeToString()
-
-
-def from_bytes(blob: bytes) -> RecordDict:
-    proto = ProtoRecordDict()
-    proto.ParseFromString(blob)
-    return serde.recorddict_from_proto(proto)
+from fedsim.ground.messages import from_bytes, to_bytes
 
 
 class ClientStates:

@@ -14,7 +14,6 @@ same on any machine, however the clients are bundled, and after --resume.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,9 +21,7 @@ from typing import Any
 from flwr.app import RecordDict
 
 from fedsim.ground import messages
-from fedsim.ground.config import RunConfig
 from fedsim.outputs.records import ClientRecord
-from fedsim.simulation import client_states
 from fedsim.simulation.profiles import ClientProfile, Profiles
 
 
@@ -55,11 +52,6 @@ def time_clients(
 
 
 # ---- how a synchronous round ends ----------------------------------------------------------
-
-
-def sample_size(cfg: RunConfig, wanted: int) -> int:
-    """Clients to sample for `wanted` updates: ⌈F·k⌉ with --over-select F."""
-    return math.ceil(cfg.over_select * wanted) if cfg.over_select else wanted
 
 
 def round_end(
@@ -106,8 +98,8 @@ class Flight:
             "version": self.version,
             "finish": self.finish,
             "record": asdict(self.record),
-            "content": None if self.content is None else client_states.to_bytes(self.content),
-            "state": None if self.state is None else client_states.to_bytes(self.state),
+            "content": None if self.content is None else messages.to_bytes(self.content),
+            "state": None if self.state is None else messages.to_bytes(self.state),
         }
 
     @classmethod
@@ -118,8 +110,8 @@ class Flight:
             version=stored["version"],
             finish=stored["finish"],
             record=ClientRecord(**stored["record"]),
-            content=None if content is None else client_states.from_bytes(content),
-            state=None if state is None else client_states.from_bytes(state),
+            content=None if content is None else messages.from_bytes(content),
+            state=None if state is None else messages.from_bytes(state),
         )
 
 

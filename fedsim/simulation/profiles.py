@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fedsim.ground import streams
 from fedsim.ground.config import RunConfig, flag
 from fedsim.ground.errors import ConfigError
 
@@ -36,7 +37,6 @@ MEDIAN_UP_MBPS = 12.61  # Speedtest Global Index, mobile upload, July 2021
 COMPUTE_SIGMA = 0.6  # FedScale's lognormal spread ("tail_skew") of device speed
 BANDWIDTH_SIGMA = 1.0  # a choice, no measurement: about 13th to 87th percentile = ×⅓ to ×3
 LOGNORMAL = "lognormal"
-PROFILES_STREAM = 0x70726F66  # seeds the lognormal draws apart from every other draw
 COLUMNS = ("client", "examples_per_second", "down_mbps", "up_mbps", "online")
 # The slowest speed or bandwidth a profile may give: one example (or Mbit) in 31.7
 # years; below it the simulated clock's seconds lose all meaning, then overflow
@@ -96,7 +96,7 @@ def median_profiles(clients: int) -> Profiles:
 def lognormal_profiles(clients: int, seed: int) -> Profiles:
     """Speeds and bandwidths drawn around the medians, from a stream of the run's seed
     that no other draw uses; every client always online."""
-    rng = np.random.default_rng([seed, PROFILES_STREAM])
+    rng = streams.run_rng(seed, streams.PROFILES)
     return Profiles(
         rng.lognormal(math.log(MEDIAN_EXAMPLES_PER_SECOND), COMPUTE_SIGMA, clients),
         rng.lognormal(math.log(MEDIAN_DOWN_MBPS), BANDWIDTH_SIGMA, clients),

@@ -1,0 +1,78 @@
+"""Every random stream of a run, named once: the heart of "same seed, same numbers".
+
+Each stream is a function of the run's seed and of what it is for (a round, a client, a
+purpose), never of the order in which things happen, how clients are bundled or which
+process runs them. A new use of randomness gets a stream of its own here.
+
+Run-wide draws, seeded by (seed, stream) (numpy):
+- MALICIOUS: which clients are malicious (--byzantine-fraction);
+- PROFILES: the lognormal device profiles (--profiles lognormal).
+
+Sampling, seeded by (seed, draw, stream) (numpy); `draw` is the round, or FedBuff's
+count of draws so far:
+- TRAINING_SAMPLE, EVALUATION_SAMPLE: who trains and who evaluates in a round;
+- FEDBUFF_SAMPLE: whom FedBuff starts when a place frees up.
+
+A client's own streams, seeded by (seed, round, client, stream) through client_seed:
+- LOCAL_TRAINING: its batch order and augmentation (its torch.Generator);
+- DROPOUT: whether it drops out (--client-failure-rate);
+- ATTACK_NOISE: the gaussian attack's noise.
+
+Seeded by the run's seed alone, where the library itself draws: the initial model
+(torch's global generator, seed_model_init), Flower's DP noise (NumPy's global generator,
+seed_dp_noise), the partitions (flwr-datasets' partitioners and fedsim's own splits,
+fedsim.learning.partition).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+MALICIOUS = 0x41545441434B
+PROFILES = 0x70726F66
+
+TRAINING_SAMPLE = 0
+EVALUATION_SAMPLE = 1
+FEDBUFF_SAMPLE = 2
+
+LOCAL_TRAINING = 0
+DROPOUT = 1
+ATTACK_NOISE = 2
+
+
+def run_rng(seed: int, stream: int) -> np.random.Generator:
+    """A run-wide stream (MALICIOUS, PROFILES)."""
+    return np.random.default_rng([seed, stream])
+
+
+def sample(seed: int, draw: int, candidates: Sequence[int], count: int, stream: int) -> list[int]:
+    """`count` of `candidates` (all of them if there are no more), drawn by a generator
+    seeded by (seed, draw, stream) alone; sorted."""
+    if count >= len(candidates):
+        return list(candidates)
+    rng = np.random.default_rng([seed, draw, stream])
+    return sorted(candidates[i] for i in rng.choice(len(candidates), size=count, replace=False))
+
+
+def client_seed(seed: int, server_round: int, pid: int, stream: int) -> int:
+    """Independent, reproducible seeds per (run seed, round, client, purpose)."""
+    return int(np.random.default_rng([seed, server_round, pid, stream]).integers(2**62))
+
+
+def client_rng(seed: int, server_round: int, pid: int, stream: int) -> np.random.Generator:
+    """A client's numpy stream (DROPOUT)."""
+    return np.random.default_rng(client_seed(seed, server_round, pid, stream))
+
+
+def seed_model_init(seed: int) -> None:
+    """The initial model's weights come from torch's global generator."""
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def seed_dp_noise(seed: int) -> None:
+    """Flower's DP wrappers draw their noise from NumPy's global generator."""
+    np.random.seed(seed)

@@ -1,0 +1,40 @@
+"""The networks fedsim ships (fedsim.learning.models names them)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedsim.learning.data import NUM_CLASSES
+
+
+class Net(nn.Module):
+    """The CNN of Flower's PyTorch quickstart (and NIID-Bench's CIFAR-10 model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.flatten(1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def resnet18() -> nn.Module:
+    """torchvision's ResNet-18 with the usual CIFAR stem (3x3 conv, no max-pool)."""
+    from torchvision.models import resnet18 as torchvision_resnet18
+
+    model = torchvision_resnet18(num_classes=NUM_CLASSES)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model

@@ -1,0 +1,155 @@
+"""Every option a run takes, in one catalog: RunConfig's own (fedsim.ground.config) and
+each registered algorithm's (declared on its class, fedsim.algorithms.base). The
+command line, experiment files, the Flower App's run config, the summary and the docs
+table read it; nothing else lists options.
+
+Also here: which options apply to a run (alpha only to a Dirichlet split, proximal_mu
+only to FedProx), validation (every value, then the algorithm's own checks and what
+--dp needs), and the RunConfig that a set of options (by name, as they are given) makes.
+Choices come from the dispatch tables they select from (CHOICES).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from fedsim import algorithms
+from fedsim.algorithms import attacks, privacy
+from fedsim.ground.config import (
+    SYNCHRONOUS,
+    Option,
+    RunConfig,
+    StrategyOptions,
+    check_core,
+    core_options,
+    flag,
+)
+from fedsim.ground.errors import ConfigError
+from fedsim.learning import models, partition
+
+# Options whose values select from a dispatch table: the table's keys are the choices
+CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
+    "strategy": lambda: tuple(algorithms.ALGORITHMS),
+    "partition": lambda: tuple(partition.PARTITIONERS),
+    "model": lambda: tuple(models.MODELS),
+    "dp": lambda: privacy.DP_MODES,
+    "attack": lambda: attacks.ATTACKS,
+}
+
+
+@functools.cache
+def every() -> dict[str, Option]:
+    """Every option by name: RunConfig's in field order, then each algorithm's (an
+    option several algorithms declare, such as server_lr, once)."""
+    found = dict(core_options())
+    for name in algorithms.ALGORITHMS:
+        for option in algorithms.algorithm_class(name).options():
+            found.setdefault(option.name, option)
+    return found
+
+
+@functools.cache
+def owners() -> dict[str, tuple[str, ...]]:
+    """Algorithm option name -> the algorithms that declare it, in registry order."""
+    found: dict[str, list[str]] = {}
+    for name in algorithms.ALGORITHMS:
+        for option in algorithms.algorithm_class(name).options():
+            found.setdefault(option.name, []).append(name)
+    return {option: tuple(names) for option, names in found.items()}
+
+
+def choices(name: str) -> tuple[Any, ...] | None:
+    """The values an option may take, where a dispatch table or the option says."""
+    if name in CHOICES:
+        return CHOICES[name]()
+    return every()[name].choices
+
+
+def with_role(role: str) -> tuple[str, ...]:
+    """The options tagged with `role`, in catalog order."""
+    return tuple(name for name, option in every().items() if role in option.roles)
+
+
+def shown(name: str, value: Any) -> str:
+    """An option's value as help text and run labels say it (None: `auto` or `none`)."""
+    return every()[name].shown(value)
+
+
+def applies(cfg: RunConfig, name: str) -> bool:
+    """Whether option `name` can change what `cfg` computes: alpha only a Dirichlet
+    split, deadline only rounds (not FedBuff), an algorithm's option only that
+    algorithm's runs."""
+    if name not in core_options():
+        return name in cfg.strategy_options
+    rule = every()[name].applies
+    if rule is None:
+        return True
+    if rule == SYNCHRONOUS:
+        return not algorithms.algorithm_class(cfg.strategy).asynchronous
+    return getattr(cfg, rule[0]) in rule[1:]
+
+
+def make_config(**options: Any) -> RunConfig:
+    """The validated RunConfig that options given by name make (as the command line,
+    an experiment file or a Python caller gives them): RunConfig's own, and those of the
+    chosen algorithm (at their defaults where not given). Another algorithm's options
+    are checked and left out: they would change nothing."""
+    known = every()
+    if unknown := [name for name in options if name not in known]:
+        raise ConfigError(flag(unknown[0]), "is not a fedsim option (see simulate.py --help)")
+    for name, value in options.items():  # every value given, whether it applies or not
+        if name not in core_options():
+            check_value(name, value)
+    core = {name: value for name, value in options.items() if name in core_options()}
+    strategy = core.get("strategy", RunConfig.strategy)
+    _check_choice("strategy", strategy)
+    declared = algorithms.algorithm_class(strategy).options()
+    values = {option.name: options.get(option.name, option.default) for option in declared}
+    return validate(RunConfig(**core, strategy_options=StrategyOptions(values)))
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Every value, then what the algorithm and --dp need of the settings together;
+    raise on the first bad one."""
+    check_core(cfg)
+    for name in CHOICES:
+        _check_choice(name, getattr(cfg, name))
+    algorithm = algorithms.build(cfg)
+    declared = {option.name: option for option in type(algorithm).options()}
+    if extra := sorted(set(cfg.strategy_options) - set(declared)):
+        raise ConfigError(flag(extra[0]), f"is not an option of {cfg.strategy}")
+    for name, option in declared.items():
+        option.check(cfg.strategy_options.get(name, option.default))
+    algorithm.check()
+    privacy.check(cfg)
+    return cfg
+
+
+def check_value(name: str, value: Any) -> None:
+    """One option's value on its own: type, bounds and choices."""
+    every()[name].check(value)
+    _check_choice(name, value)
+
+
+def _check_choice(name: str, value: Any) -> None:
+    allowed = choices(name)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(
+            flag(name), f"unknown value {value!r}, choose from {', '.join(map(str, allowed))}"
+        )
+
+
+def from_document(stored: dict[str, Any]) -> RunConfig:
+    """The RunConfig that config.json's `config` holds (raises ConfigError if it holds
+    no valid one). A config.json written before algorithms declared their options holds
+    them among the others, every algorithm's: the run's own algorithm's are taken."""
+    if "strategy_options" in stored:
+        core = {name: value for name, value in stored.items() if name in core_options()}
+        options = StrategyOptions(stored["strategy_options"])
+        return validate(RunConfig(**core, strategy_options=options))
+    strategy = stored.get("strategy", RunConfig.strategy)
+    _check_choice("strategy", strategy)
+    own = {option.name for option in algorithms.algorithm_class(strategy).options()}
+    return make_config(**{k: v for k, v in stored.items() if k in core_options() or k in own})
