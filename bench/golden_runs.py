@@ -26,8 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedsim.ground.files import CLIENTS_CSV, ROUNDS_CSV
+
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = {"rounds.csv": ["round_seconds"], "clients.csv": ["seconds"]}  # wall clock
+TIMING = {ROUNDS_CSV: ["round_seconds"], CLIENTS_CSV: ["seconds"]}  # wall clock
 
 RUNS: dict[str, str] = {
     "readme": "--clients 2 --rounds 3",
@@ -65,7 +67,7 @@ def record(out: Path, data: str) -> None:
     shutil.rmtree(out / name, ignore_errors=True)
     print(f"golden_runs: {name}: {options}, killed after round {after}", flush=True)
     process = _simulate(out, name, options, data)
-    rounds = out / name / "rounds.csv"
+    rounds = out / name / ROUNDS_CSV
     while not (rounds.exists() and len(rounds.read_text().splitlines()) >= after + 2):
         if process.poll() is not None:
             raise SystemExit(f"golden_runs: {name} ended before it could be killed")

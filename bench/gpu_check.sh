@@ -25,7 +25,7 @@ command -v nvidia-smi >/dev/null || { echo "gpu_check: no nvidia-smi on this mac
 rm -rf "$OUT" && mkdir -p "$OUT/actors"
 
 echo "gpu_check: decoding the data into fedsim's cache (once per machine)"
-timeout 240 "$PY" -c "import sys; from fedsim.data import load_cifar; load_cifar(sys.argv[1])" "$DATA"
+timeout 240 "$PY" -c "import sys; from fedsim.learning.data import load_cifar; load_cifar(sys.argv[1])" "$DATA"
 
 # nvidia-smi in the background, both stopped on exit (by their own process ids)
 nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used,memory.total \

@@ -136,7 +136,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _actors(folder: Path) -> tuple[set[int], list[float]]:
     """The actor processes that ran clients, and the GPU memory torch reserved in each
-    (fedsim.actor_log)."""
+    (fedsim.flower.actor_log)."""
     calls = [
         json.loads(line) for log in folder.glob("*.jsonl") for line in log.read_text().splitlines()
     ]

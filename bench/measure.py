@@ -23,6 +23,8 @@ from typing import Any
 
 import psutil
 
+from fedsim.ground.files import CONFIG_JSON, ROUNDS_CSV
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SCRATCH = RESULTS / "tmp"  # run folders and caches of benchmark runs (git-ignored)
@@ -219,7 +221,7 @@ def measure(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    sampler = _Sampler(proc.pid, run_dir / "rounds.csv", interval)
+    sampler = _Sampler(proc.pid, run_dir / ROUNDS_CSV, interval)
     sampler.watch_others()
     thread = threading.Thread(target=sampler.run, daemon=True)
     thread.start()
@@ -239,9 +241,9 @@ def measure(
     sampler.watch_others()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}:\n{output[-3000:]}")
-    with open(run_dir / "rounds.csv", newline="") as handle:
+    with open(run_dir / ROUNDS_CSV, newline="") as handle:
         rounds = list(csv.DictReader(handle))
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / CONFIG_JSON).read_text())
     return Run(
         wall=wall,
         cpu=sum(sampler.cpu.values()),

@@ -21,8 +21,8 @@ from bench.measure import ROOT, SCRATCH, process_kind
 RATE = 50  # samples per second
 PHASES = {  # phase: a frame that marks it (the innermost marked frame wins)
     "import": "_find_and_load",
-    "train": "train (fedsim/task.py",
-    "evaluate": "evaluate (fedsim/task.py",
+    "train": "train (fedsim/learning/training.py",
+    "evaluate": "evaluate (fedsim/learning/training.py",
 }
 
 

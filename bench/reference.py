@@ -42,7 +42,7 @@ def _weighted_mean(values: list, weights: list[int]):
 
 
 class ReferenceLoop:
-    """FedAvg rounds over in-memory client tensors, timed like fedsim's FederatedLoop."""
+    """FedAvg rounds over in-memory client tensors, timed like fedsim's RoundLoop."""
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ import pandas as pd
 
 from fedsim.front import sweep
 from fedsim.front.experiment import changed_settings
+from fedsim.ground.files import CONFIG_JSON, ROUNDS_CSV
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "experiments" / "niid_bench_cifar10.toml"
@@ -93,8 +94,8 @@ def collect(folder: Path) -> list[dict]:
     Seeds beyond the file's (`--seed 1,2`) count; a run made with other settings (an
     older grid) is said and left out."""
     configs = {
-        run_dir: json.loads((run_dir / "config.json").read_text())["config"]
-        for run_dir in sorted(p for p in folder.iterdir() if (p / "config.json").is_file())
+        run_dir: json.loads((run_dir / CONFIG_JSON).read_text())["config"]
+        for run_dir in sorted(p for p in folder.iterdir() if (p / CONFIG_JSON).is_file())
     }
     seeds = sorted({0, *(config["seed"] for config in configs.values())})
     grid = {cfg.name: cfg for cfg in sweep.plan_from(str(GRID), {"seed": seeds}).runs}
@@ -106,9 +107,9 @@ def collect(folder: Path) -> list[dict]:
         if changed := changed_settings(grid[run_dir.name], config):
             print(f"skipped {run_dir}: {'; '.join(changed)}")
             continue
-        if not (run_dir / "rounds.csv").exists():
+        if not (run_dir / ROUNDS_CSV).exists():
             continue
-        rounds = pd.read_csv(run_dir / "rounds.csv")
+        rounds = pd.read_csv(run_dir / ROUNDS_CSV)
         if len(rounds) < 2:
             continue
         runs.append(
@@ -192,7 +193,7 @@ def report(folder: Path) -> None:
         destination = cell_dir(run["partition"], run["strategy"], run["seed"])
         if run["dir"] != destination:
             destination.mkdir(parents=True, exist_ok=True)
-            shutil.copy(run["dir"] / "rounds.csv", destination / "rounds.csv")
+            shutil.copy(run["dir"] / ROUNDS_CSV, destination / ROUNDS_CSV)
     rows = table_rows(cells)
     DOCS.mkdir(parents=True, exist_ok=True)
     with open(TABLE, "w", newline="") as handle:

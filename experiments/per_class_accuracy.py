@@ -18,20 +18,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedsim.learning import training
+from fedsim.ground.files import CONFIG_JSON, LABEL_COUNTS_CSV, MODEL
+from fedsim.learning import models, training
 from fedsim.learning.data import cache_root, load_cifar
 
 
 def per_class(run: Path) -> tuple[float, pd.DataFrame]:
     """Overall accuracy (%) and a frame with rows `holders` (clients holding the class)
     and `accuracy` (%), a column per class."""
-    cfg = json.loads((run / "config.json").read_text())["config"]
+    cfg = json.loads((run / CONFIG_JSON).read_text())["config"]
     data = load_cifar(cfg["data"], cache_root())
-    model = training.build_model(cfg["model"])
-    model.load_state_dict(torch.load(run / "model.pt"))
+    model = models.build_model(cfg["model"])
+    model.load_state_dict(torch.load(run / MODEL))
     images = torch.from_numpy(np.array(data.test_x))
     labels = torch.from_numpy(np.array(data.test_y))
-    # the central evaluation's own function and batch size (runner.CentralEvaluator),
+    # the central evaluation's own function and batch size (fedsim.run.lifecycle.CentralEvaluator),
     # once over the test split and once per class
     batch = training.CENTRAL_BATCH_SIZE
     _, overall = training.evaluate(model, images, labels, batch_size=batch)
@@ -39,7 +40,7 @@ def per_class(run: Path) -> tuple[float, pd.DataFrame]:
         100 * training.evaluate(model, images[of], labels[of], batch_size=batch)[1]
         for of in (labels == k for k in range(len(data.classes)))
     ]
-    holders = (pd.read_csv(run / "label_counts.csv", index_col="client") > 0).sum()
+    holders = (pd.read_csv(run / LABEL_COUNTS_CSV, index_col="client") > 0).sum()
     frame = pd.DataFrame(
         {"holders": holders.to_numpy(), "accuracy": accuracy}, index=list(data.classes)
     ).T

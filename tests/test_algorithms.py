@@ -10,7 +10,9 @@ the experiment: the data, the initial weights and each client's seed.
 
 from __future__ import annotations
 
+import re
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,11 +25,15 @@ from torch import nn
 from fedsim import algorithms
 from fedsim.algorithms import attacks, privacy
 from fedsim.algorithms.context import ClientContext
+from fedsim.algorithms.feddyn import GRADIENT
 from fedsim.algorithms.fednova import local_norm
 from fedsim.algorithms.scaffold import CONTROL
 from fedsim.ground import messages
 from fedsim.ground.config import RunConfig
+from fedsim.ground.errors import ConfigError
 from fedsim.ground.streams import client_seed
+from fedsim.run.options import make_config
+from tests.conftest import ROOT
 
 SIZES = (7, 12, 5, 9)  # unequal: weights, step counts and a_i differ between clients
 ROUNDS = ((0, 1, 2), (1, 2, 3))  # who trains in each round: partial participation
@@ -118,7 +124,7 @@ def _fedsim(cfg: RunConfig, rounds=ROUNDS):
     return arrays.to_torch_state_dict(), strategy, states, metrics
 
 
-def _local_sgd(cfg, model, x, y, server_round, pid, after_step=None) -> int:
+def _local_sgd(cfg, model, x, y, server_round, pid, after_step=None, extra_loss=None) -> int:
     """Plain momentum SGD over the client's seeded batches; returns the step count."""
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -130,6 +136,8 @@ def _local_sgd(cfg, model, x, y, server_round, pid, after_step=None) -> int:
         for start in range(0, len(y), cfg.batch_size):
             index = order[start : start + cfg.batch_size]
             loss = F.cross_entropy(model(x[index].float() / 127.5 - 1.0), y[index])
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -192,18 +200,61 @@ def _fednova_reference(cfg: RunConfig):
     return x
 
 
+def _close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Every entry of `expected` equals `actual`'s to 1e-6."""
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, atol=1e-6, rtol=0, msg=key)
+
+
+def _feddyn_reference(cfg: RunConfig, alpha: float):
+    """FedDyn as Acar et al.'s Algorithm 1 writes it, on the same clients and seeds."""
+    model, data = _model(), _data()
+    theta = {k: v.clone() for k, v in model.state_dict().items()}
+    h = {k: torch.zeros_like(v) for k, v in theta.items()}
+    grads = {pid: {k: torch.zeros_like(v) for k, v in theta.items()} for pid in range(len(SIZES))}
+    for server_round, pids in enumerate(ROUNDS, 1):
+        models = []
+        for pid in pids:
+            model.load_state_dict(theta)
+            g = grads[pid]
+
+            def dynamic(net, g=g):
+                w = dict(net.named_parameters())
+                linear = sum((g[k] * w[k]).sum() for k in w)
+                return alpha / 2 * sum((w[k] - theta[k]).pow(2).sum() for k in w) - linear
+
+            _local_sgd(cfg, model, *data[pid], server_round, pid, extra_loss=dynamic)
+            w = {k: v.clone() for k, v in model.state_dict().items()}
+            grads[pid] = {k: g[k] - alpha * (w[k] - theta[k]) for k in w}
+            models.append(w)
+        for k in theta:
+            h[k] = h[k] - alpha / len(SIZES) * sum(m[k] - theta[k] for m in models)
+            theta[k] = sum(m[k] for m in models) / len(models) - h[k] / alpha
+    return theta, h, grads
+
+
+def test_feddyn_matches_a_hand_written_reference() -> None:
+    cfg = make_config(**_cfg("feddyn").flat(), feddyn_alpha=0.1)
+    model, strategy, states, _ = _fedsim(cfg)
+    reference, h, grads = _feddyn_reference(cfg, alpha=0.1)
+    _close(model, reference)
+    _close(dict(zip(h, map(torch.from_numpy, strategy.correction), strict=True)), h)
+    assert sorted(states) == [0, 1, 2, 3]  # every client that trained keeps its g_i
+    for pid, state in states.items():
+        _close(state[GRADIENT].to_torch_state_dict(), grads[pid])
+    plain, *_ = _fedsim(_cfg("fedavg"))
+    assert max(float((plain[k] - reference[k]).abs().max()) for k in reference) > 1e-3
+
+
 def test_scaffold_matches_a_hand_written_reference() -> None:
     cfg = _cfg("scaffold")
     model, strategy, states, _ = _fedsim(cfg)
     reference, c, c_local = _scaffold_reference(cfg)
-    for key, value in reference.items():
-        torch.testing.assert_close(model[key], value, atol=1e-6, rtol=0, msg=key)
-    for key, value in strategy.control.to_torch_state_dict().items():
-        torch.testing.assert_close(value, c[key], atol=1e-6, rtol=0, msg=key)
+    _close(model, reference)
+    _close(strategy.control.to_torch_state_dict(), c)
     assert sorted(states) == [0, 1, 2, 3]  # every client that trained keeps its c_i
     for pid, state in states.items():
-        for key, value in state[CONTROL].to_torch_state_dict().items():
-            torch.testing.assert_close(value, c_local[pid][key], atol=1e-6, rtol=0)
+        _close(state[CONTROL].to_torch_state_dict(), c_local[pid])
     # the comparison can fail: without the corrections the model is elsewhere
     plain, *_ = _fedsim(_cfg("fedavg"))
     assert max(float((plain[k] - reference[k]).abs().max()) for k in reference) > 1e-3
@@ -362,3 +413,47 @@ def test_options_that_cannot_work_are_one_line_exit_2(args, message, tmp_path, c
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
     assert not results.exists()
+
+
+# ---- the algorithms describe themselves -----------------------------------------------
+
+
+def _table_rows(path: Path) -> dict[str, str]:
+    """`--strategy` name -> its table row, from a Markdown table whose first column
+    names algorithms in backticks."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("| `"):
+            first = line.split("|")[1]
+            for name in re.findall(r"`([a-z]+)`", first):
+                rows[name] = line
+    return rows
+
+
+@pytest.mark.parametrize("page", ["docs/algorithms.md", "README.md"])
+def test_the_docs_tables_list_every_algorithm_with_its_options(page) -> None:
+    from fedsim.ground.config import flag
+
+    rows = _table_rows(ROOT / page)
+    assert set(rows) >= set(algorithms.ALGORITHMS), set(algorithms.ALGORITHMS) - set(rows)
+    for name in algorithms.ALGORITHMS:
+        for option in algorithms.algorithm_class(name).options():
+            assert f"`{flag(option.name)}`" in rows[name], (page, name, option.name)
+
+
+def test_an_algorithms_options_are_its_own() -> None:
+    """FedDyn's option is read from the run's options, its default where none is given,
+    and is no option of another algorithm's run."""
+    from fedsim.run import options
+
+    assert algorithms.build(make_config(strategy="feddyn")).feddyn_alpha == 0.01
+    dyn = make_config(strategy="feddyn", feddyn_alpha=0.2)
+    assert algorithms.build(dyn).feddyn_alpha == 0.2 and dyn.flat()["feddyn_alpha"] == 0.2
+    plain = make_config(strategy="fedavg", feddyn_alpha=0.2)  # it would change nothing
+    assert "feddyn_alpha" not in plain.strategy_options
+    assert options.applies(dyn, "feddyn_alpha") and not options.applies(plain, "feddyn_alpha")
+    with pytest.raises(ConfigError, match=r"^--feddyn-alpha: got -1\.0, must be > 0"):
+        make_config(strategy="fedavg", feddyn_alpha=-1.0)
+    assert options.owners()["server_lr"] == (
+        "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedbuff"
+    )  # fmt: skip

@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import simulate
 from tests.services import LOOPBACK_ONLY, Services, free_port, wait_for
 
-_FORWARDED = re.compile(r"(\x1b\[\d+m)?\((raylet|gcs_server)[^)]*\)")
+_FORWARDED = re.compile(r"(\x1b\[\d+m)?\((pid=)?(raylet|gcs_server)[^)]*\)")
 _LOOPBACK_HEX = {"0100007F", "0000000000000000FFFF00000100007F"}  # as /proc/net/tcp* has it
 
 

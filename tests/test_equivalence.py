@@ -86,7 +86,7 @@ def _plain_loop(cfg: RunConfig, data) -> dict[str, torch.Tensor]:
     return global_state
 
 
-# One experiment, so the runs also pass actors on (fedsim.engine's shelf): k3 runs in
+# One experiment, so the runs also pass actors on (fedsim.flower.engine's shelf): k3 runs in
 # k1's two actors, auto-one-actor needs other resources (its own actor), fedprox-k3 two
 # new ones again.
 VARIANTS = {

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fedsim.learning import training
+from fedsim.learning.models import build_model
 from fedsim.simulation.sampling import sample_clients
 from tests.conftest import run_cli
 
@@ -76,7 +76,7 @@ def models(tiny_cifar, tmp_path_factory) -> dict[str, tuple[dict, pd.DataFrame]]
 
 
 def _initial() -> dict[str, torch.Tensor]:
-    return training.build_model("cnn", seed=0).state_dict()
+    return build_model("cnn", seed=0).state_dict()
 
 
 def _change(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

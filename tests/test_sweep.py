@@ -231,7 +231,7 @@ def test_sweep_writes_run_folders_summary_and_plots(swept) -> None:
 
 
 def test_the_runs_of_an_experiment_share_their_actors(swept) -> None:
-    """A finished run's actors serve the next run (fedsim.engine's shelf): no more
+    """A finished run's actors serve the next run (fedsim.flower.engine's shelf): no more
     processes ran calls than one run has actors. The next test reruns the second run
     in a fresh process and gets the same numbers."""
     _, folder = swept

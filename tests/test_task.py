@@ -1,4 +1,4 @@
-"""fedsim.task: the hand-written SGD must train exactly as torch.optim.SGD does."""
+"""fedsim.learning.training: the hand-written SGD must train exactly as torch.optim.SGD does."""
 
 from __future__ import annotations
 

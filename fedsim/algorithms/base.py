@@ -20,11 +20,13 @@ top: naming and validating options stays fast.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
-from flwr.serverapp.strategy import Strategy
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedsim.algorithms.context import ClientContext, ClientResult
 from fedsim.ground import messages
@@ -51,6 +53,37 @@ SAMPLE_ALL = {
 def given(**options: Any) -> dict[str, Any]:
     """Only the options the user set, so Flower's defaults stay Flower's."""
     return {key: value for key, value in options.items() if value is not None}
+
+
+class FromTheSentModel(FedAvg):
+    """Flower's FedAvg sampling and reply checks, for a server update that needs the
+    model the round sent (FedNova, FedDyn): it keeps that model (`current_arrays`, as
+    Flower's QFedAvg does) and hands `update` the valid replies' contents; the train
+    metrics are FedAvg's (example-weighted)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.current_arrays: ArrayRecord | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.current_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid or self.current_arrays is None:
+            return None, None
+        contents = [reply.content for reply in valid]
+        arrays = self.update(self.current_arrays, contents)
+        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    def update(self, sent: ArrayRecord, contents: list[RecordDict]) -> ArrayRecord:
+        """The new global model from the model sent and the clients' replies."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -155,7 +188,7 @@ class Algorithm:
 
 SERVER_LR = Option(
     None,
-    "server learning rate (default: Flower's for the algorithm; FedBuff's 1)",
+    "server learning rate (auto: Flower's for the algorithm; FedBuff's 1)",
     bounds="(0, inf)",
     type=float,
 )

@@ -11,9 +11,7 @@ from fedsim.ground.config import Option
 class FedAvgM(Algorithm):
     source = "Hsu et al., 2019"
     server_lr = SERVER_LR
-    server_momentum = Option(
-        None, "server momentum (default: Flower's)", bounds="[0, 1)", type=float
-    )
+    server_momentum = Option(None, "server momentum (auto: Flower's)", bounds="[0, 1)", type=float)
 
     def strategy(self) -> strategy.Strategy:
         return strategy.FedAvgM(

@@ -2,7 +2,7 @@
 
 Clients train with plain local SGD and send their update Δ = (the model they started
 from) − (the model they ended with). The server buffers updates as they arrive on the
-simulated clock (fedsim.asynchronous runs that schedule) and, once K are in, applies
+simulated clock (fedsim.simulation.buffered runs that schedule) and, once K are in, applies
 
     w ← w − η · (1/K) · Σᵢ s(τᵢ) · Δᵢ,    s(τ) = 1/√(1 + τ),
 

@@ -21,15 +21,12 @@ the Dirichlet concentration); the paper tries 0.1, 0.01 and 0.001.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import Array, ArrayRecord, RecordDict
 
-from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
+from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, FromTheSentModel
 from fedsim.algorithms.context import ClientContext, ClientResult
 from fedsim.ground import messages
 from fedsim.ground.config import Option
@@ -42,41 +39,27 @@ if TYPE_CHECKING:
 GRADIENT = "feddyn-gradient"  # g_i in the client's state
 
 
-class FedDynStrategy(FedAvg):
+class FedDynStrategy(FromTheSentModel):
     """Flower's FedAvg sampling and checks, FedDyn's server update."""
 
     def __init__(self, clients: int, alpha: float, **kwargs) -> None:
         super().__init__(**kwargs)
         self.clients, self.alpha = clients, alpha
-        self.current_arrays: ArrayRecord | None = None  # θ, as FedNova keeps it
         self.correction: list[np.ndarray] | None = None  # h
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self.current_arrays = arrays
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid or self.current_arrays is None:
-            return None, None
-        contents = [reply.content for reply in valid]
-        theta = self.current_arrays.to_numpy_ndarrays()
+    def update(self, sent: ArrayRecord, contents: list[RecordDict]) -> ArrayRecord:
+        theta = sent.to_numpy_ndarrays()
         models = [next(iter(c.array_records.values())).to_numpy_ndarrays() for c in contents]
         if self.correction is None:
             self.correction = [np.zeros_like(x) for x in theta]
         updated = {}
-        for index, (key, x) in enumerate(zip(self.current_arrays.keys(), theta, strict=True)):
+        for index, (key, x) in enumerate(zip(sent.keys(), theta, strict=True)):
             drift = sum(model[index] - x for model in models)
             self.correction[index] = self.correction[index] - self.alpha / self.clients * drift
             mean = sum(model[index] for model in models) / len(models)
-            updated[key] = Array(
-                np.asarray(mean - self.correction[index] / self.alpha).astype(x.dtype)
-            )
-        return ArrayRecord(updated), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+            value = mean - self.correction[index] / self.alpha
+            updated[key] = Array(np.asarray(value).astype(x.dtype))
+        return ArrayRecord(updated)
 
 
 class FedDyn(Algorithm):

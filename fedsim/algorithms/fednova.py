@@ -12,15 +12,12 @@ model like every other algorithm's (attacks and Flower's DP wrappers act on it a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import Array, ArrayRecord, RecordDict
 
-from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
+from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, FromTheSentModel
 from fedsim.algorithms.context import ClientContext, ClientResult
 from fedsim.ground import messages
 
@@ -39,31 +36,15 @@ def local_norm(steps: int, momentum: float) -> float:
     return (steps - momentum * (1 - momentum**steps) / (1 - momentum)) / (1 - momentum)
 
 
-class FedNovaStrategy(FedAvg):
+class FedNovaStrategy(FromTheSentModel):
     """Flower's FedAvg sampling and checks, FedNova's aggregation."""
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.current_arrays: ArrayRecord | None = None  # x, as QFedAvg keeps it
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self.current_arrays = arrays
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid or self.current_arrays is None:
-            return None, None
-        contents = [reply.content for reply in valid]
+    def update(self, sent: ArrayRecord, contents: list[RecordDict]) -> ArrayRecord:
         metrics = [next(iter(content.metric_records.values())) for content in contents]
         sizes = [float(m[self.weighted_by_key]) for m in metrics]
         shares = [size / sum(sizes) for size in sizes]
         norms = [float(m[NORM]) for m in metrics]
-        global_ = self.current_arrays.to_numpy_ndarrays()
+        global_ = sent.to_numpy_ndarrays()
         step = [np.zeros(x.shape, dtype=np.result_type(x, np.float32)) for x in global_]
         for content, share, norm in zip(contents, shares, norms, strict=True):
             if not norm:  # no local step: nothing moved
@@ -72,13 +53,12 @@ class FedNovaStrategy(FedAvg):
             for total, x, y in zip(step, global_, local, strict=True):
                 total += share * ((x - y) / norm)  # p_i d_i
         tau_eff = sum(share * norm for share, norm in zip(shares, norms, strict=True))
-        arrays = ArrayRecord(
+        return ArrayRecord(
             {
                 key: Array(np.asarray(x - tau_eff * total).astype(x.dtype))
-                for key, x, total in zip(self.current_arrays.keys(), global_, step, strict=True)
+                for key, x, total in zip(sent.keys(), global_, step, strict=True)
             }
         )
-        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
 
 
 class FedNova(Algorithm):

@@ -57,7 +57,7 @@ class Accountant:
 
     def spend(self, noise_multiplier: float) -> None:
         """One released round of a Gaussian mechanism with this multiplier (noise standard
-        deviation over the replace-one sensitivity; > 0, fedsim.config's bounds)."""
+        deviation over the replace-one sensitivity; > 0, fedsim.ground.config's bounds)."""
         from dp_accounting import dp_event
 
         gaussian = dp_event.GaussianDpEvent(noise_multiplier)

@@ -86,7 +86,7 @@ class MappedData:
     put it there). Only the partitions, small, go through the object store."""
 
     key: str
-    folder: str  # the decoded cache folder (fedsim.data)
+    folder: str  # the decoded cache folder (fedsim.learning.data)
     partitions: Any  # ray.ObjectRef to Partitions
 
     def load(self) -> tuple[np.ndarray, np.ndarray, Partitions]:
@@ -131,7 +131,7 @@ def _given_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-class _Process:
+class ClientProcess:
     """What one actor process keeps between messages: its torch threads, the run's
     algorithm, one model per device and a view of the data."""
 
@@ -166,7 +166,7 @@ class _Process:
 
 
 def run_client(
-    process: _Process, message_type: str, task_: ClientTask, info: BundleInfo
+    process: ClientProcess, message_type: str, task_: ClientTask, info: BundleInfo
 ) -> ClientOutcome:
     """One client's task, in the process that serves it; never raises."""
     cfg, pid = process.cfg, task_.pid
@@ -232,25 +232,26 @@ def _watchdog(deadline: float):
         faulthandler.cancel_dump_traceback_later()
 
 
-def _run_process(cfg: RunConfig, data: ClientData) -> _Process:
-    """This run's `_Process`, keyed by everything that shapes it. An actor serves one
-    run at a time and then the next run of the experiment (fedsim.engine's shelf): the
-    previous run's model and data view are dropped, not kept for every run it served."""
+def process_for(cfg: RunConfig, data: ClientData) -> ClientProcess:
+    """This run's `ClientProcess` in this process, keyed by everything that shapes it.
+    An actor serves one run at a time and then the next run of the experiment
+    (fedsim.flower.engine's shelf): the previous run's model and data view are dropped,
+    not kept for every run it served."""
     key = ("process", data.key, cfg)
     if key not in _PROCESS_CACHE:
         for previous in [k for k in _PROCESS_CACHE if k[0] == "process"]:
             del _PROCESS_CACHE[previous]
-    return _per_process(key, lambda: _Process(cfg, data))
+    return _per_process(key, lambda: ClientProcess(cfg, data))
 
 
 # The per-client function a bundle's handler runs (tests put a misbehaving one here)
-RunClient = Callable[[_Process, str, ClientTask, BundleInfo], ClientOutcome]
+RunClient = Callable[[ClientProcess, str, ClientTask, BundleInfo], ClientOutcome]
 
 
 def handle_bundle(
     cfg: RunConfig, data: ClientData, run: RunClient, msg: Message, context: Context
 ) -> Message:
-    process = _run_process(cfg, data)
+    process = process_for(cfg, data)
     tasks, info = bundles.unpack_tasks(msg.content)
     message_type = msg.metadata.message_type
     with _watchdog(info.deadline):

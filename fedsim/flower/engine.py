@@ -21,13 +21,16 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsim.flower import sentinel
 from fedsim.ground.config import RAY_RESOURCE_UNIT, RunConfig, flag
 from fedsim.ground.errors import ConfigError
 
@@ -194,7 +197,7 @@ class _Shelf:
     (up to HANDOVER_SECONDS) for the previous simulation's wind-down, which fedsim lets
     run while the next run starts (run_simulation); a late wind-down ends its actors.
     Actors of other resources are ended, or Ray could not place the new ones. What an
-    actor keeps for a run is keyed by the run's config (fedsim.client_app), so a run
+    actor keeps for a run is keyed by the run's config (fedsim.flower.client_app), so a run
     computes in a reused actor what it computes in a fresh one."""
 
     HANDOVER_SECONDS = 60.0
@@ -326,7 +329,7 @@ def run_simulation(
 ) -> None:
     """Run the apps on Flower's simulation engine over the Ray instance already up.
 
-    `nodes` engine nodes are mailboxes for bundles of virtual clients (fedsim.protocol),
+    `nodes` engine nodes are mailboxes for bundles of virtual clients (fedsim.flower.bundles),
     so Flower's per-node polling costs what one round's messages need, not what the
     population would. Client actors restart when their process dies (Flower's pool
     would keep handing work to a dead one).
@@ -381,7 +384,7 @@ def stop_ray(wait: float = 10.0) -> None:
 
     import ray
 
-    _stopping.set()
+    _stop_watching()
     deadline = time.monotonic() + wait
     while _winding_down:
         _winding_down.pop().join(timeout=max(0.0, deadline - time.monotonic()))
@@ -397,7 +400,7 @@ def end_raylet_children() -> None:
     as a process that leaves without stopping Ray does first. They end by themselves
     when the raylet does, except one that is stopped (SIGSTOP, a debugger): it would
     outlive the run for good."""
-    _stopping.set()  # the raylet ends with this process: no node was lost
+    _stop_watching()  # the raylet ends with this process: no node was lost
     _end_processes(_raylet_children())
 
 
@@ -425,7 +428,7 @@ def _end_processes(pids: list[int]) -> None:
 
 
 # Signals that stop a run: Ctrl-C; `kill`, `timeout`, systemd and Slurm's SIGTERM; a
-# closed terminal's SIGHUP (fedsim.cli handles them in the driver). Schedulers send them
+# closed terminal's SIGHUP (fedsim.front.cli handles them in the driver). Schedulers send them
 # to a whole process group (`timeout`, Slurm, a closed terminal): Ray's processes must
 # not die of them before the driver has stopped the run and recorded it.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -504,24 +507,43 @@ class RayStarter:
 
 # What the run under way does when the Ray node dies under it (records its status)
 _on_node_lost: list[Callable[[str], None]] = []
+_notes: list[Path] = []  # the sentinel's notes file, while one watches
 
 
 @contextmanager
-def on_node_lost(record: Callable[[str], None]) -> Iterator[None]:
-    """While the body runs, `record(reason)` is called if fedsim's Ray node dies."""
+def on_node_lost(record: Callable[[str], None], config_json: Path) -> Iterator[None]:
+    """While the body runs, `record(reason)` is called if fedsim's Ray node dies, and
+    the sentinel knows `config_json` is the run's (fedsim.flower.sentinel)."""
     _on_node_lost.append(record)
+    _note(config_json=str(config_json))
     try:
         yield
     finally:
         _on_node_lost.remove(record)
+        _note(config_json="")
+
+
+def _note(**notes: object) -> None:
+    if _notes:
+        with contextlib.suppress(OSError):
+            sentinel.write_notes(_notes[0], **notes)
 
 
 _stopping = threading.Event()  # set once fedsim stops Ray itself, or the process ends
-atexit.register(_stopping.set)
+
+
+def _stop_watching() -> None:
+    """fedsim ends the raylet itself (or the process ends): no node is lost."""
+    _stopping.set()
+    _note(stopping=True)
+
+
+atexit.register(_stop_watching)
 
 
 def _watch_raylet() -> None:
-    """Follow this instance's raylet from a thread; see RayStarter."""
+    """Follow this instance's raylet, from a thread here and from the sentinel process
+    (which reports for the driver when Ray ends it first); see RayStarter."""
     import ray
     from ray._private import ray_constants
 
@@ -530,19 +552,25 @@ def _watch_raylet() -> None:
     watched = os.pidfd_open(raylet)
     _raylet[:] = [raylet]
     _stopping.clear()
+    handle, notes = tempfile.mkstemp(prefix="fedsim-sentinel-", suffix=".json")
+    os.close(handle)
+    _notes[:] = [Path(notes)]
+    _note(stopping=False)
+    command = [sys.executable, "-m", "fedsim.flower.sentinel", str(raylet), str(os.getpid())]
+    command += [notes, node.get_logs_dir_path()]
+    subprocess.Popen(command, stdin=subprocess.DEVNULL, close_fds=True)
 
     def watch() -> None:
         select.select([watched], [], [])  # readable once the process has ended
         if _stopping.is_set():
             return
-        reason = (
-            "the Ray node died under the run (its raylet ended: killed, or out of "
-            "memory); completed rounds are kept (--resume goes on)"
-        )
+        _note(lost=True)
         for record in list(_on_node_lost):
             with contextlib.suppress(Exception):
-                record(reason)
-        print(f"error: {reason}", file=sys.stderr, flush=True)
+                record(sentinel.REASON)
+        _note(written=True)
+        print(f"error: {sentinel.REASON}", file=sys.stderr, flush=True)
+        _note(printed=True)
         os._exit(1)
 
     threading.Thread(target=watch, name="fedsim-raylet-watch", daemon=True).start()

@@ -142,7 +142,7 @@ def accuracy_vs_round(folder: Path, summary: pd.DataFrame) -> Path | None:
 
 
 def accuracy_vs_sim_hours(folder: Path, summary: pd.DataFrame) -> Path | None:
-    """Central accuracy against the simulated clock (fedsim.clock); None for runs
+    """Central accuracy against the simulated clock (fedsim.simulation.clock); None for runs
     written before it had one."""
     return _accuracy_vs(folder, summary, "sim_clock", "simulated hours", PLOTS[6])
 

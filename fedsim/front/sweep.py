@@ -2,7 +2,7 @@
 
 A grid maps options to the values to sweep; the experiment is every combination, each
 run named from the settings the experiment sweeps (`clients-8_dirichlet_seed-1`), so
-that running the same sweep again names the same run folders (see fedsim.experiment).
+that running the same sweep again names the same run folders (see fedsim.front.experiment).
 """
 
 from __future__ import annotations

@@ -423,7 +423,8 @@ class RunConfig:
     def flat(self) -> dict[str, Any]:
         """Every option by name, the algorithm's beside the others (as options are given)."""
         values = self.as_dict()
-        return {**values, **values.pop("strategy_options")}
+        own = values.pop("strategy_options")
+        return {**values, **own}
 
     @property
     def evaluates_on_clients(self) -> bool:

@@ -18,10 +18,12 @@ A client's own streams, seeded by (seed, round, client, stream) through client_s
 - DROPOUT: whether it drops out (--client-failure-rate);
 - ATTACK_NOISE: the gaussian attack's noise.
 
-Seeded by the run's seed alone, where the library itself draws: the initial model
-(torch's global generator, seed_model_init), Flower's DP noise (NumPy's global generator,
-seed_dp_noise), the partitions (flwr-datasets' partitioners and fedsim's own splits,
-fedsim.learning.partition).
+The partitions, seeded by the seed (partition_order, the rows' order; flwr-datasets'
+partitioners get the seed itself) and by (seed, client) (client_rows_rng, which rows a
+client holds out).
+
+Seeded by the run's seed where a library draws from its global generator: the initial
+model (torch's, seed_model_init) and Flower's DP noise (NumPy's, seed_dp_noise).
 """
 
 from __future__ import annotations
@@ -64,6 +66,16 @@ def client_seed(seed: int, server_round: int, pid: int, stream: int) -> int:
 def client_rng(seed: int, server_round: int, pid: int, stream: int) -> np.random.Generator:
     """A client's numpy stream (DROPOUT)."""
     return np.random.default_rng(client_seed(seed, server_round, pid, stream))
+
+
+def partition_order(seed: int, rows: int) -> np.ndarray:
+    """The order the training rows are dealt to clients in (fedsim.learning.partition)."""
+    return np.random.default_rng(seed).permutation(rows)
+
+
+def client_rows_rng(seed: int, pid: int) -> np.random.Generator:
+    """Shuffles a client's rows before its held-out share is cut off."""
+    return np.random.default_rng([seed, pid])
 
 
 def seed_model_init(seed: int) -> None:

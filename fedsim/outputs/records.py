@@ -62,12 +62,14 @@ class ClientRecord:
     examples: int
     loss: float | None
     accuracy: float | None
-    status: str  # ok, failed, timeout, dropout or straggler (fedsim.protocol)
+    status: str  # ok, failed, timeout, dropout or straggler (fedsim.ground.messages)
     seconds: float  # the client's own compute time, measured where it ran
     bytes_down: int  # serialized size of what the server sent it
     bytes_up: int  # serialized size of its reply
     error: str = ""  # why it failed (console and config.json, not the CSV)
-    sim_seconds: float | None = None  # its training on the simulated clock (fedsim.clock)
+    sim_seconds: float | None = (
+        None  # its training on the simulated clock (fedsim.simulation.clock)
+    )
 
     def row(self) -> list[str]:
         return _cells(getattr(self, c) for c in CLIENT_COLUMNS)

@@ -38,7 +38,13 @@ from fedsim.flower.server_app import build_server_app
 from fedsim.ground import messages
 from fedsim.ground.config import RunConfig, flag, sample_count
 from fedsim.ground.errors import ConfigError, Diverged, RunAborted
-from fedsim.ground.files import CHECKPOINT, CLIENTS_CSV, CONFIG_JSON, MODEL, ROUNDS_CSV
+from fedsim.ground.files import (
+    CHECKPOINT,
+    CLIENTS_CSV,
+    CONFIG_JSON,
+    MODEL,
+    ROUNDS_CSV,
+)
 from fedsim.learning import models, training
 from fedsim.learning.data import DecodedDataset, cache_root, load_cifar
 from fedsim.learning.partition import Partitions, cached_partition_indices
@@ -281,7 +287,7 @@ def execute(
     def serve(grid: Grid) -> None:
         loop.run(exchange_on(grid, loop, transport))
 
-    with status.running(started), engine.on_node_lost(status.fail):
+    with status.running(started), engine.on_node_lost(status.fail, status.path):
         try:
             engine.run_simulation(
                 build_server_app(serve),

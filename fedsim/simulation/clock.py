@@ -2,7 +2,7 @@
 
 Wall time says how fast this machine simulates; it says nothing about how long a
 federation of phones would take. The simulated clock does: with each client's device
-profile (fedsim.profiles), its training takes
+profile (fedsim.simulation.profiles), its training takes
 
     bytes_down · 8 / (down_mbps · 10⁶)  +  examples · epochs / examples_per_second
         +  bytes_up · 8 / (up_mbps · 10⁶)        simulated seconds

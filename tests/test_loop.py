@@ -1,0 +1,75 @@
+"""The round loop knows an exchange, not the engine: run on an exchange that runs the
+clients in the test's own process (no Flower engine, no Ray), it writes the numbers a
+run through the engine writes, row for row."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim import algorithms
+from fedsim.flower import client_app
+from fedsim.flower.bundles import BundleInfo
+from fedsim.front.flower_app import LocalData
+from fedsim.ground.config import RunConfig
+from fedsim.ground.messages import ClientOutcome, ClientTask
+from fedsim.outputs.console import FailureReporter
+from fedsim.run import folders, lifecycle
+from fedsim.run.options import make_config
+from tests.conftest import simulate
+
+OPTIONS = "--clients 3 --rounds 2 --batch-size 16 --fraction-fit 0.67 --strategy scaffold"
+WALL_CLOCK = {"rounds.csv": ["round_seconds"], "clients.csv": ["seconds"]}
+
+
+class InProcessExchange:
+    """Each task run by fedsim's own client code, here, one client after another, with
+    one torch thread as each actor has (--cpus-per-client 1)."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.phases: list[tuple[str, int, list[int]]] = []
+
+    def run(
+        self, phase: str, server_round: int, tasks: list[ClientTask]
+    ) -> dict[int, ClientOutcome]:
+        self.phases.append((phase, server_round, [task.pid for task in tasks]))
+        threads = torch.get_num_threads()
+        try:
+            process = client_app.process_for(self.cfg, LocalData(self.cfg))
+            info = BundleInfo(server_round, deadline=0)
+            return {t.pid: client_app.run_client(process, phase, t, info) for t in tasks}
+        finally:
+            torch.set_num_threads(threads)  # the driver's, for the central evaluation
+
+
+@pytest.fixture(autouse=True)
+def in_a_run(monkeypatch) -> None:
+    """Flower makes messages only inside a run (the ServerApp's); pretend to be in one."""
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+def _table(path, name: str) -> pd.DataFrame:
+    return pd.read_csv(path / name).drop(columns=WALL_CLOCK[name])
+
+
+def test_the_loop_on_an_in_process_exchange_gives_the_engines_numbers(tiny_cifar, tmp_path):
+    done, _ = simulate(tiny_cifar, tmp_path, "engine", OPTIONS)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    options = dict(clients=3, rounds=2, batch_size=16, fraction_fit=0.67, strategy="scaffold")
+    cfg = make_config(**options, data=str(tiny_cifar), results_dir=str(tmp_path), name="here")
+    inputs = lifecycle.prepare(cfg)
+    exchange = InProcessExchange(cfg)
+    with folders.claimed_run_dir(cfg) as run_dir:
+        algorithm = algorithms.build(cfg)
+        loop = lifecycle.build_loop(inputs, run_dir, None, FailureReporter(), algorithm)
+        loop.run(exchange)
+
+    for name in WALL_CLOCK:
+        assert _table(run_dir, name).equals(_table(tmp_path / "engine", name)), name
+    assert [phase for phase, _, _ in exchange.phases] == ["train", "evaluate"] * 2
+    assert len(exchange.phases[0][2]) == 2  # 0.67 of 3 clients train each round
