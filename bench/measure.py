@@ -45,12 +45,14 @@ class Run:
     peak_pss: int  # the same with shared pages (Ray's object store) counted once
     rss_at_round: dict[int, int]  # tree RSS at the last sample taken while round r ran
     pss_at_round: dict[int, int]
+    driver_rss_at_round: dict[int, int]  # the driver process's alone
     leaked: list[str]  # processes of the tree still alive after the run ended
     other_cpu: float  # CPU seconds other processes on the machine used meanwhile
     cpu_by_process: dict[str, float]  # CPU seconds by kind of process (driver, raylet, ...)
     rounds: list[dict[str, str]]
     timings: dict[str, Any]
     config: dict[str, Any]  # the run's config.json
+    run_dir: Path
     load_before: float
 
     def column(self, name: str) -> list[float]:
@@ -91,7 +93,7 @@ class _Sampler:
     cpu: dict[int, float] = field(default_factory=dict)
     peak_rss: int = 0
     peak_pss: int = 0
-    at_round: dict[int, tuple[int, int]] = field(default_factory=dict)
+    at_round: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.time)
     others: dict[tuple[int, float], tuple[float, float]] = field(default_factory=dict)
@@ -128,7 +130,7 @@ class _Sampler:
             tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return
-        rss = pss = 0
+        rss = pss = driver = 0
         for proc in tree:
             try:
                 info = proc.memory_full_info()
@@ -139,11 +141,12 @@ class _Sampler:
                 continue
             rss += info.rss
             pss += info.pss
+            driver = info.rss if proc.pid == self.root else driver
             self.cpu[proc.pid] = times.user + times.system
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
         done = _completed_rounds(self.rounds_csv)
         if done is not None and rss:  # rss 0: the tree has just exited
-            self.at_round[done + 1] = (rss, pss)
+            self.at_round[done + 1] = (rss, pss, driver)
 
     def cpu_by_process(self) -> dict[str, float]:
         totals: dict[str, float] = {}
@@ -252,12 +255,14 @@ def measure(
         peak_pss=sampler.peak_pss,
         rss_at_round={r: m[0] for r, m in sampler.at_round.items() if r < len(rounds)},
         pss_at_round={r: m[1] for r, m in sampler.at_round.items() if r < len(rounds)},
+        driver_rss_at_round={r: m[2] for r, m in sampler.at_round.items() if r < len(rounds)},
         leaked=sampler.leaked(),
         other_cpu=sampler.other_cpu,
         rounds=rounds,
         timings=config["timings_seconds"],
         config=config,
         load_before=load,
+        run_dir=run_dir,
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -74,6 +76,12 @@ def shared_cifar() -> Path:
     if not (SHARED_CIFAR / "plain_text").is_dir():
         pytest.fail(f"real CIFAR-10 not found at {SHARED_CIFAR}; set FEDSIM_TEST_CIFAR")
     return SHARED_CIFAR
+
+
+def client_state_rows(run: Path) -> list[tuple[int, int, bytes]]:
+    """A run's client_states.sqlite: (partition id, round written, serialized state)."""
+    with contextlib.closing(sqlite3.connect(run / "client_states.sqlite")) as db:
+        return db.execute("SELECT pid, round, state FROM states ORDER BY pid, round").fetchall()
 
 
 def run_cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ import torch
 
 from fedsim.algorithms import ALGORITHMS
 from fedsim.learning import models, nets
-from tests.conftest import run_cli, simulate
+from tests.conftest import client_state_rows, run_cli, simulate
 
 OPTIONS = "--clients 10 --rounds 2 --lr 0.05 --batch-size 8 --local-epochs 2"
 # one actor with one torch thread (two threads on tiny batches crawl on a busy machine)
@@ -96,8 +96,10 @@ def test_scaffold_memory_survives_resume_bit_for_bit(every, tiny_cifar, results)
         torch.load(run / "checkpoint.pt", weights_only=False) for run in (whole, resumed)
     )
     assert resumed_state["round"] == 2
-    assert sorted(resumed_state["client_states"]) == list(range(10))
-    assert resumed_state["client_states"] == whole_state["client_states"]  # serialized bytes
+    stored = client_state_rows(resumed)
+    assert [pid for pid, _, _ in stored] == list(range(10))  # one version each, pruned
+    assert stored == client_state_rows(whole)  # serialized bytes
+    assert not (every / "fedavg_seed-0" / "client_states.sqlite").exists()  # nothing to keep
     controls = [pickle.loads(s["strategy"]).control for s in (whole_state, resumed_state)]
     assert controls[0] == controls[1]
     whole_model, resumed_model = (torch.load(run / "model.pt") for run in (whole, resumed))
@@ -105,6 +107,22 @@ def test_scaffold_memory_survives_resume_bit_for_bit(every, tiny_cifar, results)
     for csv, timing in (("rounds.csv", "round_seconds"), ("clients.csv", "seconds")):
         frames = [pd.read_csv(run / csv).drop(columns=[timing]) for run in (whole, resumed)]
         assert frames[0].equals(frames[1]), csv
+
+
+def test_removed_client_memories_cannot_train_further(tiny_cifar, results) -> None:
+    options = "--strategy scaffold --rounds 1 --client-states remove"
+    _simulate(tiny_cifar, results, "scaffold-removed", options)
+    run = results / "scaffold-removed"
+    assert json.loads((run / "config.json").read_text())["status"] == "complete"
+    assert sorted(p.name for p in run.iterdir() if "client_states" in p.name) == []
+    done = run_cli("--resume", str(run), "--rounds", "2")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: --resume: {run / 'client_states.sqlite'} is gone (--client-states remove "
+        "deletes it once a run is complete): the run cannot train further without its "
+        "clients' memories"
+    ]
+    assert len(_rounds(run)) == 2  # untouched
 
 
 def test_dp_reports_the_privacy_spent_each_round(every, tiny_cifar, results) -> None:

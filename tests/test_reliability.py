@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import leftovers, run_cli, simulate, wait_for_rounds
+from tests.conftest import client_state_rows, leftovers, run_cli, simulate, wait_for_rounds
 
 TIMING = ["round_seconds"]
 
@@ -141,7 +141,9 @@ def test_unwritable_results_dir(tiny_cifar, tmp_path) -> None:
 
 # --- crash safety, resume and reproducibility ----------------------------------------
 
-RUN = "--clients 3 --rounds 6 --batch-size 16 --lr 0.05 --fraction-fit 0.67"
+# SCAFFOLD over 50 clients, 5 a round: the clients' memories must come back as they were
+RUN = "--clients 50 --rounds 6 --batch-size 16 --lr 0.05 --fraction-fit 0.1 --strategy scaffold"
+RUN += " --fraction-evaluate 0.1"
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar, tmp_path, start_run) -> None:
@@ -161,6 +163,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar, tmp_path, 
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _metrics(killed).equals(_metrics(tmp_path / "whole"))
     assert _clients(killed).equals(_clients(tmp_path / "whole"))
+    rows = client_state_rows(killed)
+    assert len(rows) > 5 and rows == client_state_rows(tmp_path / "whole")
 
 
 def test_ctrl_c_stops_fast_keeps_rounds_and_leaves_no_processes(

@@ -28,7 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fedsim.algorithms.context import ClientContext, ClientResult
+from fedsim.algorithms.context import ClientContext, ClientResult, record_of
 from fedsim.ground import messages
 from fedsim.ground.config import Option, RunConfig
 
@@ -168,7 +168,7 @@ class Algorithm:
 
     def update(self, ctx: ClientContext, model: nn.Module) -> ArrayRecord:
         """What the client sends back: its trained weights."""
-        return ArrayRecord(model.state_dict())
+        return record_of(model.state_dict())
 
     def evaluate(self, ctx: ClientContext) -> ClientResult:
         from fedsim.learning import training

@@ -10,7 +10,7 @@ client counted, to c. Control variates start at zero and cover every floating-po
 entry of the model's state dict.
 
 c_i is the client's memory: it travels in ClientResult.state, which the server keeps
-between the client's rounds (and in checkpoint.pt), never in the reply the strategy
+between the client's rounds (in client_states.sqlite), never in the reply the strategy
 aggregates.
 """
 
@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
-from fedsim.algorithms.context import ClientContext, ClientResult
+from fedsim.algorithms.context import ClientContext, ClientResult, record_of
 from fedsim.ground import messages
 
 if TYPE_CHECKING:
@@ -67,10 +67,12 @@ class ScaffoldStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = [reply for reply in replies if not reply.has_error()]
         # What is left of each reply is FedAvg's: the model and the metrics
-        deltas = [reply.content.pop(CONTROL_DELTA).to_numpy_ndarrays() for reply in replies]
+        deltas = [
+            list(messages.ndarrays(reply.content.pop(CONTROL_DELTA)).values()) for reply in replies
+        ]
         arrays, metrics = super().aggregate_train(server_round, replies)
         if deltas and self.control is not None:
-            control = self.control.to_numpy_ndarrays()
+            control = list(messages.ndarrays(self.control).values())
             for index, value in enumerate(control):
                 value += sum(delta[index] for delta in deltas) / self.clients
             self.control = ArrayRecord(
@@ -96,10 +98,10 @@ class Scaffold(Algorithm):
         self, ctx: ClientContext, device: torch.device
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(c, c_i): the server's control variate and the client's, zeros the first time."""
-        server = {k: v.to(device) for k, v in ctx.content[CONTROL].to_torch_state_dict().items()}
+        server = {k: v.to(device) for k, v in ctx.tensors(ctx.content[CONTROL]).items()}
         if CONTROL not in ctx.state:
             return server, {key: value.new_zeros(value.shape) for key, value in server.items()}
-        own = ctx.state[CONTROL].to_torch_state_dict()
+        own = ctx.tensors(ctx.state[CONTROL])
         return server, {key: value.to(device) for key, value in own.items()}
 
     def hooks(self, ctx: ClientContext, model: nn.Module) -> LocalHooks:
@@ -125,7 +127,7 @@ class Scaffold(Algorithm):
         weights = model.state_dict()
         device = next(model.parameters()).device
         server, own = self._controls(ctx, device)
-        start = ctx.content[messages.ARRAYS].to_torch_state_dict()
+        start = ctx.tensors(ctx.content[messages.ARRAYS])
         scale = max(result.steps, 1) * self.cfg.lr
         updated = {
             key: own[key] - server[key] + (start[key].to(device) - weights[key]) / scale
@@ -133,5 +135,5 @@ class Scaffold(Algorithm):
         }
         delta = {key: updated[key] - own[key] for key in server}
         reply = super().reply(ctx, model, result, examples)
-        reply.content[CONTROL_DELTA] = ArrayRecord(delta)
-        return ClientResult(reply.content, RecordDict({CONTROL: ArrayRecord(updated)}))
+        reply.content[CONTROL_DELTA] = record_of(delta)
+        return ClientResult(reply.content, RecordDict({CONTROL: record_of(updated)}))

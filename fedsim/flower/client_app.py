@@ -15,6 +15,7 @@ import faulthandler
 import logging
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from flwr.clientapp import ClientApp
 from fedsim import algorithms
 from fedsim.algorithms import privacy
 from fedsim.algorithms.base import Algorithm
-from fedsim.algorithms.context import ClientContext, ClientResult
+from fedsim.algorithms.context import ClientContext, ClientResult, tensors_of
 from fedsim.flower import bundles
 from fedsim.flower.actor_log import log_calls
 from fedsim.flower.bundles import BundleInfo
@@ -47,6 +48,7 @@ from fedsim.learning.partition import Partitions
 logging.getLogger("flwr").setLevel(logging.ERROR)
 
 WATCHDOG_GRACE = 5.0  # seconds past its deadline after which a stuck client process ends
+RECORDS_KEPT = 3  # converted records a process keeps: the model, a control variate, a memory
 
 
 class SimulatedDropout(RuntimeError):
@@ -142,15 +144,26 @@ class ClientProcess:
         self.device = client_device(cfg)
         self.model = models.build_model(cfg.model).to(self.device)
         self.images, self.labels, self.partitions = data.load()
-        self._weights: tuple[ArrayRecord, dict[str, torch.Tensor]] | None = None
+        self._converted: OrderedDict[int, tuple[ArrayRecord, dict[str, torch.Tensor]]]
+        self._converted = OrderedDict()
+
+    def tensors(self, record: ArrayRecord) -> dict[str, torch.Tensor]:
+        """The record's tensors, converted once per record: every client of a bundle
+        usually gets the same model (and SCAFFOLD's control variate), and a client
+        reads its own memory more than once. The last few records are kept, each with
+        its conversion: an id alone could be reused by a later record."""
+        key = id(record)
+        kept = self._converted.pop(key, None)
+        if kept is None or kept[0] is not record:
+            kept = (record, tensors_of(record))
+        self._converted[key] = kept
+        while len(self._converted) > RECORDS_KEPT:
+            self._converted.popitem(last=False)
+        return kept[1]
 
     def load_model(self, arrays: ArrayRecord) -> torch.nn.Module:
-        """The process's model holding `arrays`; the state dict is converted once per
-        record (every client of a bundle usually gets the same one). The record itself
-        is kept with it: an id alone could be reused by a later record."""
-        if self._weights is None or self._weights[0] is not arrays:
-            self._weights = (arrays, arrays.to_torch_state_dict())
-        self.model.load_state_dict(self._weights[1])
+        """The process's model holding `arrays`."""
+        self.model.load_state_dict(self.tensors(arrays))
         return self.model
 
     def load_data(self, pid: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,6 +194,7 @@ def run_client(
         state=task_.state,
         load_model=process.load_model,
         load_data=partial(process.load_data, pid),
+        tensors=process.tensors,
     )
     try:
         if message_type == MessageType.TRAIN:

@@ -409,6 +409,13 @@ class RunConfig:
         OUTPUTS,
         roles=(FIXED, WHERE, NOT_COMPARED),
     )
+    client_states: str = _opt(
+        "keep",
+        "once the run is complete, keep or remove its clients' memories "
+        "(client_states.sqlite: SCAFFOLD's, FedDyn's); kept, it can train further",
+        OUTPUTS,
+        roles=(FIXED, WHERE, NOT_COMPARED),
+    )
     # The chosen algorithm's own options, as it declares them (fedsim.run.options)
     strategy_options: StrategyOptions = field(default_factory=StrategyOptions)
 

@@ -10,6 +10,7 @@ CLIENTS_CSV = "clients.csv"  # a row per client per phase per round
 CONFIG_JSON = "config.json"  # the options, versions, timings and the status
 MODEL = "model.pt"  # the final global model's state dict
 CHECKPOINT = "checkpoint.pt"  # the last completed round, for --resume
+CLIENT_STATES = "client_states.sqlite"  # clients' memories (SCAFFOLD's, FedDyn's), for --resume
 SUMMARY_CSV = "summary.csv"  # an experiment's row per run
 LABEL_COUNTS_CSV = "label_counts.csv"  # an experiment run's examples of each label per client
 

@@ -9,9 +9,13 @@ into one engine message). Algorithms name the keys too, so they live here, below
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
+from io import BytesIO
 
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.common import serde
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
@@ -56,6 +60,51 @@ def from_bytes(blob: bytes) -> RecordDict:
     proto = ProtoRecordDict()
     proto.ParseFromString(blob)
     return serde.recorddict_from_proto(proto)
+
+
+# An Array's data is what np.save writes: a header, then the array's bytes in C order.
+# Flower reads it with np.load and writes it with np.save, whose header parsing and
+# building (ast.literal_eval, dict formatting) cost more than the copy of a small
+# model's tensors; a client with a memory (SCAFFOLD) converts several records a round.
+# These two give the same arrays and the same bytes, and defer to Flower's own
+# conversion for anything else (Fortran order, another stype).
+_C_ORDER = b"'fortran_order': False"
+
+
+def ndarrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The record's arrays, writable, as `Array.numpy()` gives them."""
+    return {key: _ndarray(array) for key, array in record.items()}
+
+
+def _ndarray(array: Array) -> np.ndarray:
+    dtype = np.dtype(array.dtype)
+    count = int(np.prod(array.shape))
+    start = len(array.data) - count * dtype.itemsize
+    if array.stype != "numpy.ndarray" or start < 0 or _C_ORDER not in array.data[:start]:
+        return array.numpy()
+    flat = np.frombuffer(array.data, dtype=dtype, count=count, offset=start)
+    return flat.reshape(array.shape).copy()
+
+
+def array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord of these arrays, byte for byte what `ArrayRecord(arrays)` holds."""
+    return ArrayRecord({key: _array(value) for key, value in arrays.items()})
+
+
+def _array(value: np.ndarray) -> Array:
+    if not value.flags.c_contiguous:
+        return Array.from_numpy_ndarray(value)
+    data = _npy_header(value.dtype.str, value.shape) + value.tobytes()
+    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype="numpy.ndarray", data=data)
+
+
+@cache
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """np.save's header for a C-ordered array of this dtype and shape."""
+    empty = np.zeros(shape, dtype=dtype)
+    buffer = BytesIO()
+    np.save(buffer, empty, allow_pickle=False)
+    return buffer.getvalue()[: len(buffer.getvalue()) - empty.nbytes]
 
 
 @dataclass

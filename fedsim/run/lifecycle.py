@@ -40,6 +40,7 @@ from fedsim.ground.config import RunConfig, flag, sample_count
 from fedsim.ground.errors import ConfigError, Diverged, RunAborted
 from fedsim.ground.files import (
     CHECKPOINT,
+    CLIENT_STATES,
     CLIENTS_CSV,
     CONFIG_JSON,
     MODEL,
@@ -55,6 +56,7 @@ from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, Timings
 from fedsim.run import folders, options
 from fedsim.run.checkpoint import Checkpointer, load_checkpoint
 from fedsim.simulation.buffered import BufferedSchedule
+from fedsim.simulation.client_states import ClientStates
 from fedsim.simulation.loop import CentralEvaluate, Population, RoundLoop
 from fedsim.simulation.profiles import Profiles, load_profiles
 from fedsim.simulation.sampling import sample_size
@@ -180,7 +182,7 @@ def resume(
             cfg = options.validate(cfg.replace(rounds=rounds))
         state = None
         if (run_dir / CHECKPOINT).exists():
-            state = load_checkpoint(run_dir / CHECKPOINT)
+            state = load_checkpoint(run_dir)
             _check_algorithm(cfg, state, run_dir)
             if state.completed >= cfg.rounds:
                 _finish_bookkeeping(run_dir, cfg, document, state)
@@ -229,6 +231,7 @@ def _finish_bookkeeping(run_dir: Path, cfg: RunConfig, document: dict, state: Ru
         return
     _truncate(run_dir, done)
     ModelSaver(run_dir / MODEL).on_run_end(state.arrays)
+    Checkpointer(run_dir, state, cfg.client_states).on_run_end(state.arrays)
     known = {f.name for f in dataclasses.fields(Timings)}
     timings = Timings(
         **{k: v for k, v in document.get("timings_seconds", {}).items() if k in known}
@@ -376,11 +379,11 @@ def build_loop(
     if state is None:
         strategy = privacy.wrap(cfg, algorithm.strategy())
         arrays = ArrayRecord(models.build_model(cfg.model, seed=cfg.seed).state_dict())
-        state = RunState(arrays, strategy)
+        state = RunState(arrays, strategy, ClientStates(run_dir / CLIENT_STATES))
     trackers = tracking.trackers(cfg, run_dir)  # before any file: one may still refuse
     callbacks = [
         CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV, inputs.timings),
-        Checkpointer(run_dir / CHECKPOINT, state),
+        Checkpointer(run_dir, state, cfg.client_states),
         ProgressPrinter(cfg.rounds),
         failures,
         ModelSaver(run_dir / MODEL),

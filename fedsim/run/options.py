@@ -28,6 +28,7 @@ from fedsim.ground.config import (
 )
 from fedsim.ground.errors import ConfigError
 from fedsim.learning import models, partition
+from fedsim.simulation import client_states
 
 # Options whose values select from a dispatch table: the table's keys are the choices
 CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
@@ -36,6 +37,7 @@ CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "model": lambda: tuple(models.MODELS),
     "dp": lambda: privacy.DP_MODES,
     "attack": lambda: attacks.ATTACKS,
+    "client_states": lambda: client_states.WHEN_COMPLETE,
 }
 
 

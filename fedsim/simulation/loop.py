@@ -152,6 +152,7 @@ class RoundLoop:
                 without = []
             else:
                 without.append(record)
+            state.states.commit(server_round)  # before the checkpoint that names the round
             self._emit(record)
             if len(without) >= (most := cfg.max_failed_rounds):
                 where = f"{len(without)} rounds in a row (--max-failed-rounds {most})"
