@@ -28,7 +28,7 @@ from fedsim.ground.files import CLIENTS_CSV, ROUNDS_CSV
 from fedsim.learning import models
 from fedsim.outputs.files import CsvRecorder
 from fedsim.outputs.records import RoundRecord, Timings
-from fedsim.run import folders
+from fedsim.runner import folders
 
 client_app = ClientApp()
 

@@ -29,7 +29,7 @@ from fedsim.ground.files import CLIENTS_CSV, ROUNDS_CSV
 from fedsim.learning import models, training
 from fedsim.outputs.files import CsvRecorder
 from fedsim.outputs.records import ClientRecord, RoundRecord, Timings
-from fedsim.run import folders, lifecycle
+from fedsim.runner import folders, lifecycle
 from fedsim.simulation.sampling import sample_clients
 
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -158,7 +158,7 @@ def run(cfg: RunConfig, device: torch.device = CPU) -> Path:
 
 def config_from(argv: list[str]) -> RunConfig:
     """simulate.py's options, parsed and validated by fedsim's own CLI (one run)."""
-    (cfg,) = sweep.expand([cli.given_options(cli.build_parser().parse_args(argv))])
+    (cfg,) = sweep.expand([cli.given_options(cli.build_parser(argv).parse_args(argv))])
     return cfg
 
 

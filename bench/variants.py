@@ -92,7 +92,7 @@ class Bench:
         """Fill the warm caches, untimed: decoded data and partitions (and the tutorial
         pattern's Arrow cache, which flwr-datasets builds on first use)."""
         from bench.reference import config_from
-        from fedsim.run import lifecycle
+        from fedsim.runner import lifecycle
 
         os.environ["HF_DATASETS_CACHE"] = str(HF_CACHE)
         os.environ["FEDSIM_CACHE"] = str(WARM_CACHE)  # the variants' own (run(): env)

@@ -1,4 +1,5 @@
-"""fedsim: federated-learning simulation on CIFAR-10 through Flower's Ray engine."""
+"""fedsim: federated-learning simulation on CIFAR-10 through Flower's Ray engine, as a
+command (simulate.py) and a library (`fedsim.run`, `fedsim.sweep`: fedsim.front.api)."""
 
 import os
 
@@ -15,3 +16,28 @@ os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 __version__ = "0.1.0"
+
+# The library's names (docs/api.md), imported when first used: `import fedsim` stays
+# light, and simulate.py's option parsing does not import torch
+_EXPORTS = {
+    "run": "fedsim.front.api",
+    "resume": "fedsim.front.api",
+    "sweep": "fedsim.front.api",
+    "Result": "fedsim.front.api",
+    "option_names": "fedsim.front.api",
+    "Algorithm": "fedsim.algorithms.base",
+    "Option": "fedsim.ground.config",
+    "ConfigError": "fedsim.ground.errors",
+    "RunEnded": "fedsim.ground.errors",
+    "RunAborted": "fedsim.ground.errors",
+    "Diverged": "fedsim.ground.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fedsim' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

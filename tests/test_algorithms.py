@@ -32,7 +32,7 @@ from fedsim.ground import messages
 from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
 from fedsim.ground.streams import client_seed
-from fedsim.run.options import make_config
+from fedsim.runner.options import make_config
 from tests.conftest import ROOT
 
 SIZES = (7, 12, 5, 9)  # unequal: weights, step counts and a_i differ between clients
@@ -444,7 +444,7 @@ def test_the_docs_tables_list_every_algorithm_with_its_options(page) -> None:
 def test_an_algorithms_options_are_its_own() -> None:
     """FedDyn's option is read from the run's options, its default where none is given,
     and is no option of another algorithm's run."""
-    from fedsim.run import options
+    from fedsim.runner import options
 
     assert algorithms.build(make_config(strategy="feddyn")).feddyn_alpha == 0.01
     dyn = make_config(strategy="feddyn", feddyn_alpha=0.2)

@@ -46,7 +46,7 @@ def _held(states: ClientStates) -> dict[int, float]:
 
 def _write_rounds(folder: Path, rounds: int) -> None:
     """The loop's and checkpointer's protocol: commit a round's memories, write the
-    checkpoint (here its round number, renamed into place), prune."""
+    checkpoint (here its round number, renamed into place), prune; close at the end."""
     states = ClientStates(folder / "client_states.sqlite")
     for server_round in range(1, rounds + 1):
         for pid in _sampled(server_round):
@@ -56,6 +56,7 @@ def _write_rounds(folder: Path, rounds: int) -> None:
         temporary.write_text(str(server_round))
         os.replace(temporary, folder / "checkpoint")
         states.prune(server_round)
+    states.close()
 
 
 def test_versions_commit_prune_and_roll_back(tmp_path) -> None:

@@ -23,7 +23,7 @@ from fedsim.ground.config import RunConfig
 from fedsim.ground.streams import sample as sample_from
 from fedsim.learning import models
 from fedsim.outputs.records import ClientRecord
-from fedsim.run.options import make_config
+from fedsim.runner.options import make_config
 from fedsim.simulation.buffered import BufferedSchedule
 from fedsim.simulation.clock import ClockState, Flight, round_end, time_clients
 from fedsim.simulation.loop import PhaseResult, Population

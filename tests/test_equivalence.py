@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from fedsim.ground.config import RunConfig
 from fedsim.ground.streams import client_seed
 from fedsim.learning import models
-from fedsim.run import lifecycle
-from fedsim.run.options import make_config
+from fedsim.runner import lifecycle
+from fedsim.runner.options import make_config
 from fedsim.simulation.sampling import sample_clients
 from tests.conftest import run_cli
 

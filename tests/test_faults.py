@@ -158,7 +158,7 @@ def test_clients_without_held_out_examples_are_not_evaluated(tiny_cifar, tmp_pat
 def test_runs_named_alike_get_folders_of_their_own(tmp_path) -> None:
     from fedsim.ground.config import RunConfig
     from fedsim.ground.errors import ConfigError
-    from fedsim.run.folders import claimed_run_dir
+    from fedsim.runner.folders import claimed_run_dir
 
     cfg = RunConfig(results_dir=str(tmp_path))
     with claimed_run_dir(cfg) as first, claimed_run_dir(cfg) as second:  # the same second

@@ -21,7 +21,7 @@ import pytest
 from fedsim.front import flower_app
 from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
-from fedsim.run.options import every
+from fedsim.runner.options import every
 from tests.conftest import ROOT
 from tests.services import LOOPBACK_ONLY, Services, free_port, wait_for
 

@@ -16,8 +16,8 @@ from fedsim.front.flower_app import LocalData
 from fedsim.ground.config import RunConfig
 from fedsim.ground.messages import ClientOutcome, ClientTask
 from fedsim.outputs.console import FailureReporter
-from fedsim.run import folders, lifecycle
-from fedsim.run.options import make_config
+from fedsim.runner import folders, lifecycle
+from fedsim.runner.options import make_config
 from tests.conftest import simulate
 
 OPTIONS = "--clients 3 --rounds 2 --batch-size 16 --fraction-fit 0.67 --strategy scaffold"

@@ -19,7 +19,7 @@ from tests.conftest import ROOT, run_cli
 
 
 def _plan(*argv: str, experiment: str | None = None) -> sweep.Experiment | None:
-    return sweep.plan_from(experiment, cli.given_options(cli.build_parser().parse_args(argv)))
+    return sweep.plan_from(experiment, cli.given_options(cli.build_parser(argv).parse_args(argv)))
 
 
 # --- grids ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
 from fedsim.outputs.records import ClientRecord, RoundRecord
 from fedsim.outputs.tracking import METRICS, metrics, mlflow_uri, trackers
-from fedsim.run.options import make_config
+from fedsim.runner.options import make_config
 
 
 @pytest.fixture(autouse=True)

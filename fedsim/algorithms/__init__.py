@@ -4,6 +4,8 @@ An algorithm is a subclass of `base.Algorithm` in a module of its own that decla
 options, checks and flags and implements its server and client sides (see base.py).
 Adding one is that module, its test, and one line in ALGORITHMS (its `--strategy`
 name and where its class is); docs/algorithms.md walks through FedDyn as the example.
+A user's algorithm, outside fedsim, is named by its own path (`--strategy
+my_algos:FedFoo`) and registered under it once checked (fedsim.runner.options.admit).
 Attacks and differential privacy live beside them (attacks.py, privacy.py): every
 algorithm is attacked and privatised the same way.
 """
@@ -12,6 +14,9 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+
+from fedsim.ground import imports
+from fedsim.ground.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedsim.algorithms.base import Algorithm
@@ -38,9 +43,24 @@ ALGORITHMS = {
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
-    """The class registered as `name`."""
+    """The class registered as `name`, or the one a user's `module:Class` names (in a
+    process that has not registered it: a client's)."""
+    if name not in ALGORITHMS:
+        return user_algorithm(name)
     module, _, attribute = ALGORITHMS[name].partition(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+def user_algorithm(path: str) -> type[Algorithm]:
+    """The class a user's `module:Class` names; ConfigError unless it is an Algorithm."""
+    from fedsim.algorithms.base import Algorithm
+
+    found = imports.load(path, "--strategy")
+    if not (isinstance(found, type) and issubclass(found, Algorithm)):
+        raise ConfigError(
+            "--strategy", f"{path!r} is not a subclass of fedsim.Algorithm (fedsim.algorithms.base)"
+        )
+    return found
 
 
 def build(cfg: RunConfig) -> Algorithm:

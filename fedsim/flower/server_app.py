@@ -1,5 +1,5 @@
 """The Flower ServerApp: Flower's engine hands it a grid, and it runs fedsim's round loop
-over an exchange on that grid (fedsim.run.lifecycle composes the two)."""
+over an exchange on that grid (fedsim.runner.lifecycle composes the two)."""
 
 from __future__ import annotations
 

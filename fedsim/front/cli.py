@@ -1,6 +1,6 @@
 """Command line -> validated RunConfig(s) -> runs. Bad input: one line, exit code 2.
 
-Every option comes from the catalog (fedsim.run.options): RunConfig's own, grouped by
+Every option comes from the catalog (fedsim.runner.options): RunConfig's own, grouped by
 concern in `--help`, and each algorithm's, under its name.
 """
 
@@ -21,11 +21,11 @@ from fedsim.flower.engine import STOP_SIGNALS
 from fedsim.front import sweep
 from fedsim.ground.config import ALGORITHM, GROUPS, Option, flag
 from fedsim.ground.errors import ConfigError, RunEnded
-from fedsim.run import options
+from fedsim.runner import options
 from fedsim.simulation.profiles import load_profiles
 
 if TYPE_CHECKING:
-    from fedsim.run.lifecycle import Seams
+    from fedsim.runner.lifecycle import Seams
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +72,10 @@ def _add(group: argparse._ArgumentGroup, option: Option, note: str = "") -> None
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The options of every registered algorithm, and of a user's (`--strategy
+    my_algos:FedFoo` in `argv`: its options then show in --help and parse)."""
+    _admit_user_code(argv)
     parser = _Parser(
         prog="simulate.py",
         description="Federated learning on CIFAR-10 through Flower's simulation engine. "
@@ -108,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
         if concern == ALGORITHM:
             _algorithm_groups(parser, catalog, owners)
     return parser
+
+
+def _admit_user_code(argv: Sequence[str]) -> None:
+    """Register the user's own code that `argv` names (options.admit), before the
+    parser is built from the catalog."""
+    for index, arg in enumerate(argv):
+        for name in options.USER_CODE:
+            if arg == flag(name) and index + 1 < len(argv):
+                value = argv[index + 1]
+            elif arg.startswith(f"{flag(name)}="):
+                value = arg.partition("=")[2]
+            else:
+                continue
+            for part in value.split(","):
+                options.admit(name, part.strip())
 
 
 def _algorithm_groups(
@@ -161,7 +179,7 @@ def main(
         signal.signal(stop, _interrupt)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         given = given_options(args)
         if args.resume:
             _resume(args, given, started, seams)
@@ -238,8 +256,8 @@ def _leave(code: int) -> typing.NoReturn:
 
 
 def _lifecycle():
-    """fedsim.run.lifecycle, imported when a run begins (it imports torch and flwr)."""
-    from fedsim.run import lifecycle
+    """fedsim.runner.lifecycle, imported when a run begins (it imports torch and flwr)."""
+    from fedsim.runner import lifecycle
 
     return lifecycle
 

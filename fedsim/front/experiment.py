@@ -26,7 +26,7 @@ from fedsim.ground.config import NOT_COMPARED, RunConfig, flag
 from fedsim.ground.errors import ConfigError, RunAborted, RunEnded
 from fedsim.ground.files import CONFIG_JSON, LABEL_COUNTS_CSV
 from fedsim.learning.partition import label_counts
-from fedsim.run import folders, lifecycle, options
+from fedsim.runner import folders, lifecycle, options
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def _state(cfg: RunConfig, folder: Path, data_key: str) -> tuple[str, str]:
 
 def _check(experiment: Experiment) -> list[_Planned]:
     """Data, partitions, profiles, trackers and run folder of every run, before any of
-    them starts (fedsim.run.lifecycle.prepare, as each run itself does)."""
+    them starts (fedsim.runner.lifecycle.prepare, as each run itself does)."""
     planned = []
     for cfg in experiment.runs:
         inputs = lifecycle.prepare(cfg)

@@ -31,7 +31,7 @@ from fedsim.front import cli, sweep
 from fedsim.ground.config import RunConfig, flag
 from fedsim.ground.errors import ConfigError
 from fedsim.learning.partition import Partitions
-from fedsim.run import folders, lifecycle, options
+from fedsim.runner import folders, lifecycle, options
 
 
 def option_name(key: str) -> str:
@@ -53,7 +53,7 @@ def config_from(run_config: UserConfig) -> RunConfig:
             argv.append(flag(name) if value else "--no-" + flag(name)[2:])
         else:
             argv += [flag(name), str(value)]
-    configs = sweep.expand([cli.given_options(cli.build_parser().parse_args(argv))])
+    configs = sweep.expand([cli.given_options(cli.build_parser(argv).parse_args(argv))])
     if len(configs) != 1:
         raise ConfigError("run-config", "takes one value per option in a Flower App run")
     return configs[0]

@@ -14,7 +14,7 @@ import pandas as pd
 from fedsim.ground.config import WHERE, RunConfig
 from fedsim.ground.errors import ConfigError
 from fedsim.ground.files import CONFIG_JSON, ROUNDS_CSV, SUMMARY_CSV
-from fedsim.run import options
+from fedsim.runner import options
 
 ALWAYS_SHOWN = ("clients", "seed")  # the plots' axes, shown even when not swept
 METRICS = (

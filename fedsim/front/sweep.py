@@ -18,7 +18,7 @@ from typing import Any
 
 from fedsim.ground.config import FIXED, RunConfig, default_data
 from fedsim.ground.errors import ConfigError
-from fedsim.run import options
+from fedsim.runner import options
 
 Grid = dict[str, list[Any]]  # option -> the values to sweep (one value: fixed)
 

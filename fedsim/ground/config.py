@@ -5,7 +5,7 @@ RunConfig holds the options every run has, each declared once below with its hel
 default, bounds, roles and the concern it belongs to (the `--help` groups). The field
 order is the order of the words in a sweep's run names (`clients-8_dirichlet_seed-1`). The chosen
 algorithm's own options are declared in its file (fedsim.algorithms) and their values
-travel in `strategy_options`. fedsim.run.options gathers both into one catalog: the
+travel in `strategy_options`. fedsim.runner.options gathers both into one catalog: the
 command line, experiment files, the Flower App's run config, validation, the summary
 and the docs derive from it. Choices that a dispatch table holds (models, partitions,
 DP modes, attacks, algorithms) are checked there against that table, not listed here.
@@ -416,7 +416,7 @@ class RunConfig:
         OUTPUTS,
         roles=(FIXED, WHERE, NOT_COMPARED),
     )
-    # The chosen algorithm's own options, as it declares them (fedsim.run.options)
+    # The chosen algorithm's own options, as it declares them (fedsim.runner.options)
     strategy_options: StrategyOptions = field(default_factory=StrategyOptions)
 
     def replace(self, **changes: Any) -> RunConfig:

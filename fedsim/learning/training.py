@@ -147,7 +147,7 @@ def proximal_term(anchor: list[torch.Tensor], mu: float) -> Callable[[nn.Module]
     return term
 
 
-# The central evaluation's batch: the run's (fedsim.run.lifecycle.CentralEvaluator), the
+# The central evaluation's batch: the run's (fedsim.runner.lifecycle.CentralEvaluator), the
 # plain loop's (bench/reference.py) and per_class_accuracy.py's, so their figures agree
 # to the digit.
 CENTRAL_BATCH_SIZE = 500

@@ -14,8 +14,9 @@ costs what its clients changed. SQLite is in Python's standard library, keeps on
 and gives transactions, which is what crash safety needs here:
 
 - the loop writes a round's new states in one transaction, as versions tagged with the
-  round (`commit`), before checkpoint.pt says the round is done (fedsim.run.checkpoint);
-- the versions they replace are dropped only once that checkpoint is on disk (`prune`);
+  round (`commit`), before checkpoint.pt says the round is done (fedsim.runner.checkpoint);
+- the versions they replace are dropped only once that checkpoint is on disk (`prune`,
+  with the next round's commit);
 - opening the store to resume from round k drops every version newer than k.
 
 So after a kill -9 at any instant the store and the checkpoint agree on every client's
@@ -43,6 +44,7 @@ _SCHEMA = (
     "pid INTEGER NOT NULL, round INTEGER NOT NULL, state BLOB, PRIMARY KEY (pid, round))"
 )
 _SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's own, next to the database
+PAGE_SIZE = 65_536  # SQLite's largest
 
 
 class ClientStates:
@@ -54,6 +56,7 @@ class ClientStates:
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._pending: dict[int, RecordDict] = {}  # set since the last commit
+        self._prunable: int | None = None  # a round whose replaced versions may go
         if path is not None and path.exists():
             db = self._open()
             if completed is not None:  # versions after it, and those a kill left unpruned
@@ -81,8 +84,9 @@ class ClientStates:
 
     def commit(self, server_round: int) -> None:
         """Write the states set since the last commit, as round `server_round`'s, in one
-        transaction (on disk when it returns). In memory nothing can roll back to an
-        older version, so they go at once."""
+        transaction (on disk when it returns), which also drops the versions the last
+        pruned round replaced. In memory nothing can roll back to an older version, so
+        they go at once."""
         if not self._pending:
             return
         rows = [
@@ -91,25 +95,31 @@ class ClientStates:
         ]
         db = self._open()
         with _transaction(db):
+            self._drop_replaced(db)
             db.executemany("INSERT OR REPLACE INTO states VALUES (?, ?, ?)", rows)
         self._pending.clear()
         if self.path is None:
             self.prune(server_round)
+            with _transaction(db):
+                self._drop_replaced(db)
 
     def prune(self, server_round: int) -> None:
-        """Drop the versions that round `server_round`'s replace (its checkpoint is on
-        disk, no resume goes back before it) and forgotten clients' markers."""
-        if self._db is None:
+        """Round `server_round`'s checkpoint is on disk, so no resume goes back before
+        it: the versions its states replace, and forgotten clients' markers, may go.
+        They go with the next commit's transaction (or as the store closes), not in a
+        transaction, and a wait for the disk, of their own."""
+        self._prunable = server_round
+
+    def _drop_replaced(self, db: sqlite3.Connection) -> None:
+        if self._prunable is None:
             return
-        with _transaction(self._db):
-            self._db.execute(
-                "DELETE FROM states WHERE round < ? AND pid IN "
-                "(SELECT pid FROM states WHERE round = ?)",
-                (server_round, server_round),
-            )
-            self._db.execute(
-                "DELETE FROM states WHERE state IS NULL AND round <= ?", (server_round,)
-            )
+        db.execute(
+            "DELETE FROM states WHERE round < (SELECT MAX(round) FROM states AS s "
+            "WHERE s.pid = states.pid AND s.round <= ?)",
+            (self._prunable,),
+        )
+        db.execute("DELETE FROM states WHERE state IS NULL AND round <= ?", (self._prunable,))
+        self._prunable = None
 
     def clients(self) -> list[int]:
         """The partition ids that have a state (committed or not), in order."""
@@ -137,6 +147,8 @@ class ClientStates:
 
     def close(self) -> None:
         if self._db is not None:
+            with _transaction(self._db):
+                self._drop_replaced(self._db)
             self._db.close()
             self._db = None
 
@@ -145,9 +157,16 @@ class ClientStates:
             target = ":memory:" if self.path is None else str(self.path)
             # autocommit mode, transactions explicit; the loop's thread is not the one
             # that opened a resumed run's store
-            self._db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk: a checkpoint follows
-            self._db.execute(_SCHEMA)
+            db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+            # A state is hundreds of kB: big pages make fewer overflow pages to write and,
+            # when a version is dropped, to walk; with a write-ahead log a commit is one
+            # append and one wait for the disk, which FULL makes it wait for (a
+            # checkpoint naming the round follows)
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a new file's; an old one keeps its own
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(_SCHEMA)
+            self._db = db
         return self._db
 
 

@@ -1,5 +1,5 @@
 """Where a run stands after a round: what the next round starts from, and what a
-checkpoint saves (fedsim.run.checkpoint)."""
+checkpoint saves (fedsim.runner.checkpoint)."""
 
 from __future__ import annotations
 

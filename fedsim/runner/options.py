@@ -6,7 +6,9 @@ table read it; nothing else lists options.
 Also here: which options apply to a run (alpha only to a Dirichlet split, proximal_mu
 only to FedProx), validation (every value, then the algorithm's own checks and what
 --dp needs), and the RunConfig that a set of options (by name, as they are given) makes.
-Choices come from the dispatch tables they select from (CHOICES).
+Choices come from the dispatch tables they select from (CHOICES); `--model` and
+`--strategy` may also name the user's own code, which joins its table once checked
+(`admit`), so that the catalog, --help, sweeps and the summary treat it as built in.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from fedsim import algorithms
 from fedsim.algorithms import attacks, privacy
+from fedsim.ground import imports
 from fedsim.ground.config import (
     SYNCHRONOUS,
     Option,
@@ -39,6 +42,34 @@ CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "attack": lambda: attacks.ATTACKS,
     "client_states": lambda: client_states.WHEN_COMPLETE,
 }
+
+# Options whose value may be the user's own `module:attribute`: the table it joins, and
+# what it must be (an Algorithm subclass; a model for the data's images and classes)
+USER_CODE: dict[str, tuple[Callable[[], dict[str, str]], Callable[[str], object]]] = {
+    "strategy": (lambda: algorithms.ALGORITHMS, algorithms.user_algorithm),
+    "model": (lambda: models.MODELS, models.check_model),
+}
+
+
+def admit(name: str, value: Any) -> None:
+    """If `value` names the user's own code for option `name`, check it (ConfigError,
+    one line) and register it under its own name; the catalog then holds its options."""
+    if name not in USER_CODE or not imports.is_path(value):
+        return
+    table, check = USER_CODE[name]
+    if value in table():
+        return
+    check(value)
+    if name == "strategy":
+        own = algorithms.user_algorithm(value).options()
+        if clash := [option.name for option in own if option.name in core_options()]:
+            raise ConfigError(
+                "--strategy",
+                f"{value}'s option {clash[0]!r} is one of fedsim's own; give it another name",
+            )
+    table()[value] = value
+    every.cache_clear()
+    owners.cache_clear()
 
 
 @functools.cache
@@ -98,6 +129,8 @@ def make_config(**options: Any) -> RunConfig:
     an experiment file or a Python caller gives them): RunConfig's own, and those of the
     chosen algorithm (at their defaults where not given). Another algorithm's options
     are checked and left out: they would change nothing."""
+    for name in USER_CODE:
+        admit(name, options.get(name))
     known = every()
     if unknown := [name for name in options if name not in known]:
         raise ConfigError(flag(unknown[0]), "is not a fedsim option (see simulate.py --help)")
@@ -115,6 +148,8 @@ def make_config(**options: Any) -> RunConfig:
 def validate(cfg: RunConfig) -> RunConfig:
     """Every value, then what the algorithm and --dp need of the settings together;
     raise on the first bad one."""
+    for name in USER_CODE:
+        admit(name, getattr(cfg, name))
     check_core(cfg)
     for name in CHOICES:
         _check_choice(name, getattr(cfg, name))
@@ -152,6 +187,7 @@ def from_document(stored: dict[str, Any]) -> RunConfig:
         options = StrategyOptions(stored["strategy_options"])
         return validate(RunConfig(**core, strategy_options=options))
     strategy = stored.get("strategy", RunConfig.strategy)
+    admit("strategy", strategy)
     _check_choice("strategy", strategy)
     own = {option.name for option in algorithms.algorithm_class(strategy).options()}
     return make_config(**{k: v for k, v in stored.items() if k in core_options() or k in own})

@@ -35,7 +35,7 @@ from fedsim.flower import engine
 from fedsim.flower.client_app import ClientData, MappedData, RayObjectData, build_client_app
 from fedsim.flower.exchange import FlowerExchange, Transport, nodes_needed
 from fedsim.flower.server_app import build_server_app
-from fedsim.ground import messages
+from fedsim.ground import imports, messages
 from fedsim.ground.config import RunConfig, flag, sample_count
 from fedsim.ground.errors import ConfigError, Diverged, RunAborted
 from fedsim.ground.files import (
@@ -53,8 +53,8 @@ from fedsim.outputs import tracking
 from fedsim.outputs.console import FailureReporter, ProgressPrinter
 from fedsim.outputs.files import CsvRecorder, ModelSaver, truncate_rows
 from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, Timings
-from fedsim.run import folders, options
-from fedsim.run.checkpoint import Checkpointer, load_checkpoint
+from fedsim.runner import folders, options
+from fedsim.runner.checkpoint import Checkpointer, load_checkpoint
 from fedsim.simulation.buffered import BufferedSchedule
 from fedsim.simulation.client_states import ClientStates
 from fedsim.simulation.loop import CentralEvaluate, Population, RoundLoop
@@ -263,7 +263,15 @@ def run_facts(inputs: RunInputs, run_dir: Path, resumed: int | None) -> dict[str
         "partition_sizes": inputs.partitions.sizes,
         "resumed_from_round": resumed,
         **attacks.describe(inputs.cfg),
+        **_user_code(inputs.cfg),
     }
+
+
+def _user_code(cfg: RunConfig) -> dict[str, object]:
+    """The user's own model or algorithm, where it came from (none: nothing said)."""
+    named = {name: getattr(cfg, name) for name in ("model", "strategy")}
+    found = {name: imports.source(value) for name, value in named.items() if imports.is_path(value)}
+    return {"user_code": found} if found else {}
 
 
 def execute(

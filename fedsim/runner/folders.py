@@ -1,4 +1,4 @@
-"""One run's folder from claim to final status, shared by fedsim.run.lifecycle (simulate.py,
+"""One run's folder from claim to final status, shared by fedsim.runner.lifecycle (simulate.py,
 experiments, the Flower App) and the benchmarks' own loops (bench/).
 
 A run folder is claimed atomically (two runs named alike in the same second get two

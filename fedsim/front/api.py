@@ -1,0 +1,134 @@
+"""fedsim as a library: a run or a grid from Python, with simulate.py's options,
+validation, numbers and files.
+
+    import fedsim
+    result = fedsim.run(clients=20, rounds=5, partition="dirichlet", alpha=0.3)
+    result.rounds.central_accuracy          # rounds.csv as a DataFrame
+    summary = fedsim.sweep(clients=[10, 20], strategy=["fedavg", "scaffold"])
+
+Options are simulate.py's, by name with `_` for `-` (`fraction_fit=0.1`); `None` is
+`auto`. The command line reads its arguments into the same options and goes through
+the same functions below this module (fedsim.front.sweep, fedsim.runner), so a call
+and a command with the same options make the same folders and the same numbers.
+
+Nothing here ends the process or touches signal handlers: a bad option raises
+ConfigError (the CLI's `error:` line, as its message); a run that ends for a reason
+raises RunEnded (RunAborted, Diverged; its folder says why); Ctrl-C stops the run at
+once, keeps its completed rounds (status `interrupted`, `fedsim.resume` goes on) and
+raises KeyboardInterrupt. Each call starts Ray for its runs and stops it after, so
+calls follow one another in one process (a notebook's).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from fedsim.front import sweep as grids
+from fedsim.ground.config import flag
+from fedsim.ground.errors import ConfigError, RunEnded
+from fedsim.ground.files import CLIENTS_CSV, CONFIG_JSON, MODEL, ROUNDS_CSV, SUMMARY_CSV
+from fedsim.runner import options as catalog
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Result:
+    """A run's folder, and what is in it (read when asked, so always what is on disk)."""
+
+    run_dir: Path
+
+    @property
+    def rounds(self) -> pd.DataFrame:
+        """rounds.csv: a row per round (docs/results.md)."""
+        return pd.read_csv(self.run_dir / ROUNDS_CSV)
+
+    @property
+    def clients(self) -> pd.DataFrame:
+        """clients.csv: a row per client per phase per round."""
+        return pd.read_csv(self.run_dir / CLIENTS_CSV)
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """config.json whole: the options, versions, timings and the status."""
+        return json.loads((self.run_dir / CONFIG_JSON).read_text())
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's options, as config.json holds them."""
+        return self.document["config"]
+
+    @property
+    def status(self) -> str:
+        return self.document["status"]
+
+    @property
+    def model(self) -> nn.Module:
+        """The final global model (model.pt), on the CPU, in eval mode."""
+        import torch
+
+        from fedsim.learning import models
+
+        model = models.build_model(self.config["model"])
+        model.load_state_dict(torch.load(self.run_dir / MODEL, weights_only=True))
+        return model.eval()
+
+
+def run(**options: Any) -> Result:
+    """One simulation with these options; its Result once it is complete."""
+    if listed := [name for name, value in options.items() if _is_list(value)]:
+        raise ConfigError(
+            flag(listed[0]), "takes one value in fedsim.run (fedsim.sweep takes lists)"
+        )
+    (cfg,) = grids.expand([{name: [value] for name, value in options.items()}])
+    from fedsim.runner import lifecycle
+
+    return Result(lifecycle.run(cfg, time.perf_counter()))
+
+
+def resume(run_dir: str | Path, rounds: int | None = None) -> Result:
+    """Go on with an interrupted run (with `rounds`: extend a complete one)."""
+    from fedsim.runner import lifecycle
+
+    return Result(lifecycle.resume(Path(run_dir), rounds, time.perf_counter()))
+
+
+def sweep(experiment: str | Path | None = None, **options: Any) -> pd.DataFrame:
+    """Every combination of the options given as lists (over an experiment file's grid,
+    if one is named), into one experiment folder; its summary.csv, one row per run,
+    with the folder as `.attrs["folder"]`. Runs already complete are not run again. A
+    run that ends for a reason does not stop the others: its row says so, and a
+    warning names it."""
+    given = {name: list(v) if _is_list(v) else [v] for name, v in options.items()}
+    if experiment is not None:
+        path = Path(experiment)
+        planned = grids.plan(grids.load_experiment(path), given, path.stem)
+    else:
+        planned = grids.plan([{}], given, None)
+    from fedsim.front.experiment import run_experiment
+
+    try:
+        run_experiment(planned)
+    except RunEnded as error:
+        warnings.warn(str(error), stacklevel=2)
+    summary = pd.read_csv(planned.folder / SUMMARY_CSV)
+    summary.attrs["folder"] = planned.folder
+    return summary
+
+
+def option_names() -> list[str]:
+    """Every option `run` and `sweep` take (simulate.py --help describes them)."""
+    return list(catalog.every())
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence | set) and not isinstance(value, str | bytes)

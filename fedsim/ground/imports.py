@@ -1,0 +1,61 @@
+"""The user's own code, named `package.module:attribute` (--model, --strategy).
+
+Such a name is imported from where Python finds modules, plus the current directory
+(where a researcher keeps `my_model.py`; `python simulate.py` from elsewhere would not
+see it otherwise). Ray's local workers get the driver's current directory on their
+path too, so the same name imports in every client process; on a cluster the module
+must be importable on every machine (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedsim.ground.errors import ConfigError
+
+
+def is_path(value: object) -> bool:
+    """Whether an option's value names user code (`module:attribute`) rather than a
+    registered name."""
+    return isinstance(value, str) and ":" in value
+
+
+def load(path: str, option: str) -> Any:
+    """The object `module:attribute` names; ConfigError (one line) if it cannot be had."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(option, f"{path!r} is not package.module:attribute")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # a missing module, or one that fails as it imports
+        raise ConfigError(
+            option, f"cannot import {module_name!r}: {type(error).__name__}: {error}"
+        ) from None
+    found: Any = module
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise ConfigError(option, f"module {module_name!r} has no {attribute!r}")
+        found = getattr(found, part)
+    return found
+
+
+def source(path: str) -> dict[str, str]:
+    """Where `module:attribute` comes from, for config.json: the module's file and the
+    SHA-256 of its text (a later run with changed code is told apart)."""
+    module = sys.modules.get(path.partition(":")[0])
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return {"name": path}
+    text = Path(file).read_bytes()
+    return {
+        "name": path,
+        "file": str(Path(file).resolve()),
+        "sha256": hashlib.sha256(text).hexdigest(),
+    }

@@ -1,0 +1,1 @@
+"""fedsim.runner: a run from options to its folder (options, lifecycle, folders, checkpoint)."""

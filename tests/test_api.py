@@ -1,0 +1,182 @@
+"""fedsim as a library (fedsim.front.api) and the user's own code (experiments/byo),
+through the real engine: the same numbers and files as simulate.py, a user's algorithm
+written as the built-ins are, calls that follow one another in one process, Ctrl-C
+as a notebook sends it, and bad input as the CLI's one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import fedsim
+from tests.conftest import ROOT
+
+BYO = ROOT / "experiments" / "byo"  # the documented example: my_model.py, my_algorithm.py
+USER_ALGORITHM = "my_algorithm:DampedFedAvg"
+OPTIONS = {"clients": 3, "batch_size": 32, "model": "my_model:linear", "fraction_evaluate": 0.67}
+WALL_CLOCK = {"rounds.csv": "round_seconds", "clients.csv": "seconds"}
+
+API_SCRIPT = """
+import json, sys
+import fedsim
+options = json.loads(sys.argv[1])
+one = fedsim.run(**options, rounds=2, strategy="{algorithm}", name="api")
+grid = fedsim.sweep(**options, rounds=2, strategy="{algorithm}", damping=[1.0, 0.5], name="grid")
+print(json.dumps({{
+    "status": one.status, "config": one.config, "user_code": one.document["user_code"],
+    "final_accuracy": float(one.rounds.central_accuracy.iloc[-1]),
+    "model": type(one.model).__name__, "summary": grid.to_dict("records"),
+}}))
+"""
+
+INTERRUPT_SCRIPT = """
+import json, signal, sys
+import fedsim
+options = json.loads(sys.argv[1])
+try:
+    fedsim.run(**options, rounds=40, name="stopped")
+except KeyboardInterrupt:
+    print("caught KeyboardInterrupt", flush=True)
+after = fedsim.run(**options, rounds=1, name="after")
+print(json.dumps({
+    "after": after.status,
+    "handler_kept": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+}), flush=True)
+"""
+
+
+def _python(script: str, options: dict, **kwargs) -> subprocess.Popen:
+    """A script of the user's, run from the example's folder (so its modules import)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), json.dumps(options)],
+        cwd=BYO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _table(run_dir: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(run_dir / name).drop(columns=[WALL_CLOCK[name]])
+
+
+def test_the_api_runs_users_code_with_the_clis_numbers(tiny_cifar, tmp_path):
+    options = {**OPTIONS, "data": str(tiny_cifar), "results_dir": str(tmp_path)}
+    api = _python(API_SCRIPT.format(algorithm=USER_ALGORITHM), options)
+    out, err = api.communicate(timeout=600)
+    assert api.returncode == 0, err[-3000:]
+    said = json.loads(out.strip().splitlines()[-1])
+
+    # The command line, from the same folder, with fedsim's own FedAvg
+    cli = subprocess.run(
+        [sys.executable, str(ROOT / "simulate.py"), "--rounds", "2", "--name", "cli"]
+        + [f"--{k.replace('_', '-')}={v}" for k, v in options.items()],
+        cwd=BYO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert cli.returncode == 0, cli.stderr[-3000:]
+
+    # A user's algorithm written as the built-ins are: at damping 1 it is FedAvg, bit
+    # for bit, and a call gives what the command line gives
+    for name in WALL_CLOCK:
+        assert _table(tmp_path / "api", name).equals(_table(tmp_path / "cli", name)), name
+    assert said["status"] == "complete" and said["model"] == "Sequential"
+    assert said["config"]["strategy"] == USER_ALGORITHM
+    assert said["config"]["strategy_options"] == {"damping": 1.0}
+    for option, path in (("model", OPTIONS["model"]), ("strategy", USER_ALGORITHM)):
+        file = BYO / f"{path.partition(':')[0]}.py"
+        recorded = said["user_code"][option]
+        assert recorded["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest(), option
+
+    # A second call in the same process (Ray again), a sweep of the user's own option
+    rows = {row["damping"]: row for row in said["summary"]}
+    assert set(rows) == {1.0, 0.5} and all(row["status"] == "complete" for row in rows.values())
+    assert rows[1.0]["final_accuracy"] == said["final_accuracy"]
+    losses = {
+        damping: pd.read_csv(tmp_path / "grid" / row["run"] / "rounds.csv").central_loss.tolist()
+        for damping, row in rows.items()
+    }
+    assert losses[1.0] == pd.read_csv(tmp_path / "api" / "rounds.csv").central_loss.tolist()
+    assert losses[0.5][1:] != losses[1.0][1:]  # damped updates: another model after round 0
+
+
+def test_ctrl_c_stops_a_call_and_the_next_one_runs(tiny_cifar, tmp_path):
+    options = {**OPTIONS, "data": str(tiny_cifar), "results_dir": str(tmp_path)}
+    script = _python(INTERRUPT_SCRIPT, options)
+    deadline = time.monotonic() + 300
+    for line in script.stdout:  # Ctrl-C once the first round is done
+        if line.startswith("round 1/40") or time.monotonic() > deadline:
+            break
+    script.send_signal(signal.SIGINT)
+    out, err = script.communicate(timeout=300)
+    assert script.returncode == 0, err[-3000:]
+    assert "caught KeyboardInterrupt" in out
+    said = json.loads(out.strip().splitlines()[-1])
+    assert said == {"after": "complete", "handler_kept": True}
+    stopped = json.loads((tmp_path / "stopped" / "config.json").read_text())
+    assert stopped["status"] == "interrupted"
+    assert len(pd.read_csv(tmp_path / "stopped" / "rounds.csv")) >= 2  # round 0 and 1 kept
+
+
+BAD_MODELS = """
+from torch import nn
+
+def seven_classes():
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 7))
+
+def not_a_model():
+    return "a string"
+
+NOT_CALLABLE = 3
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"clients": 0}, "--clients: "),
+        ({"rounds": [1, 2]}, "--rounds: takes one value in fedsim.run"),
+        ({"nonsense": 1}, "--nonsense: is not a fedsim option"),
+        ({"model": "no_such_module:f"}, "--model: cannot import 'no_such_module'"),
+        ({"model": "{bad}:missing"}, "has no 'missing'"),
+        ({"model": "{bad}:NOT_CALLABLE"}, "is not callable"),
+        ({"model": "{bad}:not_a_model"}, "made a str, not a torch.nn.Module"),
+        ({"model": "{bad}:seven_classes"}, "gives (2, 7) for 2 images, expected (2, 10)"),
+        ({"strategy": "{bad}:seven_classes"}, "is not a subclass of fedsim.Algorithm"),
+    ],
+)
+def test_bad_options_raise_the_clis_message(options, message, tmp_path, monkeypatch):
+    """Refused before anything starts (no Ray, no folder), as ConfigError, never exit."""
+    bad = f"bad_models_{abs(hash(str(tmp_path))) % 10**8}"  # a fresh module each test
+    (tmp_path / f"{bad}.py").write_text(BAD_MODELS)
+    monkeypatch.chdir(tmp_path)
+    options = {k: v.format(bad=bad) if isinstance(v, str) else v for k, v in options.items()}
+    with pytest.raises(fedsim.ConfigError) as raised:
+        fedsim.run(**options, results_dir=str(tmp_path / "results"))
+    assert message in str(raised.value)
+    assert not (tmp_path / "results").exists()
+    if set(options) == {"model"}:  # the command line says the same, as one line
+        argv = [sys.executable, str(ROOT / "simulate.py"), "--model", options["model"]]
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2
+        assert done.stderr == f"error: {raised.value}\n"
+
+
+def test_a_users_algorithm_shows_its_options_in_help():
+    argv = [sys.executable, str(ROOT / "simulate.py"), "--strategy", USER_ALGORITHM, "--help"]
+    done = subprocess.run(argv, cwd=BYO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"--strategy {USER_ALGORITHM}" in done.stdout
+    assert "--damping DAMPING" in done.stdout
