@@ -32,7 +32,8 @@ def per_class(run: Path) -> tuple[float, pd.DataFrame]:
     model.load_state_dict(torch.load(run / MODEL))
     images = torch.from_numpy(np.array(data.test_x))
     labels = torch.from_numpy(np.array(data.test_y))
-    # the central evaluation's own function and batch size (fedsim.runner.lifecycle.CentralEvaluator),
+    # the central evaluation's own function and batch size
+    # (fedsim.runner.lifecycle.CentralEvaluator),
     # once over the test split and once per class
     batch = training.CENTRAL_BATCH_SIZE
     _, overall = training.evaluate(model, images, labels, batch_size=batch)
