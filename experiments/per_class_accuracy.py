@@ -20,14 +20,14 @@ import torch
 
 from fedsim.ground.files import CONFIG_JSON, LABEL_COUNTS_CSV, MODEL
 from fedsim.learning import models, training
-from fedsim.learning.data import cache_root, load_cifar
+from fedsim.learning.data import cache_root, load_images
 
 
 def per_class(run: Path) -> tuple[float, pd.DataFrame]:
     """Overall accuracy (%) and a frame with rows `holders` (clients holding the class)
     and `accuracy` (%), a column per class."""
     cfg = json.loads((run / CONFIG_JSON).read_text())["config"]
-    data = load_cifar(cfg["data"], cache_root())
+    data = load_images(cfg["data"], cache_root())
     model = models.build_model(cfg["model"])
     model.load_state_dict(torch.load(run / MODEL))
     images = torch.from_numpy(np.array(data.test_x))

@@ -317,7 +317,7 @@ def test_model_poisoning_rewrites_the_update(attack) -> None:
 
 
 def test_label_flip() -> None:
-    assert attacks.flip_labels(torch.tensor([0, 3, 9])).tolist() == [9, 6, 0]
+    assert attacks.flip_labels(torch.tensor([0, 3, 9]), 10).tolist() == [9, 6, 0]
 
 
 # ---- differential privacy -------------------------------------------------------------

@@ -16,7 +16,7 @@ from PIL import Image
 
 from fedsim.ground.errors import ConfigError
 from fedsim.learning import data
-from fedsim.learning.data import DataError, load_cifar
+from fedsim.learning.data import DataError, load_images
 from tests.conftest import run_cli, write_cifar_batches
 
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
@@ -81,7 +81,7 @@ def batches(tmp_path: Path) -> Path:
 
 def test_parquet_folder_decodes_to_the_pixels_and_labels(tmp_path) -> None:
     root = _parquet_folder(tmp_path / "cifar", train=[3, 1, 4, 1], test=[5, 9])
-    loaded = load_cifar(str(root), tmp_path / "cache")
+    loaded = load_images(str(root), tmp_path / "cache")
     expected = _images(4, seed=len("train-00000-of-00001.parquet")).transpose(0, 3, 1, 2)
     assert np.array_equal(loaded.train_x, expected)
     assert loaded.train_y.tolist() == [3, 1, 4, 1] and loaded.test_y.tolist() == [5, 9]
@@ -93,7 +93,7 @@ def test_shards_of_one_split_are_concatenated(tmp_path) -> None:
     (folder / "train-00000-of-00001.parquet").unlink()
     _write_parquet(folder / "train-00000-of-00002.parquet", [0, 1, 2])
     _write_parquet(folder / "train-00001-of-00002.parquet", [7, 8])
-    loaded = load_cifar(str(folder.parent), tmp_path / "cache")
+    loaded = load_images(str(folder.parent), tmp_path / "cache")
     assert loaded.train_y.tolist() == [0, 1, 2, 7, 8] and len(loaded.train_x) == 5
 
 
@@ -101,7 +101,7 @@ def test_missing_shard_is_refused(tmp_path) -> None:
     folder = _parquet_folder(tmp_path / "cifar") / "plain_text"
     (folder / "train-00000-of-00001.parquet").rename(folder / "train-00000-of-00002.parquet")
     with pytest.raises(DataError, match="has 1 train shards, but their names say 2"):
-        load_cifar(str(folder.parent), tmp_path / "cache")
+        load_images(str(folder.parent), tmp_path / "cache")
 
 
 # --- 1. labels outside 0-9 ----------------------------------------------------------
@@ -110,13 +110,13 @@ def test_missing_shard_is_refused(tmp_path) -> None:
 def test_parquet_labels_outside_0_9_are_refused(tmp_path) -> None:
     root = _parquet_folder(tmp_path / "cifar", train=[0, 10, -1, 10])
     with pytest.raises(DataError, match=r"the train split has labels outside 0-9: -1, 10$"):
-        load_cifar(str(root), tmp_path / "cache")
+        load_images(str(root), tmp_path / "cache")
 
 
 def test_batches_labels_outside_0_9_are_refused(batches, tmp_path) -> None:
     _rewrite_batch(batches, "test_batch", labels=[12] + [0] * 9)
     with pytest.raises(DataError, match=r"test_batch has labels outside 0-9: 12$"):
-        load_cifar(str(batches), tmp_path / "cache")
+        load_images(str(batches), tmp_path / "cache")
 
 
 # --- 2. columns of the wrong type ---------------------------------------------------
@@ -131,7 +131,7 @@ def test_image_column_of_wrong_type_is_refused(column, type_name, tmp_path) -> N
     root = _parquet_folder(tmp_path / "cifar")
     _write_parquet(root / "plain_text" / "train-00000-of-00001.parquet", [0, 1, 2, 3], column)
     with pytest.raises(DataError, match=f"image column 'img' holds {type_name}, expected encoded"):
-        load_cifar(str(root), tmp_path / "cache")
+        load_images(str(root), tmp_path / "cache")
 
 
 def test_label_column_of_wrong_type_is_refused(tmp_path) -> None:
@@ -141,7 +141,7 @@ def test_label_column_of_wrong_type_is_refused(tmp_path) -> None:
     table = table.set_column(1, "label", pa.array(["cat", "dog"]))
     pq.write_table(table, file)
     with pytest.raises(DataError, match="label column 'label' holds string, expected integer"):
-        load_cifar(str(root), tmp_path / "cache")
+        load_images(str(root), tmp_path / "cache")
 
 
 # --- 3. batches of the wrong size ---------------------------------------------------
@@ -150,13 +150,13 @@ def test_label_column_of_wrong_type_is_refused(tmp_path) -> None:
 def test_batch_with_a_partial_image_is_refused(batches, tmp_path) -> None:
     _rewrite_batch(batches, "data_batch_3", data=np.zeros(10 * 3072 - 1, np.uint8))
     with pytest.raises(DataError, match=r"data_batch_3: data is uint8 of shape \(30719,\)"):
-        load_cifar(str(batches), tmp_path / "cache")
+        load_images(str(batches), tmp_path / "cache")
 
 
 def test_batch_with_fewer_labels_than_images_is_refused(batches, tmp_path) -> None:
     _rewrite_batch(batches, "data_batch_2", labels=[1] * 9)
     with pytest.raises(DataError, match="data_batch_2: 9 labels for 10 images"):
-        load_cifar(str(batches), tmp_path / "cache")
+        load_images(str(batches), tmp_path / "cache")
 
 
 # --- 4. an unwritable cache ---------------------------------------------------------
@@ -166,7 +166,7 @@ def test_unwritable_cache_names_FEDSIM_CACHE_before_decoding(batches, tmp_path, 
     (tmp_path / "afile").write_text("")
     monkeypatch.setattr(data, "_read_batches", lambda folder: pytest.fail("decoded anyway"))
     with pytest.raises(ConfigError, match="cannot write the decoded data") as raised:
-        load_cifar(str(batches), tmp_path / "afile" / "cache")
+        load_images(str(batches), tmp_path / "afile" / "cache")
     assert raised.value.option == "FEDSIM_CACHE" and not isinstance(raised.value, DataError)
 
 
@@ -193,16 +193,16 @@ DAMAGE = {
 @pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
 def test_damaged_cache_is_decoded_again(damage, batches, tmp_path, monkeypatch) -> None:
     cache = tmp_path / "cache"
-    first = load_cifar(str(batches), cache)
+    first = load_images(str(batches), cache)
     arrays = {name: np.array(getattr(first, name)) for name in ARRAYS}  # off the damaged map
     (folder,) = (cache / "decoded").iterdir()
     damage(folder)
-    again = load_cifar(str(batches), cache)
+    again = load_images(str(batches), cache)
     for name in ARRAYS:
         assert np.array_equal(getattr(again, name), arrays[name]), name
     assert again.classes == first.classes and again.key == first.key
     monkeypatch.setattr(data, "_read_batches", lambda folder: pytest.fail("decoded again"))
-    load_cifar(str(batches), cache)  # the rebuilt cache verifies: no third decode
+    load_images(str(batches), cache)  # the rebuilt cache verifies: no third decode
     assert [p.name for p in (cache / "decoded").iterdir()] == [folder.name]
 
 
@@ -217,19 +217,19 @@ def test_two_parquet_copies_are_refused(tmp_path) -> None:
         rf"{root}/plain_text\); point --data at one of them"
     )
     with pytest.raises(DataError, match=message):
-        load_cifar(str(root), tmp_path / "cache")
+        load_images(str(root), tmp_path / "cache")
 
 
 def test_two_batches_copies_are_refused(batches, tmp_path) -> None:
     shutil.copytree(batches, tmp_path / "data" / "copy" / "cifar-10-batches-py")
     with pytest.raises(DataError, match="more than one copy of the dataset"):
-        load_cifar(str(tmp_path / "data"), tmp_path / "cache")
+        load_images(str(tmp_path / "data"), tmp_path / "cache")
 
 
 def test_batches_beside_parquet_are_refused(batches, tmp_path) -> None:
     _parquet_folder(tmp_path / "data")
     with pytest.raises(DataError, match=f"more than one copy of the dataset \\({batches}, "):
-        load_cifar(str(tmp_path / "data"), tmp_path / "cache")
+        load_images(str(tmp_path / "data"), tmp_path / "cache")
 
 
 # --- through the CLI ----------------------------------------------------------------

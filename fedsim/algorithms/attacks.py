@@ -58,11 +58,10 @@ def announce(cfg: RunConfig) -> str:
     )
 
 
-def flip_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Label flipping (Fang et al., USENIX Security 2020): label l becomes 9 - l."""
-    from fedsim.learning.data import NUM_CLASSES
-
-    return NUM_CLASSES - 1 - labels
+def flip_labels(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Label flipping (Fang et al., USENIX Security 2020): label l of C classes becomes
+    C - 1 - l (9 - l on CIFAR-10)."""
+    return classes - 1 - labels
 
 
 def poison(ctx: ClientContext, model: nn.Module) -> None:

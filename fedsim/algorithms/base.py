@@ -146,7 +146,7 @@ class Algorithm:
 
         images, labels = ctx.load_data("train")
         if attacks.attack_of(ctx.cfg, ctx.pid) == "label-flip":
-            labels = attacks.flip_labels(labels)
+            labels = attacks.flip_labels(labels, ctx.shape.classes)
         return images, labels
 
     def train(self, ctx: ClientContext) -> ClientResult:

@@ -39,7 +39,7 @@ from fedsim.ground import messages, streams
 from fedsim.ground.config import RunConfig
 from fedsim.ground.messages import ClientOutcome, ClientTask
 from fedsim.learning import models
-from fedsim.learning.data import read_cached
+from fedsim.learning.data import Shape, read_cached
 from fedsim.learning.partition import Partitions
 
 # This module is what actors import first: keep Flower's per-actor chatter (such as
@@ -60,8 +60,9 @@ class ClientData(Protocol):
 
     key: str
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions]:
-        """The training images (N, 3, 32, 32) uint8, their labels, and the partitions."""
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Shape]:
+        """The training images (N, C, H, W) uint8, their labels, the partitions, and
+        the data's shape (what the model is built for)."""
         ...
 
 
@@ -73,11 +74,13 @@ class RayObjectData:
     images: Any  # ray.ObjectRef to the uint8 training images
     labels: Any  # ray.ObjectRef to the labels
     partitions: Any  # ray.ObjectRef to Partitions
+    shape: Shape
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions]:
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Shape]:
         import ray
 
-        return tuple(ray.get([self.images, self.labels, self.partitions]))  # type: ignore[return-value]
+        images, labels, partitions = ray.get([self.images, self.labels, self.partitions])
+        return images, labels, partitions, self.shape
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,11 @@ class MappedData:
     folder: str  # the decoded cache folder (fedsim.learning.data)
     partitions: Any  # ray.ObjectRef to Partitions
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions]:
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Shape]:
         import ray
 
         dataset = read_cached(Path(self.folder))
-        return dataset.train_x, dataset.train_y, ray.get(self.partitions)
+        return dataset.train_x, dataset.train_y, ray.get(self.partitions), dataset.shape
 
 
 _PROCESS_CACHE: dict[tuple, Any] = {}
@@ -142,8 +145,8 @@ class ClientProcess:
         self.cfg = cfg
         self.algorithm: Algorithm = algorithms.build(cfg)
         self.device = client_device(cfg)
-        self.model = models.build_model(cfg.model).to(self.device)
-        self.images, self.labels, self.partitions = data.load()
+        self.images, self.labels, self.partitions, self.shape = data.load()
+        self.model = models.build_model(cfg.model, shape=self.shape).to(self.device)
         self._converted: OrderedDict[int, tuple[ArrayRecord, dict[str, torch.Tensor]]]
         self._converted = OrderedDict()
 
@@ -195,6 +198,7 @@ def run_client(
         load_model=process.load_model,
         load_data=partial(process.load_data, pid),
         tensors=process.tensors,
+        shape=process.shape,
     )
     try:
         if message_type == MessageType.TRAIN:

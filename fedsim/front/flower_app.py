@@ -30,6 +30,7 @@ from fedsim.flower.exchange import Transport
 from fedsim.front import cli, sweep
 from fedsim.ground.config import RunConfig, flag
 from fedsim.ground.errors import ConfigError
+from fedsim.learning.data import Shape
 from fedsim.learning.partition import Partitions
 from fedsim.runner import folders, lifecycle, options
 
@@ -70,9 +71,9 @@ class LocalData:
     def key(self) -> str:
         return f"local-{hash(self.cfg):x}"
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions]:
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Shape]:
         dataset, partitions = lifecycle.load_data(self.cfg)
-        return dataset.train_x, np.asarray(dataset.train_y), partitions
+        return dataset.train_x, np.asarray(dataset.train_y), partitions, dataset.shape
 
 
 @functools.cache

@@ -1,9 +1,12 @@
-"""CIFAR-10 from a source (hub id, HF parquet folder, cifar-10-batches-py) to uint8 arrays.
+"""An image-classification dataset from a source (a Hugging Face Hub id, a folder of HF
+parquet files, torchvision's cifar-10-batches-py or ImageFolder layout) to uint8 arrays.
 
 Images are decoded once, in the driver, and cached on disk as NCHW uint8 `.npy`
 files keyed by the source and its content; later runs memory-map the cache and start
 in well under a second (a cache that does not match its meta.json is decoded again).
-Nothing decodes an image inside a training loop.
+Nothing decodes an image inside a training loop. CIFAR-10 is the default; any other
+dataset brings its own classes, image size and channels (grey or colour), which a
+model is built for (`Shape`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import numpy as np
 
 from fedsim.ground.errors import ConfigError
 
-IMAGE_SHAPE = (3, 32, 32)
-NUM_CLASSES = 10  # CIFAR-10's; a model's outputs and the labels' range
+IMAGE_SHAPE = (3, 32, 32)  # CIFAR-10's (channels, height, width)
+NUM_CLASSES = 10  # CIFAR-10's
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # an ImageFolder's images
 _ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 _CACHE_VERSION = "1"
 Decode = Callable[[], tuple[dict[str, np.ndarray], list[str]]]
@@ -38,6 +42,21 @@ class DataError(ConfigError):
 
     def __init__(self, message: str) -> None:
         super().__init__("--data", message)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a model is built for: the data's image (channels, height, width) and the
+    number of classes (a model's outputs, the labels' range). CIFAR-10's by default."""
+
+    image: tuple[int, int, int] = IMAGE_SHAPE
+    classes: int = NUM_CLASSES
+
+    def describe(self) -> dict[str, object]:
+        return {"image_shape": list(self.image), "classes": self.classes}
+
+
+CIFAR10 = Shape()
 
 
 @dataclass(frozen=True)
@@ -53,9 +72,13 @@ class DecodedDataset:
     source: str
     folder: Path  # the decoded cache it is mapped from
 
+    @property
+    def shape(self) -> Shape:
+        return Shape(tuple(self.train_x.shape[1:]), len(self.classes))  # type: ignore[arg-type]
+
 
 def read_cached(folder: Path, source: str = "") -> DecodedDataset:
-    """A decoded cache folder as written by `load_cifar`, memory-mapped: how a client
+    """A decoded cache folder as written by `load_images`, memory-mapped: how a client
     process on the same machine opens the very files the driver did."""
     stored = _read_cache(folder)
     if stored is None:
@@ -74,7 +97,7 @@ def cache_root() -> Path:
     return Path(base) / "fedsim"
 
 
-def load_cifar(source: str, cache: Path | None = None) -> DecodedDataset:
+def load_images(source: str, cache: Path | None = None) -> DecodedDataset:
     """Resolve `source`, decode it once into the cache, and return memory-mapped arrays."""
     cache = cache or cache_root()
     path = Path(source).expanduser()
@@ -84,6 +107,9 @@ def load_cifar(source: str, cache: Path | None = None) -> DecodedDataset:
             files = sorted(p for p in found.iterdir() if p.is_file())
             key = _content_key("batches", files)
             return _cached(cache, key, source, lambda: _read_batches(found))
+        if isinstance(found, ImageFolder):
+            key = _content_key("imagefolder", found.files(), names=found.names())
+            return _cached(cache, key, source, found.decode)
         key = _content_key("parquet", found["train"] + found["test"])
         return _cached(cache, key, source, lambda: _read_parquet(found))
     if path.exists():
@@ -97,10 +123,11 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") != 1
 
 
-def _locate(path: Path) -> Path | dict[str, list[Path]]:
+def _locate(path: Path) -> Path | ImageFolder | dict[str, list[Path]]:
     """The one cifar-10-batches-py folder under `path`, else the parquet files of each
-    split. Two copies of the dataset would be read as one with every image twice, so
-    they are refused rather than concatenated."""
+    split, else an ImageFolder layout (train/ and test/, a folder of images per class).
+    Two copies of the dataset would be read as one with every image twice, so they are
+    refused rather than concatenated."""
     batches = sorted({p.parent for p in path.rglob("data_batch_1") if p.is_file()})
     splits = {split: _split_files(path, split) for split in ("train", "test")}
     parquet = {file.parent for files in splits.values() for file in files}
@@ -108,10 +135,13 @@ def _locate(path: Path) -> Path | dict[str, list[Path]]:
         raise _copies(path, batches + sorted(parquet))
     if batches:
         return batches[0]
+    if not splits["train"] and not splits["test"] and (path / "train").is_dir():
+        return ImageFolder(path)
     if not splits["train"] or not splits["test"]:
         raise DataError(
             f"{path} is not a dataset: expected Hugging Face parquet files "
-            "(train-*.parquet and test-*.parquet) or a cifar-10-batches-py folder"
+            "(train-*.parquet and test-*.parquet), a cifar-10-batches-py folder, or "
+            "train/ and test/ folders with a folder of images per class (ImageFolder)"
         )
     return splits
 
@@ -141,10 +171,11 @@ def _copies(path: Path, folders: list[Path]) -> DataError:
     )
 
 
-def _content_key(kind: str, files: list[Path]) -> str:
+def _content_key(kind: str, files: list[Path], names: list[str] | None = None) -> str:
+    """The files' names (`names`: as given, else the file names) and contents."""
     digest = hashlib.sha256(f"{_CACHE_VERSION}:{kind}".encode())
-    for file in files:
-        digest.update(file.name.encode())
+    for file, name in zip(files, names or [file.name for file in files], strict=True):
+        digest.update(name.encode())
         with open(file, "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()[:24]
@@ -238,13 +269,13 @@ def _unpickle(file: Path) -> Any:
         raise DataError(f"{file}: not a readable CIFAR-10 batch ({error})") from error
 
 
-def _check_labels(labels: np.ndarray, where: str) -> None:
-    """Every label must index one of the classes: the model has NUM_CLASSES outputs, and
-    partitions and label counts index by label."""
-    bad = np.unique(labels[(labels < 0) | (labels >= NUM_CLASSES)])
+def _check_labels(labels: np.ndarray, where: str, classes: int = NUM_CLASSES) -> None:
+    """Every label must index one of the classes: the model has one output per class,
+    and partitions and label counts index by label."""
+    bad = np.unique(labels[(labels < 0) | (labels >= classes)])
     if bad.size:
         shown = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
-        raise DataError(f"{where} has labels outside 0-{NUM_CLASSES - 1}: {shown}")
+        raise DataError(f"{where} has labels outside 0-{classes - 1}: {shown}")
 
 
 def _read_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -296,16 +327,16 @@ def _read_parquet(splits: dict[str, list[Path]]) -> tuple[dict[str, np.ndarray],
     import pyarrow.parquet as pq
 
     arrays: dict[str, np.ndarray] = {}
-    classes: list[str] = []
+    tables = {}
     for split, files in splits.items():
         try:
-            table = pa.concat_tables(pq.read_table(f) for f in files)
+            tables[split] = pa.concat_tables(pq.read_table(f) for f in files)
         except (pa.ArrowException, OSError) as error:
             raise DataError(f"cannot read the {split} parquet files: {error}") from error
-        features = _hf_features(table.schema.metadata or {})
-        x, y, classes = _decode_table(table, features, split)
-        arrays[f"{split}_x"], arrays[f"{split}_y"] = x, y
-    return arrays, classes
+    features = _hf_features(tables["train"].schema.metadata or {})
+    for split, table in tables.items():
+        arrays[f"{split}_x"], arrays[f"{split}_y"] = _decode_table(table, features, split)
+    return arrays, _classes(features, tables["train"], arrays)
 
 
 def _hf_features(metadata: dict) -> dict:
@@ -315,19 +346,38 @@ def _hf_features(metadata: dict) -> dict:
         return {}
 
 
-def _decode_table(table: Any, features: dict, split: str) -> tuple[np.ndarray, np.ndarray, list]:
-    """Find the image and label columns (by HF feature type, else by name) and decode."""
+def _columns(table: Any, features: dict, split: str) -> tuple[str, str]:
+    """The image and label columns: by HF feature type, else by name."""
     image_col = next((k for k, v in features.items() if v.get("_type") == "Image"), None)
     label_col = next((k for k, v in features.items() if v.get("_type") == "ClassLabel"), None)
     names = table.column_names
     image_col = image_col or next((c for c in ("img", "image") if c in names), None)
-    label_col = label_col or next((c for c in ("label", "labels") if c in names), None)
+    label_col = label_col or next(
+        (c for c in ("label", "labels", "fine_label") if c in names), None
+    )
     if image_col is None or label_col is None:
         raise DataError(f"the {split} split has no image and label columns (found {names})")
-    classes = features.get(label_col, {}).get("names") or [str(i) for i in range(10)]
+    return image_col, label_col
+
+
+def _classes(features: dict, table: Any, arrays: dict[str, np.ndarray]) -> list[str]:
+    """The class names the data declares (an HF ClassLabel), else 0 to the largest label
+    either split holds; each split's labels are checked against them."""
+    _, label_col = _columns(table, features, "train")
+    names = features.get(label_col, {}).get("names")
+    if not names:
+        largest = max(int(arrays[f"{split}_y"].max(initial=0)) for split in ("train", "test"))
+        names = [str(i) for i in range(largest + 1)]
+    for split in ("train", "test"):
+        _check_labels(arrays[f"{split}_y"], f"the {split} split", len(names))
+    return list(names)
+
+
+def _decode_table(table: Any, features: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
+    image_col, label_col = _columns(table, features, split)
     encoded = _encoded_images(table.column(image_col), image_col, split)
     labels = _column_labels(table.column(label_col), label_col, split)
-    return decode_images(encoded, split), labels, list(classes)
+    return decode_images(encoded, split), labels
 
 
 def _encoded_images(column: Any, name: str, split: str) -> list[bytes]:
@@ -358,12 +408,15 @@ def _column_labels(column: Any, name: str, split: str) -> np.ndarray:
     if column.null_count:
         raise DataError(f"the {split} split has {column.null_count} rows without a label")
     labels = np.asarray(column.to_numpy(), dtype=np.int64)
-    _check_labels(labels, f"the {split} split")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"the {split} split has negative labels: {labels.min()}")
     return labels
 
 
 def decode_images(encoded: list[bytes], split: str = "images") -> np.ndarray:
-    """Decode JPEG/PNG bytes to an (N, 3, 32, 32) uint8 array; JPEGs in one batched call."""
+    """Decode JPEG/PNG/… bytes to an (N, C, H, W) uint8 array, C 1 when every image is
+    grey, else 3 (RGB; an alpha channel is dropped); JPEGs in one batched call. Every
+    image must have the same size: fedsim does not resize."""
     import torch
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
@@ -373,17 +426,68 @@ def decode_images(encoded: list[bytes], split: str = "images") -> np.ndarray:
     is_jpeg = all(blob[:2] == b"\xff\xd8" for blob in encoded)
     try:
         if is_jpeg:
-            decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB)
+            decoded = decode_jpeg(tensors, mode=ImageReadMode.UNCHANGED)
         else:
-            decoded = [decode_image(t, mode=ImageReadMode.RGB) for t in tensors]
+            decoded = [decode_image(t, mode=ImageReadMode.UNCHANGED) for t in tensors]
+        if any(image.shape[0] != 1 for image in decoded):  # colour: every image as RGB
+            decoded = [
+                image if image.shape[0] == 3 else decode_image(t, mode=ImageReadMode.RGB)
+                for image, t in zip(decoded, tensors, strict=True)
+            ]
     except RuntimeError as error:
         raise DataError(
             f"the {split} split holds an image that does not decode ({error})"
         ) from error
     shapes = {tuple(t.shape) for t in decoded}
-    if shapes != {IMAGE_SHAPE}:
-        raise DataError(f"the {split} images are {sorted(shapes)}, expected {IMAGE_SHAPE}")
+    if len(shapes) > 1:
+        shown = ", ".join(f"{h}x{w}x{c}" for c, h, w in sorted(shapes)[:4])
+        raise DataError(f"the {split} images differ in size ({shown}): resize them to one size")
+    if not decoded:
+        raise DataError(f"the {split} split has no images")
     return torch.stack(decoded).numpy()
+
+
+class ImageFolder:
+    """torchvision's ImageFolder layout, one per split: `train/<class>/<image>` and
+    `test/<class>/<image>`, the classes the train split's folder names, sorted (as
+    torchvision sorts them)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        if not self.classes:
+            raise DataError(f"{root / 'train'} has no class folders")
+        if not (root / "test").is_dir():
+            raise DataError(f"{root} has a train/ folder but no test/ folder")
+        extra = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
+        if unknown := sorted(set(extra) - set(self.classes)):
+            raise DataError(f"{root / 'test'} has classes the train split lacks: {unknown[:5]}")
+
+    def images(self, split: str) -> list[tuple[Path, int]]:
+        return [
+            (file, label)
+            for label, name in enumerate(self.classes)
+            if (self.root / split / name).is_dir()
+            for file in sorted((self.root / split / name).iterdir())
+            if file.suffix.lower() in IMAGE_SUFFIXES
+        ]
+
+    def files(self) -> list[Path]:
+        return [file for split in ("train", "test") for file, _ in self.images(split)]
+
+    def names(self) -> list[str]:
+        """Each file as `split/class/name`: a moved image is another dataset."""
+        return [str(file.relative_to(self.root)) for file in self.files()]
+
+    def decode(self) -> tuple[dict[str, np.ndarray], list[str]]:
+        arrays: dict[str, np.ndarray] = {}
+        for split in ("train", "test"):
+            found = self.images(split)
+            if not found:
+                raise DataError(f"{self.root / split} has no images ({', '.join(IMAGE_SUFFIXES)})")
+            arrays[f"{split}_x"] = decode_images([file.read_bytes() for file, _ in found], split)
+            arrays[f"{split}_y"] = np.array([label for _, label in found], dtype=np.int64)
+        return arrays, list(self.classes)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -424,15 +528,13 @@ def _load_hub(dataset_id: str, cache: Path) -> DecodedDataset:
 
     def decode() -> tuple[dict[str, np.ndarray], list[str]]:
         arrays: dict[str, np.ndarray] = {}
-        classes: list[str] = []
+        features = {
+            name: {"_type": type(feature).__name__, "names": getattr(feature, "names", None)}
+            for name, feature in loaded["train"].features.items()
+        }
         for split in ("train", "test"):
-            ds = loaded[split]
-            features = {
-                name: {"_type": type(feature).__name__, "names": getattr(feature, "names", None)}
-                for name, feature in ds.features.items()
-            }
-            x, y, classes = _decode_table(ds.data.table, features, split)
-            arrays[f"{split}_x"], arrays[f"{split}_y"] = x, y
-        return arrays, classes
+            table = loaded[split].data.table
+            arrays[f"{split}_x"], arrays[f"{split}_y"] = _decode_table(table, features, split)
+        return arrays, _classes(features, loaded["train"].data.table, arrays)
 
     return _cached(cache, key, dataset_id, decode)

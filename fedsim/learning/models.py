@@ -4,16 +4,21 @@ MODELS is the dispatch table --model selects from: names to `module:factory` pat
 that naming and checking a model imports nothing heavy (the networks themselves are in
 fedsim.learning.nets, which imports torch). A user's model is named by its own path
 (`--model my_models:small_cnn`, a callable returning an nn.Module; fedsim.ground.imports)
-and registered under it once checked (fedsim.runner.options.admit).
+and registered under it once checked (fedsim.runner.options.admit). Every model is
+built for the data's image shape and classes (`Shape`), and tried on two of its
+images before a run starts (`check_model`).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fedsim.ground import imports, streams
 from fedsim.ground.errors import ConfigError
+from fedsim.learning.data import CIFAR10, Shape
 
 if TYPE_CHECKING:
     from torch import nn
@@ -24,8 +29,10 @@ MODELS = {
 }
 
 
-def build_model(name: str, seed: int | None = None) -> nn.Module:
-    """Model `name`; with `seed`, its initial weights are the run's (fedsim.ground.streams)."""
+def build_model(name: str, seed: int | None = None, shape: Shape = CIFAR10) -> nn.Module:
+    """Model `name` for data of `shape` (CIFAR-10's by default); with `seed`, its
+    initial weights are the run's (fedsim.ground.streams). A factory gets the number of
+    classes and the image shape where it takes them (`num_classes`, `image_shape`)."""
     if name in MODELS:
         module, _, factory = MODELS[name].partition(":")
         make = getattr(importlib.import_module(module), factory)
@@ -33,33 +40,47 @@ def build_model(name: str, seed: int | None = None) -> nn.Module:
         make = imports.load(name, "--model")
     if seed is not None:
         streams.seed_model_init(seed)
-    return make()
+    return make(**_fitting(make, shape))
 
 
-def check_model(name: str) -> None:
-    """Refuse (ConfigError) a user's model that is not a callable making an nn.Module,
-    cannot take the data's images, or does not give one score per class: said before
-    anything runs, not as a failure of every client."""
+def _fitting(make: Callable[..., object], shape: Shape) -> dict[str, object]:
+    """The data's facts that factory `make` takes by name."""
+    facts = {"num_classes": shape.classes, "image_shape": shape.image}
+    try:
+        parameters = inspect.signature(make).parameters
+    except (TypeError, ValueError):  # a builtin or an extension: nothing to give it
+        return {}
+    return {key: value for key, value in facts.items() if key in parameters}
+
+
+def check_factory(path: str) -> None:
+    """Refuse (ConfigError) a user's `--model` that is not a callable."""
+    if not callable(imports.load(path, "--model")):
+        raise ConfigError("--model", f"{path} is not callable (a function or class making a model)")
+
+
+def check_model(name: str, shape: Shape) -> None:
+    """Refuse (ConfigError) a model that is not an nn.Module, cannot take the data's
+    images, or does not give one score per class: said before anything runs, not as a
+    failure of every client."""
     import torch
 
-    from fedsim.learning.data import IMAGE_SHAPE, NUM_CLASSES
-
-    if not callable(make := imports.load(name, "--model")):
-        raise ConfigError("--model", f"{name} is not callable (a function or class making a model)")
-    model = make()
+    model = build_model(name, shape=shape)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError("--model", f"{name} made a {type(model).__name__}, not a torch.nn.Module")
     try:
         with torch.no_grad():
-            scores = model.eval()(torch.zeros(2, *IMAGE_SHAPE))
+            scores = model.eval()(torch.zeros(2, *shape.image))
     except Exception as error:
         raise ConfigError(
             "--model",
-            f"{name} fails on images of shape {IMAGE_SHAPE}: {type(error).__name__}: {error}",
+            f"{name} fails on the data's images ({'x'.join(map(str, shape.image))}): "
+            f"{type(error).__name__}: {error}",
         ) from None
-    shape = tuple(getattr(scores, "shape", ()))
-    if shape != (2, NUM_CLASSES):
+    found = tuple(getattr(scores, "shape", ()))
+    if found != (2, shape.classes):
         raise ConfigError(
             "--model",
-            f"{name} gives {shape} for 2 images, expected (2, {NUM_CLASSES}): a score per class",
+            f"{name} gives {found} for 2 images, expected (2, {shape.classes}): "
+            "a score per class of the data",
         )

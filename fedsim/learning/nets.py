@@ -6,20 +6,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.learning.data import NUM_CLASSES
+from fedsim.learning.data import IMAGE_SHAPE, NUM_CLASSES
 
 
 class Net(nn.Module):
-    """The CNN of Flower's PyTorch quickstart (and NIID-Bench's CIFAR-10 model)."""
+    """The CNN of Flower's PyTorch quickstart (and NIID-Bench's CIFAR-10 model), for
+    the data's channels, image size and classes (CIFAR-10's: the quickstart's exactly)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, num_classes: int = NUM_CLASSES, image_shape: tuple[int, int, int] = IMAGE_SHAPE
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
+        channels, height, width = image_shape
+        self.conv1 = nn.Conv2d(channels, 6, 5)
         self.pool = nn.MaxPool2d(2, 2)
         self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc1 = nn.Linear(16 * _after_convs(height) * _after_convs(width), 120)
         self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, NUM_CLASSES)
+        self.fc3 = nn.Linear(84, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(F.relu(self.conv1(x)))
@@ -30,11 +34,18 @@ class Net(nn.Module):
         return self.fc3(x)
 
 
-def resnet18() -> nn.Module:
+def _after_convs(size: int) -> int:
+    """A side of Net's feature map: two 5x5 convolutions, each followed by 2x2 pooling."""
+    return ((size - 4) // 2 - 4) // 2
+
+
+def resnet18(
+    num_classes: int = NUM_CLASSES, image_shape: tuple[int, int, int] = IMAGE_SHAPE
+) -> nn.Module:
     """torchvision's ResNet-18 with the usual CIFAR stem (3x3 conv, no max-pool)."""
     from torchvision.models import resnet18 as torchvision_resnet18
 
-    model = torchvision_resnet18(num_classes=NUM_CLASSES)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model = torchvision_resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(image_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model

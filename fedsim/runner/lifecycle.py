@@ -47,7 +47,7 @@ from fedsim.ground.files import (
     ROUNDS_CSV,
 )
 from fedsim.learning import models, training
-from fedsim.learning.data import DecodedDataset, cache_root, load_cifar
+from fedsim.learning.data import DecodedDataset, cache_root, load_images
 from fedsim.learning.partition import Partitions, cached_partition_indices
 from fedsim.outputs import tracking
 from fedsim.outputs.console import FailureReporter, ProgressPrinter
@@ -71,7 +71,7 @@ class CentralEvaluator:
 
     def __init__(self, cfg: RunConfig, dataset: DecodedDataset) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = models.build_model(cfg.model).to(self.device)
+        self.model = models.build_model(cfg.model, shape=dataset.shape).to(self.device)
         self.images = torch.from_numpy(np.array(dataset.test_x)).to(self.device)
         self.labels = torch.from_numpy(np.array(dataset.test_y)).to(self.device)
 
@@ -111,6 +111,7 @@ def prepare(cfg: RunConfig, started: float | None = None) -> RunInputs:
     profiles = load_profiles(cfg)  # a bad profiles file is refused before the data loads
     tracking.check(cfg)
     dataset, partitions = load_data(cfg, timings)
+    models.check_model(cfg.model, dataset.shape)  # a model that cannot fit the data: one line
     if cfg.gpus_per_client and engine.private_ray(cfg) and not torch.cuda.is_available():
         raise ConfigError(
             flag("gpus_per_client"),
@@ -126,7 +127,7 @@ def load_data(cfg: RunConfig, timings: Timings | None = None) -> tuple[DecodedDa
     Flower App's client process and in the benchmarks' plain loop."""
     timings = timings or Timings()
     tick = time.perf_counter()
-    dataset = load_cifar(cfg.data, cache_root())
+    dataset = load_images(cfg.data, cache_root())
     timings.data_load = time.perf_counter() - tick
     tick = time.perf_counter()
     labels = np.asarray(dataset.train_y)
@@ -261,6 +262,7 @@ def run_facts(inputs: RunInputs, run_dir: Path, resumed: int | None) -> dict[str
         "run_dir": str(run_dir),
         "data_cache_key": inputs.dataset.key,
         "partition_sizes": inputs.partitions.sizes,
+        "data_shape": inputs.dataset.shape.describe(),
         "resumed_from_round": resumed,
         **attacks.describe(inputs.cfg),
         **_user_code(inputs.cfg),
@@ -368,6 +370,7 @@ def _client_data(inputs: RunInputs, cluster: engine.Cluster) -> ClientData:
         images=ray.put(np.asarray(inputs.dataset.train_x)),
         labels=ray.put(np.asarray(inputs.dataset.train_y)),
         partitions=partitions,
+        shape=inputs.dataset.shape,
     )
 
 
@@ -386,7 +389,8 @@ def build_loop(
     torch.set_num_threads(os.cpu_count() or 1)  # the driver evaluates while clients wait
     if state is None:
         strategy = privacy.wrap(cfg, algorithm.strategy())
-        arrays = ArrayRecord(models.build_model(cfg.model, seed=cfg.seed).state_dict())
+        model = models.build_model(cfg.model, seed=cfg.seed, shape=inputs.dataset.shape)
+        arrays = ArrayRecord(model.state_dict())
         state = RunState(arrays, strategy, ClientStates(run_dir / CLIENT_STATES))
     trackers = tracking.trackers(cfg, run_dir)  # before any file: one may still refuse
     callbacks = [

@@ -44,10 +44,10 @@ CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
 }
 
 # Options whose value may be the user's own `module:attribute`: the table it joins, and
-# what it must be (an Algorithm subclass; a model for the data's images and classes)
+# what it must be (an Algorithm subclass; a callable: the model is tried on the data later)
 USER_CODE: dict[str, tuple[Callable[[], dict[str, str]], Callable[[str], object]]] = {
     "strategy": (lambda: algorithms.ALGORITHMS, algorithms.user_algorithm),
-    "model": (lambda: models.MODELS, models.check_model),
+    "model": (lambda: models.MODELS, models.check_factory),
 }
 
 
