@@ -30,7 +30,8 @@ API_SCRIPT = """
 import json, sys
 import fedsim
 options = json.loads(sys.argv[1])
-one = fedsim.run(**options, rounds=2, strategy="{algorithm}", name="api")
+from my_algorithm import DampedFedAvg  # the class itself, as a notebook would pass it
+one = fedsim.run(**options, rounds=2, strategy=DampedFedAvg, name="api")
 grid = fedsim.sweep(**options, rounds=2, strategy="{algorithm}", damping=[1.0, 0.5], name="grid")
 print(json.dumps({{
     "status": one.status, "config": one.config, "user_code": one.document["user_code"],
@@ -137,9 +138,6 @@ from torch import nn
 def seven_classes():
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 7))
 
-def not_a_model():
-    return "a string"
-
 NOT_CALLABLE = 3
 """
 
@@ -153,13 +151,14 @@ NOT_CALLABLE = 3
         ({"model": "no_such_module:f"}, "--model: cannot import 'no_such_module'"),
         ({"model": "{bad}:missing"}, "has no 'missing'"),
         ({"model": "{bad}:NOT_CALLABLE"}, "is not callable"),
-        ({"model": "{bad}:not_a_model"}, "made a str, not a torch.nn.Module"),
-        ({"model": "{bad}:seven_classes"}, "gives (2, 7) for 2 images, expected (2, 10)"),
         ({"strategy": "{bad}:seven_classes"}, "is not a subclass of fedsim.Algorithm"),
+        ({"model": lambda: None}, "the client processes import it by name"),
     ],
 )
 def test_bad_options_raise_the_clis_message(options, message, tmp_path, monkeypatch):
-    """Refused before anything starts (no Ray, no folder), as ConfigError, never exit."""
+    """Refused before anything starts (no Ray, no folder), as ConfigError, never exit.
+    (A model that does not fit the data is refused once the data is loaded: the CLI's
+    line for it is tested in test_data.py.)"""
     bad = f"bad_models_{abs(hash(str(tmp_path))) % 10**8}"  # a fresh module each test
     (tmp_path / f"{bad}.py").write_text(BAD_MODELS)
     monkeypatch.chdir(tmp_path)
@@ -168,7 +167,7 @@ def test_bad_options_raise_the_clis_message(options, message, tmp_path, monkeypa
         fedsim.run(**options, results_dir=str(tmp_path / "results"))
     assert message in str(raised.value)
     assert not (tmp_path / "results").exists()
-    if set(options) == {"model"}:  # the command line says the same, as one line
+    if set(options) == {"model"} and isinstance(options["model"], str):  # the CLI says the same
         argv = [sys.executable, str(ROOT / "simulate.py"), "--model", options["model"]]
         done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -244,3 +246,89 @@ def test_bad_data_is_one_line_exit_2_and_nothing_written(batches, tmp_path) -> N
     assert len(lines) == 1 and lines[0].startswith("error: --data: "), done.stderr
     assert "data_batch_1 has labels outside 0-9: -3" in lines[0]
     assert not results.exists()
+
+
+# --- datasets of their own shape and classes (issue 27) ---------------------------------
+
+
+def _digit(label: int, rng: np.random.Generator, size: int = 28) -> np.ndarray:
+    """A grey image of a bar whose position says its class, with noise: learnable."""
+    image = rng.integers(0, 60, (size, size), dtype=np.uint8)
+    image[:, 4 + 5 * label : 8 + 5 * label] = 230
+    return image
+
+
+def _image_folder(root: Path, classes: int, per_class: tuple[int, int], size: int = 28) -> Path:
+    """root/{train,test}/<class>/<n>.png, grey, as torchvision's ImageFolder reads it."""
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "test"), per_class, strict=True):
+        for label in range(classes):
+            folder = root / split / f"digit{label}"
+            folder.mkdir(parents=True)
+            for n in range(count):
+                (folder / f"{n}.png").write_bytes(_png(_digit(label, rng, size)))
+    return root
+
+
+def test_an_image_folder_keeps_its_channels_size_and_classes(tmp_path) -> None:
+    root = _image_folder(tmp_path / "digits", classes=3, per_class=(4, 2))
+    loaded = load_images(str(root), tmp_path / "cache")
+    assert loaded.train_x.shape == (12, 1, 28, 28) and loaded.test_x.shape == (6, 1, 28, 28)
+    assert loaded.classes == ("digit0", "digit1", "digit2")
+    assert loaded.train_y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert loaded.shape == data.Shape((1, 28, 28), 3)
+
+
+def test_parquet_without_class_names_takes_its_classes_from_the_labels(tmp_path) -> None:
+    image_column = pa.array([_png(_images(1, seed=i)[0, :16, :16]) for i in range(5)])
+    for split, labels in (("train", [0, 2, 1, 2, 0]), ("test", [1, 0, 2, 2, 1])):
+        table = pa.table({"image": image_column, "label": pa.array(labels, pa.int64())})
+        (tmp_path / "d").mkdir(exist_ok=True)
+        pq.write_table(table, tmp_path / "d" / f"{split}.parquet")
+    loaded = load_images(str(tmp_path / "d"), tmp_path / "cache")
+    assert loaded.shape == data.Shape((3, 16, 16), 3) and loaded.classes == ("0", "1", "2")
+
+
+def test_images_of_different_sizes_are_refused(tmp_path) -> None:
+    root = _image_folder(tmp_path / "digits", classes=2, per_class=(2, 1))
+    (root / "train" / "digit0" / "big.png").write_bytes(_png(np.zeros((30, 30), np.uint8)))
+    with pytest.raises(DataError, match=r"the train images differ in size \(28x28x1, 30x30x1\)"):
+        load_images(str(root), tmp_path / "cache")
+
+
+MODELS = """
+from torch import nn
+
+def ten_classes():
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+"""
+
+
+def test_grey_digits_of_four_classes_train_and_a_model_that_does_not_fit_is_one_line(tmp_path):
+    """fedsim's CNN built for 1×28×28 images and 4 classes learns them; a user's model
+    with CIFAR-10's ten outputs is refused before anything is written."""
+    root = _image_folder(tmp_path / "digits", classes=4, per_class=(60, 15))
+    results = tmp_path / "results"
+    options = ["--data", str(root), "--results-dir", str(results), "--clients", "2"]
+    done = run_cli(*options, "--rounds", "3", "--batch-size", "8", "--name", "digits")
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads((results / "digits" / "config.json").read_text())
+    assert document["data_shape"] == {"image_shape": [1, 28, 28], "classes": 4}
+    rounds = pd.read_csv(results / "digits" / "rounds.csv")
+    assert rounds.central_accuracy.iloc[-1] > 0.5  # chance is 0.25
+
+    (tmp_path / "digit_models.py").write_text(MODELS)
+    done = run_cli(
+        *options,
+        "--model",
+        "digit_models:ten_classes",
+        "--name",
+        "wrong",
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr == (
+        "error: --model: digit_models:ten_classes gives (2, 10) for 2 images, "
+        "expected (2, 4): a score per class of the data\n"
+    )
+    assert not (results / "wrong").exists()

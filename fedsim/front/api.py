@@ -111,7 +111,10 @@ def sweep(experiment: str | Path | None = None, **options: Any) -> pd.DataFrame:
     with the folder as `.attrs["folder"]`. Runs already complete are not run again. A
     run that ends for a reason does not stop the others: its row says so, and a
     warning names it."""
-    given = {name: list(v) if _is_list(v) else [v] for name, v in options.items()}
+    given = {
+        name: [_named(name, one) for one in (v if _is_list(v) else [v])]
+        for name, v in options.items()
+    }
     if experiment is not None:
         path = Path(experiment)
         planned = grids.plan(grids.load_experiment(path), given, path.stem)
@@ -131,6 +134,20 @@ def sweep(experiment: str | Path | None = None, **options: Any) -> pd.DataFrame:
 def option_names() -> list[str]:
     """Every option `run` and `sweep` take (simulate.py --help describes them)."""
     return list(catalog.every())
+
+
+def _named(name: str, value: Any) -> Any:
+    """A model factory or an Algorithm class given as itself: its `module:name`."""
+    if name not in catalog.USER_CODE or not callable(value):
+        return value
+    module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", "")
+    if module in (None, "__main__") or "<" in qualname:
+        raise ConfigError(
+            flag(name),
+            f"{qualname or value!r} is defined in {module or 'no module'}: the client processes "
+            "import it by name, so define it in a module and pass it (or 'module:name')",
+        )
+    return f"{module}:{qualname}"
 
 
 def _is_list(value: Any) -> bool:

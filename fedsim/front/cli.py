@@ -78,9 +78,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _admit_user_code(argv)
     parser = _Parser(
         prog="simulate.py",
-        description="Federated learning on CIFAR-10 through Flower's simulation engine. "
-        "Numeric and choice options take a comma list (--clients 2,4,8) to sweep a grid "
-        "into results/<experiment>/.",
+        description="Federated learning on CIFAR-10 (or your own images) through Flower's "
+        "simulation engine. Numeric and choice options take a comma list (--clients 2,4,8) "
+        "to sweep a grid into results/<experiment>/.",
     )
     runs = parser.add_argument_group("runs and experiments")
     runs.add_argument(

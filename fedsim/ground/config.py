@@ -268,7 +268,8 @@ class RunConfig:
     # Data
     data: str = _opt(
         HUB_CIFAR10,
-        "Hugging Face dataset id, HF parquet folder or cifar-10-batches-py folder "
+        "image classification data: a Hugging Face dataset id, a folder of HF parquet files, "
+        "a cifar-10-batches-py folder, or train/ and test/ folders of class folders (ImageFolder) "
         "(default: $FEDSIM_DATA or uoft-cs/cifar10)",
         DATA,
         roles=(FIXED, NOT_COMPARED),  # compared by its content key instead
