@@ -87,7 +87,10 @@ class Result:
 
 
 def run(**options: Any) -> Result:
-    """One simulation with these options; its Result once it is complete."""
+    """One simulation with these options; its Result once it is complete. `model` and
+    `strategy` may be the factory or the Algorithm class itself, if it is defined in a
+    module (the client processes import it by name)."""
+    options = {name: _named(name, value) for name, value in options.items()}
     if listed := [name for name, value in options.items() if _is_list(value)]:
         raise ConfigError(
             flag(listed[0]), "takes one value in fedsim.run (fedsim.sweep takes lists)"
