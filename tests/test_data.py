@@ -332,3 +332,63 @@ def test_grey_digits_of_four_classes_train_and_a_model_that_does_not_fit_is_one_
         "expected (2, 4): a score per class of the data\n"
     )
     assert not (results / "wrong").exists()
+
+
+def _writers_parquet(folder: Path, writers: dict[str, int]) -> Path:
+    """train.parquet and test.parquet of grey digits, the train rows with the `writer`
+    who drew each (FEMNIST's layout, in small)."""
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True)
+    for split, owners in (
+        ("train", [w for w, n in writers.items() for _ in range(n)]),
+        ("test", ["test"] * 20),
+    ):
+        labels = rng.integers(0, 4, len(owners))
+        images = [_png(_digit(int(label), rng)) for label in labels]
+        table = pa.table({"image": pa.array(images), "label": pa.array(labels), "writer": owners})
+        pq.write_table(table, folder / f"{split}.parquet")
+    return folder
+
+
+def test_a_natural_partition_gives_each_writer_a_client(tmp_path) -> None:
+    writers = {"cy": 10, "ann": 30, "bob": 20}  # client ids follow the sorted names
+    folder = _writers_parquet(tmp_path / "femnist", writers)
+    results = tmp_path / "results"
+    done = run_cli(
+        "--data",
+        str(folder),
+        "--partition",
+        "natural",
+        "--partition-column",
+        "writer",
+        "--rounds",
+        "1",
+        "--batch-size",
+        "8",
+        "--results-dir",
+        str(results),
+        "--name",
+        "nat",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads((results / "nat" / "config.json").read_text())
+    assert document["config"]["clients"] == 3  # from the data, not --clients' default 2
+    assert document["partition_sizes"] == [30, 20, 10]  # ann, bob, cy
+    clients = pd.read_csv(results / "nat" / "clients.csv")
+    assert sorted(clients[clients.phase == "train"].client) == [0, 1, 2]
+
+
+def test_a_natural_partition_needs_a_column_the_data_has(tmp_path) -> None:
+    from fedsim.runner import lifecycle
+    from fedsim.runner.options import make_config
+
+    folder = _writers_parquet(tmp_path / "femnist", {"ann": 5, "bob": 5})
+    with pytest.raises(ConfigError, match="--partition-column: names the column"):
+        make_config(data=str(folder), partition="natural")
+    cfg = make_config(data=str(folder), partition="natural", partition_column="hand")
+    with pytest.raises(ConfigError, match="no column 'hand' \\(image, label, writer\\)"):
+        lifecycle.load_data(cfg)
+    digits = _image_folder(tmp_path / "digits", classes=2, per_class=(2, 1))
+    cfg = make_config(data=str(digits), partition="natural", partition_column="writer")
+    with pytest.raises(ConfigError, match="no columns besides its images and labels"):
+        lifecycle.load_data(cfg)

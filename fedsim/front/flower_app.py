@@ -99,6 +99,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     cfg = config_from(context.run_config)
     inputs = lifecycle.prepare(cfg, started)
+    cfg = inputs.cfg  # --partition natural: the data says how many clients
     with folders.claimed_run_dir(cfg) as run_dir:
         facts = {**lifecycle.run_facts(inputs, run_dir, None), "engine": "flower-app"}
         status = folders.RunStatus(run_dir, cfg, inputs.timings, facts)

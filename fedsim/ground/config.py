@@ -315,6 +315,14 @@ class RunConfig:
         bounds="[1, inf)",
         applies=("partition", "shard"),
     )
+    partition_column: str = _opt(
+        "",
+        "the data's column naming each example's client (--partition natural: one client "
+        "per value, as a writer or a hospital; --clients then comes from the data)",
+        DATA,
+        roles=(SPLITS,),
+        applies=("partition", "natural"),
+    )
     val_fraction: float = _opt(
         0.1,
         "share of each client's partition held out for its own evaluation",

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from fedsim.ground.config import flag
 from fedsim.ground.errors import ConfigError
 
 IMAGE_SHAPE = (3, 32, 32)  # CIFAR-10's (channels, height, width)
@@ -485,6 +486,31 @@ class ImageFolder:
             arrays[f"{split}_x"] = decode_images([file.read_bytes() for file, _ in found], split)
             arrays[f"{split}_y"] = np.array([label for _, label in found], dtype=np.int64)
         return arrays, list(self.classes)
+
+
+def read_column(source: str, column: str) -> np.ndarray:
+    """The train split's `column`, row for row with its images (the client of each
+    example, for --partition natural). Only a folder of parquet files has columns
+    besides the images and the labels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    option = flag("partition_column")
+    path = Path(source).expanduser()
+    found = _locate(path) if path.is_dir() else None
+    if not isinstance(found, dict):
+        raise ConfigError(
+            option,
+            f"{source} has no columns besides its images and labels; a folder of Hugging "
+            "Face parquet files has",
+        )
+    names = pq.read_schema(found["train"][0]).names
+    if column not in names:
+        raise ConfigError(option, f"the train split has no column {column!r} ({', '.join(names)})")
+    values = pa.concat_tables(pq.read_table(f, columns=[column]) for f in found["train"])[column]
+    if values.null_count:
+        raise ConfigError(option, f"{values.null_count} rows of {column!r} name no client")
+    return np.asarray(values.to_pylist())
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -17,7 +17,9 @@ arrays, not 100,000 small ones, in the cache, in Ray's object store and in each 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import zipfile
 from collections.abc import Callable
@@ -113,16 +115,28 @@ def _shard(cfg: RunConfig):
     )
 
 
+def _natural(cfg: RunConfig):
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    return NaturalIdPartitioner(partition_by=GROUP)
+
+
+NATURAL = "natural"  # one client per value of the data's --partition-column
+GROUP = "group"  # that column, in the table a partitioner sees
+
 # --partition's choices: flwr-datasets' partitioner for each, IID split by fedsim itself
 PARTITIONERS: dict[str, Callable[[RunConfig], Any] | None] = {
     "iid": None,  # contiguous slices of the shuffled rows, as IidPartitioner's (_assignment)
     "dirichlet": _dirichlet,
     "pathological": _pathological,
     "shard": _shard,
+    NATURAL: _natural,
 }
 
 
-def _assignment(labels: np.ndarray, order: np.ndarray, cfg: RunConfig) -> list[np.ndarray]:
+def _assignment(
+    labels: np.ndarray, order: np.ndarray, cfg: RunConfig, groups: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Every client's rows of the training set (shuffled by `order`), read once.
 
     IidPartitioner's `load_partition` is `Dataset.shard(contiguous=True)`: contiguous
@@ -139,15 +153,29 @@ def _assignment(labels: np.ndarray, order: np.ndarray, cfg: RunConfig) -> list[n
     from datasets import Dataset
 
     partitioner = build(cfg)
-    partitioner.dataset = Dataset.from_dict({"label": np.asarray(labels)[order], "row": order})
+    table = {"label": np.asarray(labels)[order], "row": order}
+    if groups is not None:
+        table[GROUP] = groups[order]
+    partitioner.dataset = Dataset.from_dict(table)
     partitioner.num_partitions  # noqa: B018 - computes the assignment (see above)
+    if groups is not None:  # NaturalIdPartitioner maps ids to rows when first loading one
+        with contextlib.redirect_stderr(io.StringIO()):  # and says so with a progress bar
+            partitioner._create_partition_id_to_indices()
     rows = np.asarray(partitioner.dataset["row"], dtype=np.int64)
     assigned = partitioner._partition_id_to_indices
     return [rows[np.asarray(assigned[pid], dtype=np.int64)] for pid in range(cfg.clients)]
 
 
-def partition_indices(labels: np.ndarray, cfg: RunConfig) -> Partitions:
-    """Each client's row indices, split into a training part and a held-out part."""
+def partition_indices(
+    labels: np.ndarray, cfg: RunConfig, groups: np.ndarray | None = None
+) -> Partitions:
+    """Each client's row indices, split into a training part and a held-out part;
+    `groups` (--partition natural) names each row's client, and cfg.clients must be
+    the number of distinct names."""
+    if groups is not None and len(groups) != len(labels):
+        raise ConfigError(
+            flag("partition_column"), f"has {len(groups)} values for {len(labels)} examples"
+        )
     if cfg.clients > len(labels):
         raise ConfigError(
             flag("clients"),
@@ -168,7 +196,7 @@ def partition_indices(labels: np.ndarray, cfg: RunConfig) -> Partitions:
         )
     order = streams.partition_order(cfg.seed, len(labels))
     try:
-        assigned = _assignment(labels, order, cfg)
+        assigned = _assignment(labels, order, cfg, groups)
     except (ValueError, ZeroDivisionError) as error:  # flwr-datasets' checks: no split found
         raise ConfigError(
             flag("partition"), f"{cfg.partition} cannot split the data ({error})"
@@ -197,15 +225,22 @@ def cache_key(cfg: RunConfig, data_key: str) -> str:
 
 
 def cached_partition_indices(
-    labels: np.ndarray, cfg: RunConfig, data_key: str, cache: Path
+    labels: np.ndarray,
+    cfg: RunConfig,
+    data_key: str,
+    cache: Path,
+    groups: np.ndarray | None = None,
 ) -> Partitions:
     """`partition_indices`, stored under `cache` by everything that decides it, so a
     repeated setting skips flwr-datasets (and its import) altogether. A stored file that
-    does not read back whole and consistent is computed again."""
+    does not read back whole and consistent is computed again. With `groups` (--partition
+    natural) there are as many clients as distinct values, whatever cfg.clients says."""
+    if groups is not None:
+        cfg = cfg.replace(clients=len(np.unique(groups)))
     path = cache / "partitions" / f"{cache_key(cfg, data_key)}.npz"
     if path.exists() and (stored := _load(path, cfg.clients, len(labels))) is not None:
         return stored
-    parts = partition_indices(labels, cfg)
+    parts = partition_indices(labels, cfg, groups)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}-{os.getpid()}.npz")

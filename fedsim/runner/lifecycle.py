@@ -47,8 +47,8 @@ from fedsim.ground.files import (
     ROUNDS_CSV,
 )
 from fedsim.learning import models, training
-from fedsim.learning.data import DecodedDataset, cache_root, load_images
-from fedsim.learning.partition import Partitions, cached_partition_indices
+from fedsim.learning.data import DecodedDataset, cache_root, load_images, read_column
+from fedsim.learning.partition import NATURAL, Partitions, cached_partition_indices
 from fedsim.outputs import tracking
 from fedsim.outputs.console import FailureReporter, ProgressPrinter
 from fedsim.outputs.files import CsvRecorder, ModelSaver, truncate_rows
@@ -111,6 +111,9 @@ def prepare(cfg: RunConfig, started: float | None = None) -> RunInputs:
     profiles = load_profiles(cfg)  # a bad profiles file is refused before the data loads
     tracking.check(cfg)
     dataset, partitions = load_data(cfg, timings)
+    if partitions.clients != cfg.clients:  # --partition natural: one client per value
+        cfg = options.validate(cfg.replace(clients=partitions.clients))
+        profiles = load_profiles(cfg)  # a profile per client
     models.check_model(cfg.model, dataset.shape)  # a model that cannot fit the data: one line
     if cfg.gpus_per_client and engine.private_ray(cfg) and not torch.cuda.is_available():
         raise ConfigError(
@@ -131,7 +134,8 @@ def load_data(cfg: RunConfig, timings: Timings | None = None) -> tuple[DecodedDa
     timings.data_load = time.perf_counter() - tick
     tick = time.perf_counter()
     labels = np.asarray(dataset.train_y)
-    partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root())
+    groups = read_column(cfg.data, cfg.partition_column) if cfg.partition == NATURAL else None
+    partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root(), groups)
     timings.partition = time.perf_counter() - tick
     return dataset, partitions
 
@@ -156,7 +160,7 @@ def run(
     try:
         inputs = prepare(cfg, started)
         cluster = _wait_for_ray(ray, inputs)
-        with folders.claimed_run_dir(cfg) as run_dir:
+        with folders.claimed_run_dir(inputs.cfg) as run_dir:
             return execute(inputs, run_dir, started, cluster, None, seams)
     finally:
         if owned and not (exiting and engine.private_ray(cfg)):

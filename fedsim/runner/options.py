@@ -153,6 +153,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     check_core(cfg)
     for name in CHOICES:
         _check_choice(name, getattr(cfg, name))
+    if cfg.partition == partition.NATURAL and not cfg.partition_column:
+        raise ConfigError(
+            flag("partition_column"), "names the column --partition natural splits by"
+        )
     algorithm = algorithms.build(cfg)
     declared = {option.name: option for option in type(algorithm).options()}
     if extra := sorted(set(cfg.strategy_options) - set(declared)):
