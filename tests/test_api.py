@@ -167,7 +167,7 @@ def test_bad_options_raise_the_clis_message(options, message, tmp_path, monkeypa
         fedsim.run(**options, results_dir=str(tmp_path / "results"))
     assert message in str(raised.value)
     assert not (tmp_path / "results").exists()
-    if set(options) == {"model"} and isinstance(options["model"], str):  # the CLI says the same
+    if options == {"model": f"{bad}:missing"}:  # the command line says the same
         argv = [sys.executable, str(ROOT / "simulate.py"), "--model", options["model"]]
         done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2
