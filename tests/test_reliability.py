@@ -36,7 +36,7 @@ BAD_INPUT = [
     (["--classes-per-client", "11"], "--classes-per-client: got 11, but the data has 10 classes"),
     (["--model", "vgg"], "--model: unknown value 'vgg', choose from cnn, resnet18"),
     (["--strategy", "fedsgd"], "--strategy: unknown value 'fedsgd'"),
-    (["--partition", "natural"], "--partition: unknown value 'natural'"),
+    (["--partition", "natural"], "--partition-column: names the column --partition natural"),
     (["--name", "../escape"], "--name: '../escape' must be a plain folder name"),
     (["--gpus-per-client", "0.5"], "--gpus-per-client: got 0.5, but no GPU is visible"),
     (["--clients", "1001"], "--clients: must be ≤ 1000"),
