@@ -12,7 +12,6 @@ algorithm is attacked and privatised the same way.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from fedsim.ground import imports
@@ -47,8 +46,7 @@ def algorithm_class(name: str) -> type[Algorithm]:
     process that has not registered it: a client's)."""
     if name not in ALGORITHMS:
         return user_algorithm(name)
-    module, _, attribute = ALGORITHMS[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    return imports.resolve(ALGORITHMS[name])
 
 
 def user_algorithm(path: str) -> type[Algorithm]:

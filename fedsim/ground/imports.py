@@ -25,25 +25,35 @@ def is_path(value: object) -> bool:
     return isinstance(value, str) and ":" in value
 
 
+def resolve(path: str) -> Any:
+    """The object `module:attribute` names (the attribute may be dotted: `Outer.Inner`),
+    for the registries' own entries and the user's alike; raises what importing and
+    looking up raise."""
+    module_name, _, attribute = path.partition(":")
+    found: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        found = getattr(found, part)
+    return found
+
+
 def load(path: str, option: str) -> Any:
-    """The object `module:attribute` names; ConfigError (one line) if it cannot be had."""
+    """The object the user's `module:attribute` names, found from the current directory
+    too; ConfigError (one line) if it cannot be had."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ConfigError(option, f"{path!r} is not package.module:attribute")
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        importlib.import_module(module_name)
     except Exception as error:  # a missing module, or one that fails as it imports
         raise ConfigError(
             option, f"cannot import {module_name!r}: {type(error).__name__}: {error}"
         ) from None
-    found: Any = module
-    for part in attribute.split("."):
-        if not hasattr(found, part):
-            raise ConfigError(option, f"module {module_name!r} has no {attribute!r}")
-        found = getattr(found, part)
-    return found
+    try:
+        return resolve(path)
+    except AttributeError:
+        raise ConfigError(option, f"module {module_name!r} has no {attribute!r}") from None
 
 
 def source(path: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ images before a run starts (`check_model`).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -33,11 +32,8 @@ def build_model(name: str, seed: int | None = None, shape: Shape = CIFAR10) -> n
     """Model `name` for data of `shape` (CIFAR-10's by default); with `seed`, its
     initial weights are the run's (fedsim.ground.streams). A factory gets the number of
     classes and the image shape where it takes them (`num_classes`, `image_shape`)."""
-    if name in MODELS:
-        module, _, factory = MODELS[name].partition(":")
-        make = getattr(importlib.import_module(module), factory)
-    else:  # a user's, in a process that has not registered it (a client's)
-        make = imports.load(name, "--model")
+    # a name the table holds, or a user's in a process that has not registered it (a client's)
+    make = imports.resolve(MODELS[name]) if name in MODELS else imports.load(name, "--model")
     if seed is not None:
         streams.seed_model_init(seed)
     return make(**_fitting(make, shape))
@@ -53,10 +49,12 @@ def _fitting(make: Callable[..., object], shape: Shape) -> dict[str, object]:
     return {key: value for key, value in facts.items() if key in parameters}
 
 
-def check_factory(path: str) -> None:
-    """Refuse (ConfigError) a user's `--model` that is not a callable."""
-    if not callable(imports.load(path, "--model")):
+def check_factory(path: str) -> Callable[..., object]:
+    """The factory a user's `--model` names; ConfigError unless it is callable."""
+    make = imports.load(path, "--model")
+    if not callable(make):
         raise ConfigError("--model", f"{path} is not callable (a function or class making a model)")
+    return make
 
 
 def check_model(name: str, shape: Shape) -> None:

@@ -44,8 +44,9 @@ CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
 }
 
 # Options whose value may be the user's own `module:attribute`: the table it joins, and
-# what it must be (an Algorithm subclass; a callable: the model is tried on the data later)
-USER_CODE: dict[str, tuple[Callable[[], dict[str, str]], Callable[[str], object]]] = {
+# the check that returns what it names (an Algorithm subclass; a callable: the model is
+# tried on the data later)
+USER_CODE: dict[str, tuple[Callable[[], dict[str, str]], Callable[[str], Any]]] = {
     "strategy": (lambda: algorithms.ALGORITHMS, algorithms.user_algorithm),
     "model": (lambda: models.MODELS, models.check_factory),
 }
@@ -59,9 +60,9 @@ def admit(name: str, value: Any) -> None:
     table, check = USER_CODE[name]
     if value in table():
         return
-    check(value)
+    found = check(value)
     if name == "strategy":
-        own = algorithms.user_algorithm(value).options()
+        own = found.options()
         if clash := [option.name for option in own if option.name in core_options()]:
             raise ConfigError(
                 "--strategy",

@@ -140,7 +140,9 @@ class ClientStates:
 
     def remove(self) -> None:
         """Close the store and delete its files (a complete run that keeps none)."""
-        self.close()
+        if self._db is not None:  # no pruning first: the file goes
+            self._db.close()
+            self._db = None
         if self.path is not None:
             for suffix in ("", *_SIDE_FILES):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
