@@ -20,15 +20,16 @@ import torch
 
 from fedsim.ground.files import CONFIG_JSON, LABEL_COUNTS_CSV, MODEL
 from fedsim.learning import models, training
-from fedsim.learning.data import cache_root, load_images
+from fedsim.learning.data import Shape, cache_root, load_images
 
 
 def per_class(run: Path) -> tuple[float, pd.DataFrame]:
     """Overall accuracy (%) and a frame with rows `holders` (clients holding the class)
     and `accuracy` (%), a column per class."""
-    cfg = json.loads((run / CONFIG_JSON).read_text())["config"]
+    document = json.loads((run / CONFIG_JSON).read_text())
+    cfg = document["config"]
     data = load_images(cfg["data"], cache_root())
-    model = models.build_model(cfg["model"])
+    model = models.build_model(cfg["model"], shape=Shape.described(document.get("data_shape")))
     model.load_state_dict(torch.load(run / MODEL))
     images = torch.from_numpy(np.array(data.test_x))
     labels = torch.from_numpy(np.array(data.test_y))

@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from fedsim.ground.errors import ConfigError
@@ -288,6 +288,18 @@ def test_parquet_without_class_names_takes_its_classes_from_the_labels(tmp_path)
     assert loaded.shape == data.Shape((3, 16, 16), 3) and loaded.classes == ("0", "1", "2")
 
 
+def test_pixel_statistics_are_the_whole_splits_per_channel(tmp_path) -> None:
+    images = np.random.default_rng(3).integers(0, 256, (10, 3, 4, 5), dtype=np.uint8)
+    images[:, 2] = 7  # a constant channel is centred, not divided by zero
+    stats = data.pixel_stats(images, chunk=3)  # chunks that do not divide the split
+    wide = images.astype(np.float64)
+    assert stats.mean == pytest.approx(tuple(wide.mean(axis=(0, 2, 3))), abs=1e-12)
+    assert stats.std[:2] == pytest.approx(tuple(wide.std(axis=(0, 2, 3))[:2]), abs=1e-9)
+    assert stats.std[2] == 1.0
+    shape = data.Shape((3, 4, 5), 10, stats)
+    assert data.Shape.described(shape.describe()) == shape
+
+
 def test_images_of_different_sizes_are_refused(tmp_path) -> None:
     root = _image_folder(tmp_path / "digits", classes=2, per_class=(2, 1))
     (root / "train" / "digit0" / "big.png").write_bytes(_png(np.zeros((30, 30), np.uint8)))
@@ -342,24 +354,43 @@ def _writers_parquet(folder: Path, writers: dict[str, int]) -> Path:
 
 def test_grey_digits_by_writer_train_with_a_client_per_writer(tmp_path) -> None:
     """Grey 28×28 digits of four classes, in parquet with the writer of each (FEMNIST's
-    layout, in small): fedsim's CNN is built for them and learns them, and each writer
-    is a client."""
+    layout, in small): fedsim's CNN is built for them and learns them, each writer is a
+    client, and the inputs are standardised by the training split's pixels, which
+    config.json records and the saved model is rebuilt with."""
+    from fedsim.front.api import Result
+    from fedsim.learning import training
+
     writers = {"cy": 40, "ann": 120, "bob": 80}  # client ids follow the sorted names
     folder = _writers_parquet(tmp_path / "femnist", writers)
     results = tmp_path / "results"
     options = ["--data", str(folder), "--results-dir", str(results), "--name", "nat"]
     options += ["--partition", "natural", "--partition-column", "writer"]
+    options += ["--normalize", "train-split"]
     done = run_cli(*options, "--rounds", "3", "--batch-size", "8", "--lr", "0.05")
     assert done.returncode == 0, done.stderr[-3000:]
-    document = json.loads((results / "nat" / "config.json").read_text())
-    assert document["data_shape"] == {"image_shape": [1, 28, 28], "classes": 4}
-    assert document["config"]["clients"] == 3  # from the data, not --clients' default 2
-    assert document["partition_sizes"] == [120, 80, 40]  # ann, bob, cy
-    clients = pd.read_csv(results / "nat" / "clients.csv")
-    first = clients[(clients["round"] == 1) & (clients.phase == "train")]
+    result = Result(results / "nat")
+    loaded = load_images(str(folder), tmp_path / "cache")
+    train = np.asarray(loaded.train_x, dtype=np.float64)
+    assert result.document["data_shape"] == {
+        "image_shape": [1, 28, 28],
+        "classes": 4,
+        "pixel_mean": pytest.approx([train.mean()], abs=1e-9),
+        "pixel_std": pytest.approx([train.std()], abs=1e-9),
+    }
+    assert result.config["clients"] == 3  # from the data, not --clients' default 2
+    assert result.document["partition_sizes"] == [120, 80, 40]  # ann, bob, cy
+    first = result.clients[(result.clients["round"] == 1) & (result.clients.phase == "train")]
     assert sorted(first.client) == [0, 1, 2]
-    rounds = pd.read_csv(results / "nat" / "rounds.csv")
-    assert rounds.central_accuracy.iloc[-1] > 0.5  # chance is 0.25
+    last = result.rounds.iloc[-1]
+    assert last.central_accuracy > 0.5  # chance is 0.25
+    test = torch.from_numpy(np.array(loaded.test_x)), torch.from_numpy(np.array(loaded.test_y))
+    batch = training.CENTRAL_BATCH_SIZE
+    loss, accuracy = training.evaluate(result.model, *test, batch_size=batch)
+    assert (loss, accuracy) == (pytest.approx(last.central_loss), last.central_accuracy)
+    unstandardised = models.build_model("cnn", shape=loaded.shape)
+    unstandardised.load_state_dict(result.model.state_dict())
+    other = training.evaluate(unstandardised, *test, batch_size=batch)[0]
+    assert other != pytest.approx(last.central_loss, rel=1e-3)
 
 
 def test_a_natural_partition_needs_a_column_the_data_has(tmp_path) -> None:

@@ -93,12 +93,13 @@ class MappedData:
     key: str
     folder: str  # the decoded cache folder (fedsim.learning.data)
     partitions: Any  # ray.ObjectRef to Partitions
+    shape: Shape  # the driver's, pixel statistics included (measured once)
 
     def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Shape]:
         import ray
 
         dataset = read_cached(Path(self.folder))
-        return dataset.train_x, dataset.train_y, ray.get(self.partitions), dataset.shape
+        return dataset.train_x, dataset.train_y, ray.get(self.partitions), self.shape
 
 
 _PROCESS_CACHE: dict[tuple, Any] = {}

@@ -77,10 +77,9 @@ class Result:
         import torch
 
         from fedsim.learning import models
-        from fedsim.learning.data import CIFAR10, Shape
+        from fedsim.learning.data import Shape
 
-        facts = self.document.get("data_shape")
-        shape = Shape(tuple(facts["image_shape"]), facts["classes"]) if facts else CIFAR10
+        shape = Shape.described(self.document.get("data_shape"))
         model = models.build_model(self.config["model"], shape=shape)
         model.load_state_dict(torch.load(self.run_dir / MODEL, weights_only=True))
         return model.eval()

@@ -330,6 +330,13 @@ class RunConfig:
         roles=(SPLITS,),
         bounds="[0, 1)",
     )
+    normalize: str = _opt(
+        "range",
+        "how pixels become a model's inputs: range scales them to [-1, 1] (Flower's "
+        "quickstart); train-split standardises each channel by the training split's "
+        "mean and standard deviation",
+        DATA,
+    )
     # Local training
     model: str = _opt("cnn", "model to train", TRAINING)
     local_epochs: int = _opt(1, "local epochs per round", TRAINING, bounds="[1, inf)")

@@ -5,8 +5,9 @@ that naming and checking a model imports nothing heavy (the networks themselves 
 fedsim.learning.nets, which imports torch). A user's model is named by its own path
 (`--model my_models:small_cnn`, a callable returning an nn.Module; fedsim.ground.imports)
 and registered under it once checked (fedsim.runner.options.admit). Every model is
-built for the data's image shape and classes (`Shape`), and tried on two of its
-images before a run starts (`check_model`).
+built for the data's image shape and classes (`Shape`), standardises its inputs by
+the training split's pixels when asked (--normalize train-split), and is tried on two
+of the data's images before a run starts (`check_model`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from fedsim.ground import imports, streams
 from fedsim.ground.errors import ConfigError
-from fedsim.learning.data import CIFAR10, Shape
+from fedsim.learning.data import CIFAR10, PixelStats, Shape
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,7 +37,31 @@ def build_model(name: str, seed: int | None = None, shape: Shape = CIFAR10) -> n
     make = imports.resolve(MODELS[name]) if name in MODELS else imports.load(name, "--model")
     if seed is not None:
         streams.seed_model_init(seed)
-    return make(**_fitting(make, shape))
+    model = make(**_fitting(make, shape))
+    if shape.pixels is not None and hasattr(model, "register_forward_pre_hook"):
+        model.register_forward_pre_hook(_Standardize(shape.pixels))
+    return model
+
+
+class _Standardize:
+    """A model's input hook for --normalize train-split: every loop feeds images scaled
+    to [-1, 1] (fedsim.learning.training.normalize); this turns them into (pixel -
+    mean) / std per channel of the training split. A hook, not a layer: the model's
+    weights, their names and its state_dict stay what the factory made."""
+
+    def __init__(self, pixels: PixelStats) -> None:
+        # x = p / 127.5 - 1, so (p - mean) / std = (x - (mean / 127.5 - 1)) / (std / 127.5)
+        self.shift = [m / 127.5 - 1.0 for m in pixels.mean]
+        self.scale = [s / 127.5 for s in pixels.std]
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        import torch
+
+        images, *rest = args
+        view = (1, len(self.shift), 1, 1)
+        shift = torch.tensor(self.shift, dtype=images.dtype, device=images.device).view(view)
+        scale = torch.tensor(self.scale, dtype=images.dtype, device=images.device).view(view)
+        return ((images - shift) / scale, *rest)
 
 
 def _fitting(make: Callable[..., object], shape: Shape) -> dict[str, object]:

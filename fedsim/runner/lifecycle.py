@@ -130,7 +130,7 @@ def load_data(cfg: RunConfig, timings: Timings | None = None) -> tuple[DecodedDa
     Flower App's client process and in the benchmarks' plain loop."""
     timings = timings or Timings()
     tick = time.perf_counter()
-    dataset = load_images(cfg.data, cache_root())
+    dataset = load_images(cfg.data, cache_root()).normalized(cfg.normalize)
     timings.data_load = time.perf_counter() - tick
     tick = time.perf_counter()
     labels = np.asarray(dataset.train_y)
@@ -368,7 +368,9 @@ def _client_data(inputs: RunInputs, cluster: engine.Cluster) -> ClientData:
 
     partitions = ray.put(inputs.partitions)
     if cluster.started_here:
-        return MappedData(inputs.dataset.key, str(inputs.dataset.folder), partitions)
+        return MappedData(
+            inputs.dataset.key, str(inputs.dataset.folder), partitions, inputs.dataset.shape
+        )
     return RayObjectData(
         key=inputs.dataset.key,
         images=ray.put(np.asarray(inputs.dataset.train_x)),

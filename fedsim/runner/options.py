@@ -30,7 +30,7 @@ from fedsim.ground.config import (
     flag,
 )
 from fedsim.ground.errors import ConfigError
-from fedsim.learning import models, partition
+from fedsim.learning import data, models, partition
 from fedsim.simulation import client_states
 
 # Options whose values select from a dispatch table: the table's keys are the choices
@@ -41,6 +41,7 @@ CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "dp": lambda: privacy.DP_MODES,
     "attack": lambda: attacks.ATTACKS,
     "client_states": lambda: client_states.WHEN_COMPLETE,
+    "normalize": lambda: data.NORMALIZATIONS,
 }
 
 # Options whose value may be the user's own `module:attribute`: the table it joins, and
