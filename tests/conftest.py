@@ -84,6 +84,15 @@ def client_state_rows(run: Path) -> list[tuple[int, int, bytes]]:
         return db.execute("SELECT pid, round, state FROM states ORDER BY pid, round").fetchall()
 
 
+# The result files' wall-clock columns: what differs between two runs of the same numbers
+WALL_CLOCK = {"rounds.csv": "round_seconds", "clients.csv": "seconds"}
+
+
+def computed(run_dir: Path, name: str) -> pd.DataFrame:
+    """A run's rounds.csv or clients.csv less its wall-clock column: what it computed."""
+    return pd.read_csv(run_dir / name).drop(columns=[WALL_CLOCK[name]])
+
+
 def run_cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """`python simulate.py ARGS` in a subprocess, as a user runs it."""
     return subprocess.run(

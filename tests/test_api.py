@@ -13,18 +13,16 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import fedsim
-from tests.conftest import ROOT
+from tests.conftest import ROOT, WALL_CLOCK, computed
 
 BYO = ROOT / "experiments" / "byo"  # the documented example: my_model.py, my_algorithm.py
 USER_ALGORITHM = "my_algorithm:DampedFedAvg"
 OPTIONS = {"clients": 3, "batch_size": 32, "model": "my_model:linear", "fraction_evaluate": 0.67}
-WALL_CLOCK = {"rounds.csv": "round_seconds", "clients.csv": "seconds"}
 
 API_SCRIPT = """
 import json, sys
@@ -68,10 +66,6 @@ def _python(script: str, options: dict, **kwargs) -> subprocess.Popen:
     )
 
 
-def _table(run_dir: Path, name: str) -> pd.DataFrame:
-    return pd.read_csv(run_dir / name).drop(columns=[WALL_CLOCK[name]])
-
-
 def test_the_api_runs_users_code_with_the_clis_numbers(tiny_cifar, tmp_path):
     options = {**OPTIONS, "data": str(tiny_cifar), "results_dir": str(tmp_path)}
     api = _python(API_SCRIPT.format(algorithm=USER_ALGORITHM), options)
@@ -93,7 +87,7 @@ def test_the_api_runs_users_code_with_the_clis_numbers(tiny_cifar, tmp_path):
     # A user's algorithm written as the built-ins are: at damping 1 it is FedAvg, bit
     # for bit, and a call gives what the command line gives
     for name in WALL_CLOCK:
-        assert _table(tmp_path / "api", name).equals(_table(tmp_path / "cli", name)), name
+        assert computed(tmp_path / "api", name).equals(computed(tmp_path / "cli", name)), name
     assert said["status"] == "complete" and said["model"] == "Sequential"
     assert said["config"]["strategy"] == USER_ALGORITHM
     assert said["config"]["strategy_options"] == {"damping": 1.0}
@@ -180,3 +174,20 @@ def test_a_users_algorithm_shows_its_options_in_help():
     assert done.returncode == 0, done.stderr
     assert f"--strategy {USER_ALGORITHM}" in done.stdout
     assert "--damping DAMPING" in done.stdout
+
+
+def test_code_defined_in_a_notebook_is_one_line_before_anything_runs(tmp_path):
+    def notebook_model():  # as a notebook cell defines it
+        raise AssertionError("never built")
+
+    notebook_model.__module__ = "__main__"
+    with pytest.raises(fedsim.ConfigError) as raised:
+        fedsim.run(model=notebook_model, results_dir=str(tmp_path))
+    assert str(raised.value) == (
+        "--model: 'test_code_defined_in_a_notebook_is_one_line_before_anything_runs.<locals>."
+        "notebook_model' is defined in __main__: the client processes import it by name, so "
+        "define it in a module and pass it (or 'module:name')"
+    )
+    with pytest.raises(fedsim.ConfigError, match=r"--model: .*<lambda>' is defined in tests"):
+        fedsim.run(model=lambda: None, results_dir=str(tmp_path))
+    assert not any(tmp_path.iterdir())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import simulate
+from tests.conftest import WALL_CLOCK, computed, simulate
 from tests.services import LOOPBACK_ONLY, Services, free_port, wait_for
 
 _FORWARDED = re.compile(r"(\x1b\[\d+m)?\((pid=)?(raylet|gcs_server)[^)]*\)")
@@ -33,17 +33,25 @@ class Head:
     driver_env: dict[str, str]
 
 
-def _ray_start_args(port: int, temp_dir: str) -> list[str]:
+def _ray_start_args(port: int, temp_dir: str, cpus: int = 4, gpus: int = 1) -> list[str]:
+    """`ray start --head` on loopback, every port its own."""
     args = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block"]
-    args += ["--node-ip-address", "127.0.0.1", "--port", str(port), "--temp-dir", temp_dir]
-    args += ["--num-cpus", "4", "--num-gpus", "1", "--include-dashboard", "false"]
-    args += ["--disable-usage-stats", "--min-worker-port", "0", "--max-worker-port", "0"]
+    args += ["--port", str(port), "--temp-dir", temp_dir, "--include-dashboard", "false"]
+    args += ["--num-cpus", str(cpus), "--num-gpus", str(gpus)]
+    for option in ("--ray-client-server-port", "--dashboard-port"):
+        args += [option, str(free_port())]
+    return args + _node_args()
+
+
+def _node_args() -> list[str]:
+    """What a head and a worker node both take: loopback, and free ports of their own
+    (two nodes on one machine must not share one)."""
+    args = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    args += ["--min-worker-port", "0", "--max-worker-port", "0"]
     for option in (
-        "--ray-client-server-port",
         "--node-manager-port",
         "--object-manager-port",
         "--metrics-export-port",
-        "--dashboard-port",
         "--dashboard-agent-listen-port",
         "--dashboard-agent-grpc-port",
         "--runtime-env-agent-port",
@@ -157,3 +165,111 @@ def test_gpu_share_the_cluster_cannot_give(head: Head, tiny_cifar: Path, tmp_pat
     ]
     assert frame is None and not (tmp_path / "too-many").exists()
     assert _still_serving(head.address)
+
+
+# --- two nodes: a head and a worker node, each with its own CPU (issue 27) ---------------
+
+USER_CODE = '''
+"""A user's model and algorithm, kept in the user's own folder: each client process
+that imports this module says from where, so the test sees what Ray shipped."""
+import dataclasses, json, os
+from pathlib import Path
+
+from torch import nn
+
+from fedsim import Option
+from fedsim.algorithms.fedavg import FedAvg
+
+if os.environ.get("WHERE_IMPORTED"):
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    where = {"file": __file__, "node": node}
+    (Path(os.environ["WHERE_IMPORTED"]) / f"{os.getpid()}.json").write_text(json.dumps(where))
+
+
+def tiny(num_classes=10, image_shape=(3, 32, 32)):
+    c, h, w = image_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))
+
+
+class ScaledLr(FedAvg):
+    lr_scale = Option(1.0, "scales the clients' learning rate", bounds="(0, 1]")
+
+    def settings(self):
+        settings = super().settings()
+        return dataclasses.replace(settings, lr=settings.lr * self.lr_scale)
+'''
+
+
+@dataclass(frozen=True)
+class TwoNodes:
+    address: str
+    actor_log: Path
+    imported: Path  # where each client process says it imported the user's module from
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory):
+    """A head and a worker node, each started with Ray's CLI and given one CPU (and a
+    small object store), on this machine; stopped, all of it, after."""
+    folder = tmp_path_factory.mktemp("two-nodes")
+    actor_log, imported = folder / "actors", folder / "imported"
+    actor_log.mkdir()
+    imported.mkdir()
+    temp_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    port = free_port()
+    # Not LOOPBACK_ONLY: Ray refuses a second node under that flag (it is the one-node
+    # mode of macOS and Windows), so these nodes may listen on the machine's address too
+    env = {**os.environ, "RAY_enable_metrics_collection": "0"}
+    env |= {"FEDSIM_ACTOR_LOG": str(actor_log), "WHERE_IMPORTED": str(imported)}
+    small_store = ["--object-store-memory", str(100 * 2**20)]
+    services = Services()
+    try:
+        head = services.start(
+            _ray_start_args(port, temp_dir, cpus=1, gpus=0) + small_store, folder / "head.log", env
+        )
+        wait_for(head, folder / "head.log", "Ray runtime started", timeout=120)
+        ray = str(Path(sys.executable).parent / "ray")
+        worker_args = [ray, "start", "--block", "--address", f"127.0.0.1:{port}"]
+        worker_args += ["--num-cpus", "1", "--num-gpus", "0", *small_store, *_node_args()]
+        worker = services.start(worker_args, folder / "worker.log", env)
+        wait_for(worker, folder / "worker.log", "Ray runtime started", timeout=120)
+        yield TwoNodes(f"127.0.0.1:{port}", actor_log, imported)
+        assert head.poll() is None and worker.poll() is None, "a node died during the test"
+    finally:
+        survivors = services.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not survivors, f"processes left running: {survivors}"
+
+
+def test_users_code_runs_on_both_nodes_with_a_local_runs_numbers(
+    two_nodes: TwoNodes, tiny_cifar: Path, tmp_path: Path
+) -> None:
+    """Clients run on both nodes; the user's module, which only the driver's folder
+    holds, reaches the worker node's client processes (Ray's py_modules, from fedsim);
+    the data reaches them through the object store; and the numbers are a local run's."""
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "shipped_code.py").write_text(USER_CODE)
+    options = "--clients 4 --rounds 2 --cpus-per-client 1 --fraction-evaluate 0.5"
+    options += " --model shipped_code:tiny --strategy shipped_code:ScaledLr --lr-scale 0.5"
+    env = {**os.environ, "PYTHONPATH": str(user)}
+    address = f" --ray-address {two_nodes.address}"
+    done, _ = simulate(tiny_cifar, tmp_path, "two-nodes", options + address, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    config = json.loads((tmp_path / "two-nodes" / "config.json").read_text())
+    assert config["status"] == "complete" and config["cluster"]["started_here"] is False
+
+    calls = [c for c in _actor_calls(two_nodes.actor_log) if c["kind"] == "train"]
+    nodes = {c["node_id"] for c in calls}
+    assert len(nodes) == 2, "every client ran on one node"
+    imports = [json.loads(f.read_text()) for f in two_nodes.imported.glob("*.json")]
+    assert {where["node"] for where in imports} >= nodes  # every node's client processes
+    for where in imports:  # each imported Ray's shipped copy, not the driver's file
+        assert "py_modules_files" in where["file"] and Path(where["file"]).name == "shipped_code.py"
+
+    local, _ = simulate(tiny_cifar, tmp_path, "local", options, env=env)
+    assert local.returncode == 0, local.stderr[-3000:]
+    for name in WALL_CLOCK:
+        assert computed(tmp_path / "two-nodes", name).equals(computed(tmp_path / "local", name))

@@ -4,7 +4,6 @@ run through the engine writes, row for row."""
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 from flwr.supercore.task_identity import TaskIdentity
@@ -18,10 +17,9 @@ from fedsim.ground.messages import ClientOutcome, ClientTask
 from fedsim.outputs.console import FailureReporter
 from fedsim.runner import folders, lifecycle
 from fedsim.runner.options import make_config
-from tests.conftest import simulate
+from tests.conftest import WALL_CLOCK, computed, simulate
 
 OPTIONS = "--clients 3 --rounds 2 --batch-size 16 --fraction-fit 0.67 --strategy scaffold"
-WALL_CLOCK = {"rounds.csv": ["round_seconds"], "clients.csv": ["seconds"]}
 
 
 class InProcessExchange:
@@ -52,10 +50,6 @@ def in_a_run(monkeypatch) -> None:
         monkeypatch.setattr(TaskIdentity, name, value)
 
 
-def _table(path, name: str) -> pd.DataFrame:
-    return pd.read_csv(path / name).drop(columns=WALL_CLOCK[name])
-
-
 def test_the_loop_on_an_in_process_exchange_gives_the_engines_numbers(tiny_cifar, tmp_path):
     done, _ = simulate(tiny_cifar, tmp_path, "engine", OPTIONS)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -70,6 +64,6 @@ def test_the_loop_on_an_in_process_exchange_gives_the_engines_numbers(tiny_cifar
         loop.run(exchange)
 
     for name in WALL_CLOCK:
-        assert _table(run_dir, name).equals(_table(tmp_path / "engine", name)), name
+        assert computed(run_dir, name).equals(computed(tmp_path / "engine", name)), name
     assert [phase for phase, _, _ in exchange.phases] == ["train", "evaluate"] * 2
     assert len(exchange.phases[0][2]) == 2  # 0.67 of 3 clients train each round

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsim.flower import sentinel
+from fedsim.ground import imports
 from fedsim.ground.config import RAY_RESOURCE_UNIT, RunConfig, flag
 from fedsim.ground.errors import ConfigError
 
@@ -149,6 +150,8 @@ def start_ray(cfg: RunConfig) -> None:
     else:
         _check_reachable(address)
         runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+        if own_code := imports.shipped(list(imports.named(cfg).values())):
+            runtime_env["py_modules"] = own_code  # the user's model and algorithm, to every node
     logging.getLogger("ray._private.worker").addFilter(_NoSigtermNotice())
     ray.init(
         address=address,

@@ -3,16 +3,19 @@
 Such a name is imported from where Python finds modules, plus the current directory
 (where a researcher keeps `my_model.py`; `python simulate.py` from elsewhere would not
 see it otherwise). Ray's local workers get the driver's current directory on their
-path too, so the same name imports in every client process; on a cluster the module
-must be importable on every machine (docs/extending.md).
+path too, so the same name imports in every client process; on a cluster Ray ships
+the user's own module (or its top-level package) to every node (`shipped`), while an
+installed package must be installed there too (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,39 @@ def is_path(value: object) -> bool:
     """Whether an option's value names user code (`module:attribute`) rather than a
     registered name."""
     return isinstance(value, str) and ":" in value
+
+
+USER_CODE_OPTIONS = ("model", "strategy")  # the options whose value may name user code
+
+
+def named(cfg: Any) -> dict[str, str]:
+    """The run's options that name user code, with the `module:attribute` each names."""
+    values = {name: getattr(cfg, name) for name in USER_CODE_OPTIONS}
+    return {name: value for name, value in values.items() if is_path(value)}
+
+
+def shipped(paths: list[str]) -> list[str]:
+    """Where the user's own modules among `paths` live, to be shipped to a cluster's
+    nodes (Ray's runtime_env `py_modules`): each one's top-level package folder, or
+    its file for a lone module. Installed packages (site-packages, the standard
+    library) and fedsim itself are not the user's folder's: a cluster installs those."""
+    keys = ("stdlib", "purelib", "platlib")
+    installed = [Path(sysconfig.get_path(key)).resolve() for key in keys]
+    found: list[str] = []
+    for path in paths:
+        top = path.partition(":")[0].partition(".")[0]
+        spec = importlib.util.find_spec(top)
+        if top == __name__.partition(".")[0] or spec is None or spec.origin is None:
+            continue
+        if not spec.origin.endswith(".py"):
+            continue  # an extension module: nothing to zip
+        origin = Path(spec.origin).resolve()
+        location = origin.parent if spec.submodule_search_locations else origin
+        if any(location.is_relative_to(root) for root in installed):
+            continue
+        if str(location) not in found:
+            found.append(str(location))
+    return found
 
 
 def resolve(path: str) -> Any:

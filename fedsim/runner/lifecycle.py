@@ -275,8 +275,7 @@ def run_facts(inputs: RunInputs, run_dir: Path, resumed: int | None) -> dict[str
 
 def _user_code(cfg: RunConfig) -> dict[str, object]:
     """The user's own model or algorithm, where it came from (none: nothing said)."""
-    named = {name: getattr(cfg, name) for name in ("model", "strategy")}
-    found = {name: imports.source(value) for name, value in named.items() if imports.is_path(value)}
+    found = {name: imports.source(value) for name, value in imports.named(cfg).items()}
     return {"user_code": found} if found else {}
 
 
