@@ -8,7 +8,8 @@ An algorithm's file declares, on its class:
   run config, config.json and the summary all take them from there;
 - its checks (`check`): settings it cannot run with, refused before anything starts;
 - its flags: `asynchronous` (it has no rounds of sampled clients: `buffered()` says
-  how its updates arrive), `not_with_dp` (why --dp cannot wrap it), `source`;
+  how its updates arrive), `not_with_dp` (why --dp cannot wrap it), `source`,
+  `trains_together` (whether a bundle's clients may train at once, --vectorize);
 - its server side (`strategy()`: a Flower Strategy, Flower's own class wherever one
   exists) and what its clients do (`hooks`, `reply`, or `train` and `evaluate` whole),
   with memory kept between a client's rounds in `ClientResult.state`.
@@ -104,6 +105,10 @@ class Algorithm:
     source: ClassVar[str] = ""  # where it comes from: "Li et al., MLSys 2020"
     asynchronous: ClassVar[bool] = False  # no rounds of sampled clients: see buffered()
     not_with_dp: ClassVar[str | None] = None  # why --dp cannot wrap it, if it cannot
+    # Whether its clients' local SGD is the generic one with hooks said as data
+    # (training.LocalHooks), so a bundle's clients can train at once (--vectorize): an
+    # algorithm that overrides `train` does not, nor one that sets this False
+    trains_together: ClassVar[bool] = True
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -159,6 +164,47 @@ class Algorithm:
         result = training.train(model, images, labels, self.settings(), ctx.generator(), hooks)
         attacks.poison(ctx, model)  # a malicious client's weights, before the reply is built
         return self.reply(ctx, model, result, len(labels))
+
+    @classmethod
+    def why_not_together(cls) -> str | None:
+        """Why its clients train one at a time whatever --vectorize says (None: they
+        can train together)."""
+        if not cls.trains_together:
+            return f"{cls.__name__}'s local training is not said as data"
+        if cls.train is not Algorithm.train and cls.train_together is Algorithm.train_together:
+            return f"{cls.__name__} trains its clients its own way (it overrides train)"
+        return None
+
+    def train_together(self, ctxs: list[ClientContext]) -> list[ClientResult] | None:
+        """Train these clients at once (fedsim.learning.together), each as `train`
+        would but for float rounding; None where they cannot: see `why_not_together`,
+        a model with buffers, or a client's hooks that are callables."""
+        from fedsim.algorithms import attacks
+        from fedsim.learning import together
+
+        if self.why_not_together() is not None:
+            return None
+        starts, data, hooks = [], [], []
+        for ctx in ctxs:
+            model = ctx.load_model(ctx.content[messages.ARRAYS])
+            if together.why_not(model) is not None:
+                return None
+            local = self.hooks(ctx, model)
+            if not local.declarative:
+                return None
+            starts.append(ctx.tensors(ctx.content[messages.ARRAYS]))
+            data.append(self.training_data(ctx))
+            hooks.append(local)
+        generators = [ctx.generator() for ctx in ctxs]
+        trained, results = together.train_together(
+            model, starts, data, self.settings(), generators, hooks
+        )
+        replies = []
+        for ctx, weights, result, (_, labels) in zip(ctxs, trained, results, data, strict=True):
+            model.load_state_dict(weights)
+            attacks.poison(ctx, model)
+            replies.append(self.reply(ctx, model, result, len(labels)))
+        return replies
 
     def reply(
         self, ctx: ClientContext, model: nn.Module, result: TrainResult, examples: int

@@ -69,6 +69,7 @@ class FedDyn(Algorithm):
         "later rounds release: the accountant does not describe it"
     )
     feddyn_alpha = Option(0.01, "FedDyn's regularisation weight α", "(0, inf)")
+    trains_together = False  # its loss term is a callable (hooks)
 
     def strategy(self) -> FedDynStrategy:
         return FedDynStrategy(self.cfg.clients, self.feddyn_alpha, **SAMPLE_ALL)

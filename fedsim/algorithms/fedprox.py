@@ -32,4 +32,4 @@ class FedProx(Algorithm):
         if not mu:
             return training.LocalHooks()
         anchor = [p.detach().clone() for p in model.parameters()]
-        return training.LocalHooks(extra_loss=training.proximal_term(anchor, mu))
+        return training.LocalHooks(proximal=(mu, anchor))

@@ -57,10 +57,21 @@ class QFedAvg(Algorithm):
         )
 
     def train(self, ctx: ClientContext) -> ClientResult:
-        from fedsim.learning import training
-
-        model = ctx.load_model(ctx.content[messages.ARRAYS])
-        received_loss, _ = training.evaluate(model, *self.training_data(ctx))
+        received_loss = self._received_loss(ctx)
         result = super().train(ctx)
         result.content[messages.METRICS][RECEIVED_LOSS] = received_loss
         return result
+
+    def train_together(self, ctxs: list[ClientContext]) -> list[ClientResult] | None:
+        received = [self._received_loss(ctx) for ctx in ctxs]
+        results = super().train_together(ctxs)
+        for result, received_loss in zip(results or [], received, strict=False):
+            result.content[messages.METRICS][RECEIVED_LOSS] = received_loss
+        return results
+
+    def _received_loss(self, ctx: ClientContext) -> float:
+        """The received model's loss on the client's training split (q-FFL's F_k)."""
+        from fedsim.learning import training
+
+        model = ctx.load_model(ctx.content[messages.ARRAYS])
+        return training.evaluate(model, *self.training_data(ctx))[0]

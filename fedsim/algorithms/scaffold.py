@@ -105,21 +105,11 @@ class Scaffold(Algorithm):
         return server, {key: value.to(device) for key, value in own.items()}
 
     def hooks(self, ctx: ClientContext, model: nn.Module) -> LocalHooks:
-        import torch
-
         from fedsim.learning.training import LocalHooks
 
         server, own = self._controls(ctx, next(model.parameters()).device)
         lr = self.cfg.lr
-        correction = {key: lr * (server[key] - own[key]) for key in server}
-        weights = model.state_dict()  # views of the model's tensors
-
-        @torch.no_grad()
-        def correct(model: nn.Module) -> None:
-            for key, step in correction.items():
-                weights[key].sub_(step)
-
-        return LocalHooks(after_step=correct)
+        return LocalHooks(correction={key: lr * (server[key] - own[key]) for key in server})
 
     def reply(
         self, ctx: ClientContext, model: nn.Module, result: TrainResult, examples: int

@@ -1,4 +1,5 @@
-"""The Flower ClientApp: the clients of one bundle, trained or evaluated one after another.
+"""The Flower ClientApp: the clients of one bundle, trained or evaluated one after
+another, or trained at once where --vectorize says so (fedsim.learning.together).
 
 Its handlers are bound to the run's config and a `ClientData` handle (the simulation
 engine hands apps an empty run_config). A message carries a bundle of virtual clients
@@ -38,7 +39,7 @@ from fedsim.flower.bundles import BundleInfo
 from fedsim.ground import messages, streams
 from fedsim.ground.config import RunConfig
 from fedsim.ground.messages import ClientOutcome, ClientTask
-from fedsim.learning import models
+from fedsim.learning import models, together
 from fedsim.learning.data import Shape, read_cached
 from fedsim.learning.partition import Partitions
 
@@ -49,10 +50,6 @@ logging.getLogger("flwr").setLevel(logging.ERROR)
 
 WATCHDOG_GRACE = 5.0  # seconds past its deadline after which a stuck client process ends
 RECORDS_KEPT = 3  # converted records a process keeps: the model, a control variate, a memory
-
-
-class SimulatedDropout(RuntimeError):
-    """Raised on purpose by --client-failure-rate."""
 
 
 class ClientData(Protocol):
@@ -148,6 +145,12 @@ class ClientProcess:
         self.device = client_device(cfg)
         self.images, self.labels, self.partitions, self.shape = data.load()
         self.model = models.build_model(cfg.model, shape=self.shape).to(self.device)
+        # --vectorize: whether this process trains a bundle's clients at once
+        self.trains_together = (
+            together.wanted(cfg.vectorize, self.device)
+            and self.algorithm.why_not_together() is None
+            and together.why_not(self.model) is None
+        )
         self._converted: OrderedDict[int, tuple[ArrayRecord, dict[str, torch.Tensor]]]
         self._converted = OrderedDict()
 
@@ -186,47 +189,97 @@ def run_client(
     process: ClientProcess, message_type: str, task_: ClientTask, info: BundleInfo
 ) -> ClientOutcome:
     """One client's task, in the process that serves it; never raises."""
+    if early := _before_training(process, message_type, task_, info):
+        return early
+    started = time.perf_counter()
+    ctx = _context(process, task_, info)
+    try:
+        if message_type == MessageType.TRAIN:
+            result: ClientResult = process.algorithm.train(ctx)
+            _protect(process.cfg, ctx, result)
+        else:
+            result = process.algorithm.evaluate(ctx)
+    except Exception as error:  # the client fails alone; the bundle goes on
+        seconds = time.perf_counter() - started
+        return ClientOutcome(
+            task_.pid, messages.FAILED, seconds, error=f"{type(error).__name__}: {error}"
+        )
+    return _succeeded(task_.pid, result, time.perf_counter() - started)
+
+
+def train_together(
+    process: ClientProcess, tasks: list[ClientTask], info: BundleInfo
+) -> list[ClientOutcome] | None:
+    """A bundle's training clients trained at once (Algorithm.train_together), each
+    timed at an equal share of the group's time; None where they cannot be (the
+    algorithm, the model or a client's hooks), or where the group fails: then each
+    client runs alone and fails alone."""
+    outcomes: dict[int, ClientOutcome] = {}
+    live: list[tuple[int, ClientContext]] = []
+    for position, task_ in enumerate(tasks):
+        if early := _before_training(process, MessageType.TRAIN, task_, info):
+            outcomes[position] = early
+        else:
+            live.append((position, _context(process, task_, info)))
+    started = time.perf_counter()
+    try:
+        results = process.algorithm.train_together([ctx for _, ctx in live]) if live else []
+    except Exception:
+        return None
+    if results is None:
+        return None
+    seconds = (time.perf_counter() - started) / max(len(live), 1)
+    for (position, ctx), result in zip(live, results, strict=True):
+        _protect(process.cfg, ctx, result)
+        outcomes[position] = _succeeded(ctx.pid, result, seconds)
+    return [outcomes[position] for position in range(len(tasks))]
+
+
+def _before_training(
+    process: ClientProcess, message_type: str, task_: ClientTask, info: BundleInfo
+) -> ClientOutcome | None:
+    """A client that does not run: the server stopped waiting, or (training) it drops
+    out this round, decided by the seed alone."""
     cfg, pid = process.cfg, task_.pid
     if info.deadline and time.time() > info.deadline:
-        return ClientOutcome(pid, messages.TIMEOUT)  # the server has stopped waiting
-    started = time.perf_counter()
-    ctx = ClientContext(
-        cfg=cfg,
-        pid=pid,
+        return ClientOutcome(pid, messages.TIMEOUT)
+    if message_type == MessageType.TRAIN and cfg.client_failure_rate:
+        dropout = streams.client_rng(cfg.seed, info.server_round, pid, streams.DROPOUT)
+        if dropout.random() < cfg.client_failure_rate:
+            error = f"client {pid} dropped out in round {info.server_round}"
+            return ClientOutcome(pid, messages.DROPOUT, 0.0, error=error)
+    return None
+
+
+def _context(process: ClientProcess, task_: ClientTask, info: BundleInfo) -> ClientContext:
+    return ClientContext(
+        cfg=process.cfg,
+        pid=task_.pid,
         server_round=info.server_round,
         content=task_.content,
         state=task_.state,
         load_model=process.load_model,
-        load_data=partial(process.load_data, pid),
+        load_data=partial(process.load_data, task_.pid),
         tensors=process.tensors,
         shape=process.shape,
     )
-    try:
-        if message_type == MessageType.TRAIN:
-            # Simulated dropout, decided by the seed alone
-            dropout = streams.client_rng(cfg.seed, info.server_round, pid, streams.DROPOUT)
-            if cfg.client_failure_rate and dropout.random() < cfg.client_failure_rate:
-                raise SimulatedDropout(f"client {pid} dropped out in round {info.server_round}")
-            result: ClientResult = process.algorithm.train(ctx)
-            if cfg.dp == "client-fixed":
-                privacy.clip_reply(task_.content, result.content)
-        else:
-            result = process.algorithm.evaluate(ctx)
-    except SimulatedDropout as error:
-        return ClientOutcome(pid, messages.DROPOUT, time.perf_counter() - started, error=str(error))
-    except Exception as error:  # the client fails alone; the bundle goes on
-        seconds = time.perf_counter() - started
-        return ClientOutcome(
-            pid, messages.FAILED, seconds, error=f"{type(error).__name__}: {error}"
-        )
-    seconds = time.perf_counter() - started
+
+
+def _protect(cfg: RunConfig, ctx: ClientContext, result: ClientResult) -> None:
+    """What the client does to its reply before it leaves (--dp client-fixed: clip)."""
+    if cfg.dp == "client-fixed":
+        privacy.clip_reply(ctx.content, result.content)
+
+
+def _succeeded(pid: int, result: ClientResult, seconds: float) -> ClientOutcome:
+    tick = time.perf_counter()
     bytes_up = messages.recorddict_bytes(result.content)
     return ClientOutcome(
         pid,
         messages.OK,
         seconds=seconds,
         bytes_up=bytes_up,
-        measured_in=time.perf_counter() - started - seconds,
+        measured_in=time.perf_counter() - tick,
         content=result.content,
         state=result.state,
     )
@@ -274,7 +327,11 @@ def handle_bundle(
     tasks, info = bundles.unpack_tasks(msg.content)
     message_type = msg.metadata.message_type
     with _watchdog(info.deadline):
-        outcomes = [run(process, message_type, task_, info) for task_ in tasks]
+        outcomes = None
+        if message_type == MessageType.TRAIN and process.trains_together:
+            outcomes = train_together(process, tasks, info)
+        if outcomes is None:
+            outcomes = [run(process, message_type, task_, info) for task_ in tasks]
     return Message(content=bundles.pack_outcomes(outcomes), reply_to=msg)
 
 

@@ -49,7 +49,7 @@ def _convert(option: Option, text: str) -> Any:
 
 def _listable(option: Option) -> bool:
     """Whether a comma list of its values is a sweep: numbers and choices, not paths."""
-    return option.type in (int, float) or option.name in options.CHOICES
+    return option.type in (int, float) or options.choices(option.name) is not None
 
 
 def _add(group: argparse._ArgumentGroup, option: Option, note: str = "") -> None:

@@ -51,6 +51,9 @@ RESOURCES = "resources"
 OUTPUTS = "outputs"
 GROUPS = (FEDERATION, DATA, TRAINING, ALGORITHM, CLOCK, PRIVACY, FAULTS, RESOURCES, OUTPUTS)
 
+# --vectorize: clients of a bundle trained at once (fedsim.learning.together)
+VECTORIZE = (AUTO, ON, OFF) = ("auto", "on", "off")
+
 # An `applies` rule that no option value states: the algorithm runs synchronous rounds
 SYNCHRONOUS = "synchronous"
 
@@ -345,6 +348,14 @@ class RunConfig:
     momentum: float = _opt(0.9, "client SGD momentum", TRAINING, bounds="[0, 1)")
     weight_decay: float = _opt(0.0, "client SGD weight decay", TRAINING, bounds="[0, inf)")
     augment: bool = _opt(False, "random crop (padding 4) + horizontal flip on clients", TRAINING)
+    vectorize: str = _opt(
+        "auto",
+        "train a bundle's clients at once (torch.func.vmap over their stacked weights): on, "
+        "off (one after another: the numbers of fedsim before it), or auto: on where "
+        "the clients train on a GPU, off on a CPU, where it measured slower",
+        TRAINING,
+        choices=VECTORIZE,
+    )
     seed: int = _opt(
         0,
         "seed for partitions, init, shuffling and sampling (fedsim.ground.streams)",

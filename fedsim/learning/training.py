@@ -41,12 +41,40 @@ def train_settings(cfg: RunConfig) -> TrainSettings:
 
 @dataclass(frozen=True)
 class LocalHooks:
-    """What an algorithm changes in local SGD (fedsim.algorithms): a term added to each
-    batch's loss (FedProx's proximal term), and a correction applied to the weights
-    after each optimizer step (SCAFFOLD's control variates)."""
+    """What an algorithm changes in local SGD (fedsim.algorithms). Said as data where
+    it can be, so that clients trained together (fedsim.learning.together) apply it
+    too: a proximal term mu/2 · ||w - anchor||² added to each batch's loss (FedProx),
+    and a correction subtracted from the named weights after each optimizer step
+    (SCAFFOLD's lr · (c - c_i)). Anything else is a callable, and trains one client at
+    a time: a term added to the loss, a change made to the model after each step."""
 
+    proximal: tuple[float, list[torch.Tensor]] | None = None  # (mu, the parameters' anchor)
+    correction: dict[str, torch.Tensor] | None = None
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None
     after_step: Callable[[nn.Module], None] | None = None
+
+    @property
+    def declarative(self) -> bool:
+        """Whether only data says what changes (clients can then train together)."""
+        return self.extra_loss is None and self.after_step is None
+
+    def loss_term(self) -> Callable[[nn.Module], torch.Tensor] | None:
+        if self.extra_loss is not None or self.proximal is None:
+            return self.extra_loss
+        mu, anchor = self.proximal
+        return proximal_term(anchor, mu)
+
+    def step_change(self, model: nn.Module) -> Callable[[nn.Module], None] | None:
+        if self.after_step is not None or self.correction is None:
+            return self.after_step
+        correction, weights = self.correction, model.state_dict()  # views of its tensors
+
+        @torch.no_grad()
+        def correct(model: nn.Module) -> None:
+            for key, step in correction.items():
+                weights[key].sub_(step)
+
+        return correct
 
 
 @dataclass(frozen=True)
@@ -117,6 +145,7 @@ def train(
     """Local SGD, as the algorithm's hooks change it."""
     model.train()
     optimizer = SGD(list(model.parameters()), settings.lr, settings.momentum, settings.weight_decay)
+    extra_loss, after_step = hooks.loss_term(), hooks.step_change(model)
     total, steps = torch.zeros((), device=images.device), 0
     for _ in range(settings.epochs):
         order = torch.randperm(len(labels), generator=generator).to(images.device)
@@ -126,12 +155,12 @@ def train(
             if settings.augment:
                 batch = augment_batch(batch, generator)
             loss = F.cross_entropy(model(normalize(batch)), labels[index])
-            if hooks.extra_loss is not None:
-                loss = loss + hooks.extra_loss(model)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
             loss.backward()
             optimizer.step()
-            if hooks.after_step is not None:
-                hooks.after_step(model)
+            if after_step is not None:
+                after_step(model)
             total += loss.detach()
             steps += 1
     return TrainResult(loss=float(total) / max(steps, 1), steps=steps)

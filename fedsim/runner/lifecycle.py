@@ -46,8 +46,8 @@ from fedsim.ground.files import (
     MODEL,
     ROUNDS_CSV,
 )
-from fedsim.learning import models, training
-from fedsim.learning.data import DecodedDataset, cache_root, load_images, read_column
+from fedsim.learning import models, together, training
+from fedsim.learning.data import DecodedDataset, Shape, cache_root, load_images, read_column
 from fedsim.learning.partition import NATURAL, Partitions, cached_partition_indices
 from fedsim.outputs import tracking
 from fedsim.outputs.console import FailureReporter, ProgressPrinter
@@ -292,9 +292,12 @@ def execute(
     cfg = inputs.cfg
     resumed = state.completed if state else None
     _truncate(run_dir, resumed if resumed is not None else -1)
+    together_facts = clients_together(cfg, cluster, inputs.dataset.shape)
     facts = {**run_facts(inputs, run_dir, resumed), "cluster": cluster.describe()}
-    status = folders.RunStatus(run_dir, cfg, inputs.timings, facts)
+    status = folders.RunStatus(run_dir, cfg, inputs.timings, facts | together_facts)
     print(_announce(cfg, run_dir, cluster, resumed), flush=True)
+    if why := together_facts.get("one_at_a_time"):
+        print(f"fedsim: --vectorize {cfg.vectorize}, but clients train one at a time: {why}")
     algorithm = algorithms.build(cfg)
     loop = build_loop(inputs, run_dir, state, status.failures, algorithm, seams.evaluator)
     transport = Transport(cluster.concurrent_clients, cfg.clients_per_message)
@@ -319,6 +322,17 @@ def execute(
             raise loop.error
     print(f"fedsim: done in {inputs.timings.total:.1f} s -> {run_dir}", flush=True)
     return run_dir
+
+
+def clients_together(cfg: RunConfig, cluster: engine.Cluster, shape: Shape) -> dict[str, object]:
+    """Whether a bundle's clients train at once (config.json's `clients_together`), and
+    why not where --vectorize asks for it but the algorithm or the model cannot."""
+    on_gpu = bool(cluster.client_resources["num_gpus"])
+    if not together.wanted(cfg.vectorize, torch.device("cuda" if on_gpu else "cpu")):
+        return {"clients_together": False}
+    why = algorithms.build(cfg).why_not_together()
+    why = why or together.why_not(models.build_model(cfg.model, shape=shape))
+    return {"clients_together": why is None} | ({"one_at_a_time": why} if why else {})
 
 
 def model_bytes(loop: RoundLoop) -> int:
