@@ -1,7 +1,8 @@
 """Cross-device: 1000 IID clients of 50 images, 50 sampled per round, 1 local epoch,
 batch 10, lr 0.1 (pfl-research's CIFAR-10 setting), 50 rounds. Measures the plain
-PyTorch reference, the dispatch floor (clients that do no work) and fedsim, and
-fedsim's memory across rounds.
+PyTorch reference, the compute ceiling (a round's images in one SGD step), the
+dispatch floor (clients that do no work), fedsim with clients one at a time and
+trained together (--vectorize on), and fedsim's memory across rounds.
 
     python -m bench.cross_device [--repeats N] [--no-wait] [simulate.py options]
 """
@@ -14,7 +15,7 @@ from bench.variants import best, median, parse, ratio, recording_share, target
 WORKLOAD = ["--clients", "1000", "--fraction-fit", "0.05", "--rounds", "50"]
 WORKLOAD += ["--partition", "iid", "--val-fraction", "0", "--fraction-evaluate", "0"]
 WORKLOAD += ["--local-epochs", "1", "--batch-size", "10", "--lr", "0.1", "--momentum", "0"]
-VARIANTS = ("reference", "noop", "fedsim")
+VARIANTS = ("reference", "ceiling", "noop", "fedsim", "fedsim-together")
 EARLY_ROUND = 5
 
 
@@ -72,6 +73,21 @@ def main() -> None:
             "(fedsim round - plain loop round) / Flower's floor round",
             ratio(per_round["fedsim"] - per_round["reference"], per_round["noop"]),
             0.25,
+        ),
+        target(
+            "fedsim --vectorize on round / plain loop round",
+            ratio(per_round["fedsim-together"], per_round["reference"]),
+            0.65,
+        ),
+        target(
+            "fedsim --vectorize on round / compute ceiling round",
+            ratio(per_round["fedsim-together"], per_round["ceiling"]),
+            1.5,
+        ),
+        target(
+            "fedsim round / compute ceiling round",
+            ratio(per_round["fedsim"], per_round["ceiling"]),
+            1.5,
         ),
         target("recording (clients.csv, bytes) / round time", recording_share(fedsim), 0.02),
         target(f"fedsim tree RSS, round {last} / round {EARLY_ROUND}", growth, 1.05),

@@ -8,6 +8,7 @@ before the first round. This is the physical limit the harness is measured again
 Only FedAvg is implemented.
 
     python -m bench.reference --clients 2 --rounds 3 --data ../shared/data/cifar10 [--device cuda]
+    python -m bench.reference ... --ceiling   # the compute ceiling (CeilingLoop)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+import torch.nn.functional as F
 
 from fedsim.front import cli, sweep
 from fedsim.ground import streams
@@ -66,11 +68,14 @@ class ReferenceLoop:
         self.timings.central_evaluate += time.perf_counter() - tick
         return result
 
+    def sampled(self, server_round: int) -> list[int]:
+        cfg, stream = self.cfg, streams.TRAINING_SAMPLE
+        return sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_fit, stream)
+
     def round(self, server_round: int) -> RoundRecord:
         cfg, started = self.cfg, time.perf_counter()
         states, losses, sizes, clients = [], [], [], []
-        stream = streams.TRAINING_SAMPLE
-        for pid in sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_fit, stream):
+        for pid in self.sampled(server_round):
             tick = time.perf_counter()
             self.model.load_state_dict(self.state)
             seed = streams.client_seed(cfg.seed, server_round, pid, streams.LOCAL_TRAINING)
@@ -112,6 +117,35 @@ class ReferenceLoop:
         self.timings.client_evaluate += time.perf_counter() - tick
 
 
+class CeilingLoop(ReferenceLoop):
+    """The compute ceiling of a round: one SGD step over all the sampled clients'
+    images in one batch (the same arithmetic work as their local epoch, with none of
+    the small batches' overhead), then the same evaluations. Not federated learning:
+    what the machine can do with a round's work at best."""
+
+    def round(self, server_round: int) -> RoundRecord:
+        started = time.perf_counter()
+        pids = self.sampled(server_round)
+        images = torch.cat([self.train[pid][0] for pid in pids])
+        labels = torch.cat([self.train[pid][1] for pid in pids])
+        self.model.load_state_dict(self.state)
+        self.model.train()
+        optimizer = training.SGD(list(self.model.parameters()), self.cfg.lr, 0.0, 0.0)
+        loss = F.cross_entropy(self.model(training.normalize(images)), labels)
+        loss.backward()
+        optimizer.step()
+        self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.timings.train += time.perf_counter() - started
+        record = RoundRecord(round=server_round, train_loss=float(loss))
+        if self.cfg.evaluates_on_clients:
+            self._evaluate_on_clients(server_round, record)
+        record.central_loss, record.central_accuracy = self.central()
+        record.round_seconds = time.perf_counter() - started
+        self.timings.per_round.append(record.round_seconds)
+        self.timings.rounds += record.round_seconds
+        return record
+
+
 def _split(
     images: torch.Tensor, labels: torch.Tensor, rows: np.ndarray, device: torch.device
 ) -> Split:
@@ -122,8 +156,9 @@ def _split(
 CPU = torch.device("cpu")
 
 
-def run(cfg: RunConfig, device: torch.device = CPU) -> Path:
-    """The loop on `device` (bench/gpu_share.py runs it on the GPU)."""
+def run(cfg: RunConfig, device: torch.device = CPU, ceiling: bool = False) -> Path:
+    """The loop on `device` (bench/gpu_share.py runs it on the GPU); `ceiling`: the
+    compute ceiling's rounds instead (CeilingLoop)."""
     if cfg.strategy != "fedavg":
         raise ConfigError("--strategy", "the reference loop implements fedavg only")
     imports = time.time() - psutil.Process().create_time()  # the process's start counts
@@ -139,8 +174,8 @@ def run(cfg: RunConfig, device: torch.device = CPU) -> Path:
     timings.partition += time.perf_counter() - tick
 
     torch.set_num_threads(os.cpu_count() or 1)
-    loop = ReferenceLoop(cfg, train, val, test, timings, device)
-    extra = {"engine": "plain loop", "device": str(device)}
+    loop = (CeilingLoop if ceiling else ReferenceLoop)(cfg, train, val, test, timings, device)
+    extra = {"engine": "compute ceiling" if ceiling else "plain loop", "device": str(device)}
     with folders.claimed_run_dir(cfg) as run_dir:
         recorder = CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV, timings)
         with folders.RunStatus(run_dir, cfg, timings, extra).running(started):
@@ -163,13 +198,15 @@ def config_from(argv: list[str]) -> RunConfig:
 
 
 def main(argv: list[str]) -> None:
-    """simulate.py's options, and `--device cpu|cuda` (default cpu)."""
+    """simulate.py's options, `--device cpu|cuda` (default cpu) and `--ceiling`."""
     device = "cpu"
     if "--device" in argv:
         at = argv.index("--device")
         device = argv[at + 1]
         argv = argv[:at] + argv[at + 2 :]
-    print(f"reference: done -> {run(config_from(argv), torch.device(device))}")
+    ceiling = "--ceiling" in argv
+    argv = [arg for arg in argv if arg != "--ceiling"]
+    print(f"reference: done -> {run(config_from(argv), torch.device(device), ceiling)}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ options, and the command line every benchmark script shares.
 - reference: the plain PyTorch loop (bench/reference.py)
 - tutorial: Flower's quickstart client pattern through fedsim's server (bench/tutorial_app.py)
 - noop: Flower's own FedAvg.start, one node per client, clients that do no work (bench/noop_app.py)
-- fedsim: `simulate.py` itself
+- fedsim: `simulate.py` itself; fedsim-together: with --vectorize on
+- ceiling: the compute ceiling, a round's images in one SGD step (bench/reference.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ COMMANDS = {
     "tutorial": ["-m", "bench.tutorial_app"],
     "noop": ["-m", "bench.noop_app"],
     "fedsim": ["simulate.py"],
+    "fedsim-together": ["simulate.py", "--vectorize", "on"],
+    "ceiling": ["-m", "bench.reference", "--ceiling"],
 }
 WARM_CACHE = SCRATCH / "cache"  # decoded CIFAR-10 and partitions, shared by the variants
 HF_CACHE = SCRATCH / "hf-datasets"  # the tutorial pattern's own (Arrow) cache

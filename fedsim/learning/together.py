@@ -18,9 +18,6 @@ trained one client at a time (`why_not`).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,8 +27,9 @@ from fedsim.learning.training import (
     LocalHooks,
     TrainResult,
     TrainSettings,
-    augment_batch,
+    batches,
     normalize,
+    steps_of,
 )
 
 
@@ -55,21 +53,6 @@ def why_not(model: nn.Module) -> str | None:
     return None
 
 
-def _batches(
-    images: torch.Tensor, labels: torch.Tensor, settings: TrainSettings, generator: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One client's batches in training.train's order, drawn from its generator as
-    training.train draws them."""
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(labels), generator=generator).to(images.device)
-        for start in range(0, len(labels), settings.batch_size):
-            index = order[start : start + settings.batch_size]
-            batch = images[index]
-            if settings.augment:
-                batch = augment_batch(batch, generator)
-            yield batch, labels[index]
-
-
 def train_together(
     model: nn.Module,
     starts: list[dict[str, torch.Tensor]],
@@ -84,101 +67,120 @@ def train_together(
     trained: list[dict[str, torch.Tensor]] = []
     results: list[TrainResult] = []
     for first in range(0, len(starts), MAX_TOGETHER):
-        group = slice(first, first + MAX_TOGETHER)
-        weights, done = _group(
-            model, starts[group], data[group], settings, generators[group], hooks[group]
-        )
+        part = slice(first, first + MAX_TOGETHER)
+        group = _Group(model, starts[part], hooks[part], settings)
+        weights, done = group.train(data[part], generators[part])
         trained += weights
         results += done
     return trained, results
 
 
-def _group(
-    model: nn.Module,
-    starts: list[dict[str, torch.Tensor]],
-    data: list[tuple[torch.Tensor, torch.Tensor]],
-    settings: TrainSettings,
-    generators: list[torch.Generator],
-    hooks: list[LocalHooks],
-) -> tuple[list[dict[str, torch.Tensor]], list[TrainResult]]:
-    from torch.func import functional_call, grad_and_value, vmap
+class _Group:
+    """Clients trained together: their parameters, momentum buffers, proximal anchors
+    and step corrections, each stacked along a leading client axis."""
 
-    model.train()
-    names = [name for name, _ in model.named_parameters()]
-    device = next(model.parameters()).device
-    clients, batch_size = len(starts), settings.batch_size
-    params = {n: torch.stack([s[n].to(device) for s in starts]) for n in names}
-    momentum = {n: torch.zeros_like(p) for n, p in params.items()}
-    mu = torch.tensor([h.proximal[0] if h.proximal else 0.0 for h in hooks], device=device)
-    anchors = {
-        n: torch.stack(
+    def __init__(
+        self,
+        model: nn.Module,
+        starts: list[dict[str, torch.Tensor]],
+        hooks: list[LocalHooks],
+        settings: TrainSettings,
+    ) -> None:
+        from torch.func import functional_call, grad_and_value, vmap
+
+        self.model, self.settings = model, settings
+        self.names = [name for name, _ in model.named_parameters()]
+        self.device = next(model.parameters()).device
+        self.params = self._stacked([[s[n].to(self.device) for n in self.names] for s in starts])
+        self.momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.mu = torch.tensor([h.proximal[0] if h.proximal else 0.0 for h in hooks])
+        self.mu = self.mu.to(self.device)
+        self.anchors = self._stacked(
             [
-                h.proximal[1][i] if h.proximal else starts[k][n].to(device)
-                for k, h in enumerate(hooks)
+                h.proximal[1] if h.proximal else [s[n] for n in self.names]
+                for h, s in zip(hooks, starts, strict=True)
             ]
         )
-        for i, n in enumerate(names)
-    }
-    corrections = None
-    if any(h.correction is not None for h in hooks):
-        corrections = {
-            n: torch.stack(
-                [h.correction[n] if h.correction else torch.zeros_like(params[n][0]) for h in hooks]
+        self.corrections = None
+        if any(h.correction is not None for h in hooks):
+            self.corrections = self._stacked(
+                [
+                    [
+                        h.correction[n] if h.correction else torch.zeros_like(self.params[n][0])
+                        for n in self.names
+                    ]
+                    for h in hooks
+                ]
             )
-            for n in names
+
+        def loss_of(weights, anchor, mu, images, labels, mask):
+            """One client's batch loss (padding weighs nothing), proximal term included."""
+            logits = functional_call(model, weights, (normalize(images),))
+            per_example = F.cross_entropy(logits, labels, reduction="none")
+            loss = (per_example * mask).sum() / mask.sum().clamp(min=1)
+            drift = sum((weights[n] - anchor[n]).pow(2).sum() for n in self.names)
+            return loss + mu / 2 * drift
+
+        self.step_of = vmap(grad_and_value(loss_of))
+
+    def _stacked(self, per_client: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """{name: the clients' tensors of that name, stacked}, from a list per client."""
+        return {
+            n: torch.stack([tensors[i].to(self.device) for tensors in per_client])
+            for i, n in enumerate(self.names)
         }
 
-    def loss_of(weights, anchor, mu_k, images, labels, mask):
-        logits = functional_call(model, weights, (normalize(images),))
-        per_example = F.cross_entropy(logits, labels, reduction="none")
-        loss = (per_example * mask).sum() / mask.sum().clamp(min=1)
-        drift = sum((weights[n] - anchor[n]).pow(2).sum() for n in names)
-        return loss + mu_k / 2 * drift
+    def train(
+        self, data: list[tuple[torch.Tensor, torch.Tensor]], generators: list[torch.Generator]
+    ) -> tuple[list[dict[str, torch.Tensor]], list[TrainResult]]:
+        self.model.train()
+        clients = len(data)
+        steps = [steps_of(len(labels), self.settings) for _, labels in data]
+        streams = [
+            batches(*pair, self.settings, g) for pair, g in zip(data, generators, strict=True)
+        ]
+        totals = torch.zeros(clients, device=self.device)
+        for step in range(max(steps, default=0)):
+            active = [k for k in range(clients) if step < steps[k]]
+            index = None if len(active) == clients else torch.tensor(active, device=self.device)
+            losses = self._step(index, [next(streams[k]) for k in active])
+            totals = _put(totals, index, _rows(totals, index) + losses)
+        trained = [{n: self.params[n][k] for n in self.names} for k in range(clients)]
+        results = [
+            TrainResult(loss=float(totals[k]) / max(steps[k], 1), steps=steps[k])
+            for k in range(clients)
+        ]
+        return trained, results
 
-    step_of = vmap(grad_and_value(loss_of))
-    sizes = [len(labels) for _, labels in data]
-    steps = [settings.epochs * math.ceil(size / batch_size) for size in sizes]
-    streams = [
-        _batches(images, labels, settings, g)
-        for (images, labels), g in zip(data, generators, strict=True)
-    ]
-    totals = torch.zeros(clients, device=device)
-    image_shape = data[0][0].shape[1:]
-    for step in range(max(steps, default=0)):
-        active = [k for k in range(clients) if step < steps[k]]
-        images = torch.zeros(
-            (len(active), batch_size, *image_shape), dtype=data[0][0].dtype, device=device
-        )
-        labels = torch.zeros((len(active), batch_size), dtype=torch.long, device=device)
-        mask = torch.zeros((len(active), batch_size), device=device)
-        for row, k in enumerate(active):
-            batch, batch_labels = next(streams[k])
+    def _step(
+        self, index: torch.Tensor | None, batches_now: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """One SGD step of the clients in `index` (None: all), each on its batch; their
+        losses. torch.optim.SGD's update (training.SGD), then the step correction."""
+        settings, size = self.settings, self.settings.batch_size
+        first = batches_now[0][0]
+        images = first.new_zeros((len(batches_now), size, *first.shape[1:]))
+        labels = torch.zeros((len(batches_now), size), dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(batches_now), size), device=self.device)
+        for row, (batch, batch_labels) in enumerate(batches_now):
             images[row, : len(batch_labels)] = batch
             labels[row, : len(batch_labels)] = batch_labels
             mask[row, : len(batch_labels)] = 1.0
-        index = None if len(active) == clients else torch.tensor(active, device=device)
-        grads, losses = step_of(
-            _take(params, index), _take(anchors, index), _rows(mu, index), images, labels, mask
-        )
+        params, anchors = _take(self.params, index), _take(self.anchors, index)
+        grads, losses = self.step_of(params, anchors, _rows(self.mu, index), images, labels, mask)
         with torch.no_grad():
-            for n in names:
-                weight, grad = _rows(params[n], index), grads[n]
+            for n in self.names:
+                weight, grad = params[n], grads[n]
                 if settings.weight_decay:
                     grad = grad.add(weight, alpha=settings.weight_decay)
                 if settings.momentum:
-                    grad = _rows(momentum[n], index).mul(settings.momentum).add(grad)
-                    momentum[n] = _put(momentum[n], index, grad)
+                    grad = _rows(self.momentum[n], index).mul(settings.momentum).add(grad)
+                    self.momentum[n] = _put(self.momentum[n], index, grad)
                 updated = weight.add(grad, alpha=-settings.lr)
-                if corrections is not None:
-                    updated = updated - _rows(corrections[n], index)
-                params[n] = _put(params[n], index, updated)
-            totals = _put(totals, index, _rows(totals, index) + losses.detach())
-    trained = [{n: params[n][k] for n in names} for k in range(clients)]
-    results = [
-        TrainResult(loss=float(totals[k]) / max(steps[k], 1), steps=steps[k])
-        for k in range(clients)
-    ]
-    return trained, results
+                if self.corrections is not None:
+                    updated = updated - _rows(self.corrections[n], index)
+                self.params[n] = _put(self.params[n], index, updated)
+        return losses.detach()
 
 
 def _rows(tensor: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:

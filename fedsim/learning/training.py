@@ -7,7 +7,7 @@ process and no image decoding in the loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -147,6 +147,24 @@ def train(
     optimizer = SGD(list(model.parameters()), settings.lr, settings.momentum, settings.weight_decay)
     extra_loss, after_step = hooks.loss_term(), hooks.step_change(model)
     total, steps = torch.zeros((), device=images.device), 0
+    for batch, batch_labels in batches(images, labels, settings, generator):
+        loss = F.cross_entropy(model(normalize(batch)), batch_labels)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step(model)
+        total += loss.detach()
+        steps += 1
+    return TrainResult(loss=float(total) / max(steps, 1), steps=steps)
+
+
+def batches(
+    images: torch.Tensor, labels: torch.Tensor, settings: TrainSettings, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A client's local batches: each epoch a permutation from its generator, then
+    (with --augment) each batch cropped and flipped with draws from the same generator."""
     for _ in range(settings.epochs):
         order = torch.randperm(len(labels), generator=generator).to(images.device)
         for start in range(0, len(labels), settings.batch_size):
@@ -154,16 +172,12 @@ def train(
             batch = images[index]
             if settings.augment:
                 batch = augment_batch(batch, generator)
-            loss = F.cross_entropy(model(normalize(batch)), labels[index])
-            if extra_loss is not None:
-                loss = loss + extra_loss(model)
-            loss.backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step(model)
-            total += loss.detach()
-            steps += 1
-    return TrainResult(loss=float(total) / max(steps, 1), steps=steps)
+            yield batch, labels[index]
+
+
+def steps_of(examples: int, settings: TrainSettings) -> int:
+    """How many optimizer steps `batches` gives a client of `examples`."""
+    return settings.epochs * -(-examples // settings.batch_size)
 
 
 def proximal_term(anchor: list[torch.Tensor], mu: float) -> Callable[[nn.Module], torch.Tensor]:
