@@ -97,8 +97,12 @@ class ReferenceLoop:
         record = RoundRecord(
             round=server_round, train_loss=_weighted_mean(losses, sizes), clients=clients
         )
-        if cfg.evaluates_on_clients:
-            self._evaluate_on_clients(server_round, record)
+        return self.evaluated(record, started)
+
+    def evaluated(self, record: RoundRecord, started: float) -> RoundRecord:
+        """The round's record with its evaluations and its time since `started`."""
+        if self.cfg.evaluates_on_clients:
+            self._evaluate_on_clients(record.round, record)
         record.central_loss, record.central_accuracy = self.central()
         record.round_seconds = time.perf_counter() - started
         self.timings.per_round.append(record.round_seconds)
@@ -136,14 +140,7 @@ class CeilingLoop(ReferenceLoop):
         optimizer.step()
         self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.timings.train += time.perf_counter() - started
-        record = RoundRecord(round=server_round, train_loss=float(loss))
-        if self.cfg.evaluates_on_clients:
-            self._evaluate_on_clients(server_round, record)
-        record.central_loss, record.central_accuracy = self.central()
-        record.round_seconds = time.perf_counter() - started
-        self.timings.per_round.append(record.round_seconds)
-        self.timings.rounds += record.round_seconds
-        return record
+        return self.evaluated(RoundRecord(round=server_round, train_loss=float(loss)), started)
 
 
 def _split(
