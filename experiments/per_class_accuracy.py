@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedsim.ground.files import CONFIG_JSON, LABEL_COUNTS_CSV, MODEL
+from fedsim.ground.files import CONFIG_JSON, LABEL_COUNTS_CSV, MODEL, cache_root
 from fedsim.learning import models, training
-from fedsim.learning.data import Shape, cache_root, load_images
+from fedsim.learning.data import Shape, load_images
 
 
 def per_class(run: Path) -> tuple[float, pd.DataFrame]:

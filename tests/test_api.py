@@ -176,18 +176,62 @@ def test_a_users_algorithm_shows_its_options_in_help():
     assert "--damping DAMPING" in done.stdout
 
 
-def test_code_defined_in_a_notebook_is_one_line_before_anything_runs(tmp_path):
-    def notebook_model():  # as a notebook cell defines it
-        raise AssertionError("never built")
+NOTEBOOK_SCRIPT = """
+import json, sys
+import fedsim
+from torch import nn
 
-    notebook_model.__module__ = "__main__"
-    with pytest.raises(fedsim.ConfigError) as raised:
-        fedsim.run(model=notebook_model, results_dir=str(tmp_path))
-    assert str(raised.value) == (
-        "--model: 'test_code_defined_in_a_notebook_is_one_line_before_anything_runs.<locals>."
-        "notebook_model' is defined in __main__: the client processes import it by name, so "
-        "define it in a module and pass it (or 'module:name')"
+# as cells of a notebook define them: in __main__, importable by no other process
+def tiny(num_classes, image_shape):
+    c, h, w = image_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))
+
+from fedsim.algorithms.fedavg import FedAvg
+
+class HalfLr(FedAvg):
+    def settings(self):
+        import dataclasses
+        settings = super().settings()
+        return dataclasses.replace(settings, lr=settings.lr / 2)
+
+options = json.loads(sys.argv[1])
+result = fedsim.run(model=tiny, strategy=HalfLr, rounds=1, name="notebook", **options)
+said = {key: result.config[key] for key in ("model", "strategy")}
+said |= {"status": result.status, "user_code": result.document["user_code"]}
+print(json.dumps(said))
+"""
+
+RESUME_SCRIPT = """
+import json, sys
+import fedsim
+print(fedsim.resume(sys.argv[1], rounds=2).status)
+"""
+
+
+def test_code_defined_in_a_notebook_runs_and_resumes_by_value(tiny_cifar, tmp_path):
+    """A factory and an algorithm class defined in __main__ (a notebook's cells) are
+    kept by value: the client processes train with them, and a later process that
+    defines neither resumes the run with them."""
+    options = {"data": str(tiny_cifar), "results_dir": str(tmp_path), "clients": 2}
+    notebook = _python(NOTEBOOK_SCRIPT, options)
+    out, err = notebook.communicate(timeout=600)
+    assert notebook.returncode == 0, err[-3000:]
+    said = json.loads(out.strip().splitlines()[-1])
+    assert said["status"] == "complete"
+    for option in ("model", "strategy"):
+        assert said[option].startswith("fedsim.ground.by_value:c"), said[option]
+        assert said["user_code"][option]["name"] == said[option]
+    first = pd.read_csv(tmp_path / "notebook" / "rounds.csv")
+    assert first.central_accuracy.notna().all() and len(first) == 2
+
+    resumed = subprocess.run(
+        [sys.executable, "-c", RESUME_SCRIPT, str(tmp_path / "notebook")],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    with pytest.raises(fedsim.ConfigError, match=r"--model: .*<lambda>' is defined in tests"):
-        fedsim.run(model=lambda: None, results_dir=str(tmp_path))
-    assert not any(tmp_path.iterdir())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.strip().splitlines()[-1] == "complete"
+    rounds = pd.read_csv(tmp_path / "notebook" / "rounds.csv")
+    assert rounds["round"].tolist() == [0, 1, 2]
+    assert rounds.iloc[:2].equals(first)

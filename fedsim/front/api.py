@@ -7,8 +7,10 @@ validation, numbers and files.
     summary = fedsim.sweep(clients=[10, 20], strategy=["fedavg", "scaffold"])
 
 Options are simulate.py's, by name with `_` for `-` (`fraction_fit=0.1`); `None` is
-`auto`. The command line reads its arguments into the same options and goes through
-the same functions below this module (fedsim.front.sweep, fedsim.runner), so a call
+`auto`. `model` and `strategy` also take the factory or the Algorithm class itself:
+named by its module, or, defined in a notebook's cell, kept by value
+(fedsim.ground.by_value). The command line reads its arguments into the same options
+and goes through the same functions below this module (fedsim.front.sweep, fedsim.runner), so a call
 and a command with the same options make the same folders and the same numbers.
 
 Nothing here ends the process or touches signal handlers: a bad option raises
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from fedsim.front import sweep as grids
+from fedsim.ground import by_value
 from fedsim.ground.config import flag
 from fedsim.ground.errors import ConfigError, RunEnded
 from fedsim.ground.files import CLIENTS_CSV, CONFIG_JSON, MODEL, ROUNDS_CSV, SUMMARY_CSV
@@ -139,16 +142,14 @@ def option_names() -> list[str]:
 
 
 def _named(name: str, value: Any) -> Any:
-    """A model factory or an Algorithm class given as itself: its `module:name`."""
+    """A model factory or an Algorithm class given as itself: its `module:name`, or,
+    for code no other process can import by name (a notebook's), the name it is kept
+    under by value (fedsim.ground.by_value)."""
     if name not in catalog.USER_CODE or not callable(value):
         return value
     module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", "")
     if module in (None, "__main__") or "<" in qualname:
-        raise ConfigError(
-            flag(name),
-            f"{qualname or value!r} is defined in {module or 'no module'}: the client processes "
-            "import it by name, so define it in a module and pass it (or 'module:name')",
-        )
+        return by_value.keep(value)
     return f"{module}:{qualname}"
 
 

@@ -5,7 +5,8 @@ Such a name is imported from where Python finds modules, plus the current direct
 see it otherwise). Ray's local workers get the driver's current directory on their
 path too, so the same name imports in every client process; on a cluster Ray ships
 the user's own module (or its top-level package) to every node (`shipped`), while an
-installed package must be installed there too (docs/extending.md).
+installed package must be installed there too (docs/extending.md). Code that has no
+module to be imported from (a notebook's) is kept by value (fedsim.ground.by_value).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+from fedsim.ground import by_value
 from fedsim.ground.errors import ConfigError
 
 
@@ -88,8 +90,11 @@ def load(path: str, option: str) -> Any:
         ) from None
     try:
         return resolve(path)
-    except AttributeError:
-        raise ConfigError(option, f"module {module_name!r} has no {attribute!r}") from None
+    except AttributeError as error:
+        said = str(error) if module_name == by_value.__name__ else ""
+        raise ConfigError(
+            option, f"module {module_name!r} has no {said or repr(attribute)}"
+        ) from None
 
 
 def source(path: str) -> dict[str, str]:
@@ -97,6 +102,8 @@ def source(path: str) -> dict[str, str]:
     SHA-256 of its text (a later run with changed code is told apart)."""
     module = sys.modules.get(path.partition(":")[0])
     file = getattr(module, "__file__", None)
+    if module is by_value:  # the code itself is the pickle, named by its hash
+        return {"name": path, "kept_by_value_in": str(by_value.folder())}
     if file is None:
         return {"name": path}
     text = Path(file).read_bytes()

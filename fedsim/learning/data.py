@@ -30,6 +30,7 @@ import numpy as np
 
 from fedsim.ground.config import flag
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.files import cache_root
 
 IMAGE_SHAPE = (3, 32, 32)  # CIFAR-10's (channels, height, width)
 NUM_CLASSES = 10  # CIFAR-10's
@@ -141,14 +142,6 @@ def read_cached(folder: Path, source: str = "") -> DecodedDataset:
     return DecodedDataset(
         **arrays, classes=tuple(classes), key=folder.name, source=source, folder=folder
     )
-
-
-def cache_root() -> Path:
-    """Where decoded data lives: $FEDSIM_CACHE, else $XDG_CACHE_HOME/fedsim, else ~/.cache."""
-    if os.environ.get("FEDSIM_CACHE"):
-        return Path(os.environ["FEDSIM_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fedsim"
 
 
 def load_images(source: str, cache: Path | None = None) -> DecodedDataset:

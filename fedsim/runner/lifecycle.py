@@ -45,9 +45,10 @@ from fedsim.ground.files import (
     CONFIG_JSON,
     MODEL,
     ROUNDS_CSV,
+    cache_root,
 )
 from fedsim.learning import models, together, training
-from fedsim.learning.data import DecodedDataset, Shape, cache_root, load_images, read_column
+from fedsim.learning.data import DecodedDataset, Shape, load_images, read_column
 from fedsim.learning.partition import NATURAL, Partitions, cached_partition_indices
 from fedsim.outputs import tracking
 from fedsim.outputs.console import FailureReporter, ProgressPrinter
