@@ -146,7 +146,7 @@ NOT_CALLABLE = 3
         ({"model": "{bad}:missing"}, "has no 'missing'"),
         ({"model": "{bad}:NOT_CALLABLE"}, "is not callable"),
         ({"strategy": "{bad}:seven_classes"}, "is not a subclass of fedsim.Algorithm"),
-        ({"model": lambda: None}, "the client processes import it by name"),
+        ({"model": "fedsim.ground.by_value:c0"}, "this machine has no such file"),
     ],
 )
 def test_bad_options_raise_the_clis_message(options, message, tmp_path, monkeypatch):
