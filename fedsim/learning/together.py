@@ -40,9 +40,10 @@ def wanted(vectorize: str, device: torch.device) -> bool:
     return vectorize == ON or (vectorize == AUTO and device.type == "cuda")
 
 
-# At most this many clients in one vectorised step: the activations of a group are
-# this many clients' batches at once (64 × 64 CIFAR-10 images through the quickstart
-# CNN: about 40 MB), and a larger group gains nothing measurable on a CPU
+# At most this many clients in one vectorised step, a fixed bound on memory (a group
+# holds this many copies of the weights, momentum and anchors, and their batches'
+# activations at once: 64 × 64 CIFAR-10 images through the quickstart CNN is about
+# 40 MB); not yet sized from the model and the device's memory
 MAX_TOGETHER = 64
 
 
