@@ -182,13 +182,14 @@ class Algorithm:
         from fedsim.algorithms import attacks
         from fedsim.learning import together
 
-        if self.why_not_together() is not None:
+        if self.why_not_together() is not None or not ctxs:
+            return None
+        model = ctxs[0].load_model(ctxs[0].content[messages.ARRAYS])  # the process's one model
+        if together.why_not(model) is not None:
             return None
         starts, data, hooks = [], [], []
         for ctx in ctxs:
             model = ctx.load_model(ctx.content[messages.ARRAYS])
-            if together.why_not(model) is not None:
-                return None
             local = self.hooks(ctx, model)
             if not local.declarative:
                 return None
