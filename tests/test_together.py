@@ -14,6 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
 
 from fedsim.algorithms import privacy
+from fedsim.algorithms.feddyn import GRADIENT
 from fedsim.algorithms.scaffold import CONTROL
 from fedsim.flower import client_app
 from fedsim.flower.bundles import BundleInfo
@@ -35,10 +36,10 @@ def _tasks(cfg, rng: np.random.Generator) -> list[ClientTask]:
     arrays = ArrayRecord(model.state_dict())
     settings = ConfigRecord({messages.PROXIMAL_MU: 0.1, privacy.KEY_CLIPPING_NORM: 0.5})
 
-    def control() -> ArrayRecord:
+    def control(scale: float = 1e-3) -> ArrayRecord:
         return ArrayRecord(
             {
-                k: torch.from_numpy(rng.normal(0, 1e-3, v.shape).astype(np.float32))
+                k: torch.from_numpy(rng.normal(0, scale, v.shape).astype(np.float32))
                 for k, v in model.state_dict().items()
             }
         )
@@ -46,7 +47,8 @@ def _tasks(cfg, rng: np.random.Generator) -> list[ClientTask]:
     content = RecordDict({messages.ARRAYS: arrays, messages.CONFIG: settings, CONTROL: control()})
     tasks = []
     for pid in range(cfg.clients):
-        state = RecordDict({CONTROL: control()}) if pid % 2 else RecordDict()
+        memory = {CONTROL: control(), GRADIENT: control(scale=1e-2)}  # SCAFFOLD's, FedDyn's
+        state = RecordDict(memory) if pid % 2 else RecordDict()
         tasks.append(ClientTask(pid, content, state))
     return tasks
 
@@ -63,6 +65,7 @@ CASES = {
     "scaffold": {"strategy": "scaffold"},
     "fednova": {"strategy": "fednova"},
     "qfedavg": {"strategy": "qfedavg"},
+    "feddyn": {"strategy": "feddyn", "feddyn_alpha": 0.1},
     "label flipping": {"byzantine_fraction": 0.5, "attack": "label-flip"},
     "sign flipping": {"byzantine_fraction": 0.5, "attack": "sign-flip"},
     "client-side clipping": {"dp": "client-fixed", "dp_clipping_norm": 0.5},
@@ -105,8 +108,24 @@ def test_a_bundle_trained_together_replies_as_its_clients_alone(options, tiny_ci
             assert metrics[1][key] == pytest.approx(metrics[0][key], abs=TOLERANCE), key
 
 
-def test_what_cannot_train_together_trains_alone(tiny_cifar) -> None:
-    for options in ({"strategy": "feddyn"}, {"model": "resnet18"}):
+# A user's algorithm that keeps its clients apart (Algorithm.trains_together)
+ALONE = """
+from fedsim.algorithms.fedavg import FedAvg
+
+class Alone(FedAvg):
+    trains_together = False
+"""
+
+
+@pytest.fixture
+def alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "alone_algorithm.py").write_text(ALONE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "alone_algorithm:Alone"
+
+
+def test_what_cannot_train_together_trains_alone(tiny_cifar, alone) -> None:
+    for options in ({"strategy": alone}, {"model": "resnet18"}):
         cfg = make_config(data=str(tiny_cifar), clients=2, vectorize="on", **options)
         process = client_app.ClientProcess(cfg, LocalData(cfg))
         assert not process.trains_together, options
@@ -135,7 +154,7 @@ def test_runs_together_and_alone_agree_through_the_engine(tiny_cifar, tmp_path: 
     assert max(float((model_on[k] - model_off[k]).abs().max()) for k in model_on) <= 1e-3
 
 
-def test_the_driver_says_why_clients_train_one_at_a_time(tiny_cifar) -> None:
+def test_the_driver_says_why_clients_train_one_at_a_time(tiny_cifar, alone) -> None:
     """What config.json records and the console says (lifecycle.clients_together)."""
     from fedsim.flower.engine import Cluster
     from fedsim.learning.data import CIFAR10
@@ -153,9 +172,71 @@ def test_the_driver_says_why_clients_train_one_at_a_time(tiny_cifar) -> None:
     assert said() == {"clients_together": False}  # auto, clients on CPUs
     assert said(0.5) == {"clients_together": True}  # auto, clients given a GPU
     assert said(vectorize="off") == {"clients_together": False}
-    assert said(vectorize="on", strategy="feddyn")["one_at_a_time"].startswith(
-        "FedDyn's local training is not said as data"
+    assert said(vectorize="on", strategy=alone)["one_at_a_time"].startswith(
+        "Alone's local training is not said as data"
     )
     assert said(vectorize="on", model="resnet18")["one_at_a_time"].startswith(
         "the model has buffers"
     )
+
+
+def _five_clients(device: torch.device):
+    """Five clients of 40 to 80 random images, their generators, and the settings."""
+    from fedsim.learning.training import LocalHooks, TrainSettings
+
+    model = models.build_model("cnn", seed=0).to(device)
+    start = {k: v.to(device) for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    data = [
+        (
+            torch.from_numpy(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)).to(device),
+            torch.from_numpy(rng.integers(0, 10, n)).to(device),
+        )
+        for n in (40, 50, 60, 70, 80)
+    ]
+    settings = TrainSettings(epochs=1, batch_size=16, lr=0.05, momentum=0.9)
+    generators = [torch.Generator().manual_seed(pid) for pid in range(5)]
+    return model, [start] * 5, data, settings, generators, [LocalHooks()] * 5
+
+
+def test_groups_are_as_large_as_the_memory_budget_holds() -> None:
+    """A budget for two clients trains five in groups of two, two, one, each client as
+    it trains in one group of five (to float rounding)."""
+    from fedsim.learning import together
+
+    model, starts, data, settings, generators, hooks = _five_clients(torch.device("cpu"))
+    one = together.client_bytes(model, data[0][0][0], settings.batch_size)
+    assert one > 6 * sum(p.numel() * 4 for p in model.parameters())  # activations count
+    assert together.group_size(model, data[0][0][0], 16, 2 * one + 1) == 2
+    assert together.group_size(model, data[0][0][0], 16, one - 1) == 1
+    assert together.memory_budget(torch.device("cpu")) > 0
+
+    def trained(budget: int):
+        fresh = [torch.Generator().set_state(g.get_state()) for g in generators]
+        return together.train_together(model, starts, data, settings, fresh, hooks, budget)
+
+    (in_pairs, pair_results), (at_once, results) = trained(2 * one + 1), trained(10**12)
+    for pid in range(5):
+        assert pair_results[pid].steps == results[pid].steps
+        assert pair_results[pid].loss == pytest.approx(results[pid].loss, abs=TOLERANCE)
+        for name, weight in at_once[pid].items():
+            assert float((in_pairs[pid][name] - weight).abs().max()) <= TOLERANCE, (pid, name)
+
+
+@pytest.mark.gpu
+def test_a_groups_memory_on_a_gpu_stays_within_its_estimate() -> None:
+    """What a group of five allocates on the GPU beyond its inputs is at most five
+    clients' estimated bytes (together.client_bytes)."""
+    from fedsim.learning import together
+
+    device = torch.device("cuda")
+    model, starts, data, settings, generators, hooks = _five_clients(device)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    together.train_together(model, starts, data, settings, generators, hooks, 10**12)
+    torch.cuda.synchronize()
+    used = torch.cuda.max_memory_allocated() - before
+    estimate = 5 * together.client_bytes(model, data[0][0][0], settings.batch_size)
+    print(f"group of 5: {used / 2**20:.1f} MiB allocated, estimated {estimate / 2**20:.1f} MiB")
+    assert used <= estimate

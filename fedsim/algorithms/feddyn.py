@@ -69,7 +69,6 @@ class FedDyn(Algorithm):
         "later rounds release: the accountant does not describe it"
     )
     feddyn_alpha = Option(0.01, "FedDyn's regularisation weight α", "(0, inf)")
-    trains_together = False  # its loss term is a callable (hooks)
 
     def strategy(self) -> FedDynStrategy:
         return FedDynStrategy(self.cfg.clients, self.feddyn_alpha, **SAMPLE_ALL)
@@ -82,18 +81,11 @@ class FedDyn(Algorithm):
         return [g.to(device) for g in ctx.state[GRADIENT].to_torch_state_dict().values()]
 
     def hooks(self, ctx: ClientContext, model: nn.Module) -> LocalHooks:
+        """α/2 · ||w - θ||² - <g_i, w>, as data: a proximal and a linear term."""
         from fedsim.learning.training import LocalHooks
 
-        alpha, gradient = self.feddyn_alpha, self._gradient(ctx, model)
         anchor = [p.detach().clone() for p in model.parameters()]
-
-        def dynamic_term(model: nn.Module):
-            params = list(model.parameters())
-            linear = sum((g * p).sum() for g, p in zip(gradient, params, strict=True))
-            drift = sum((p - a).pow(2).sum() for p, a in zip(params, anchor, strict=True))
-            return alpha / 2 * drift - linear
-
-        return LocalHooks(extra_loss=dynamic_term)
+        return LocalHooks(proximal=(self.feddyn_alpha, anchor), linear=self._gradient(ctx, model))
 
     def reply(
         self, ctx: ClientContext, model: nn.Module, result: TrainResult, examples: int

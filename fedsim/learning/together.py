@@ -4,7 +4,7 @@ for all of them, where `training.train` takes one client after another.
 
 Each client keeps exactly what it has one at a time: its own data, its own generator
 (the same permutation and augmentation draws, in the same order), its own momentum,
-its own proximal anchor and step correction (fedsim.learning.training.LocalHooks).
+its own proximal anchor, linear term and step correction (training.LocalHooks).
 Clients whose partitions differ in size take different numbers of steps: each step
 trains only the clients that have it (the others' weights are left as they are, not
 fed data they do not own), and a last, short batch is padded with examples of weight
@@ -17,6 +17,9 @@ trained one client at a time (`why_not`).
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +43,58 @@ def wanted(vectorize: str, device: torch.device) -> bool:
     return vectorize == ON or (vectorize == AUTO and device.type == "cuda")
 
 
-# At most this many clients in one vectorised step, a fixed bound on memory (a group
-# holds this many copies of the weights, momentum and anchors, and their batches'
-# activations at once: 64 × 64 CIFAR-10 images through the quickstart CNN is about
-# 40 MB); not yet sized from the model and the device's memory
-MAX_TOGETHER = 64
+# Of the memory this process's share of its device holds (the GPU's, or the machine's
+# RAM by its CPUs), the part one group may fill: the rest is the data, the model, the
+# framework's own and other processes'. From the device's total, not what is free at
+# the time, so a machine sizes groups the same way every run (and gives the same numbers)
+MEMORY_SHARE = 0.25
+# What a client of a group holds per parameter: its weights, momentum, anchor, linear
+# term or correction, gradient and updated weights
+COPIES_PER_PARAMETER = 6
+# Per activation a module outputs: itself, kept for the backward pass, its gradient and
+# the temporaries between them
+COPIES_PER_ACTIVATION = 3
+
+
+def memory_budget(device: torch.device) -> int:
+    """The bytes one group may fill: MEMORY_SHARE of what this process's share of the
+    device holds (the share Ray gave it; all of it outside Ray)."""
+    if device.type == "cuda":
+        total, key, units = torch.cuda.get_device_properties(device).total_memory, "GPU", 1.0
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        key, units = "CPU", float(os.cpu_count() or 1)
+    share = 1.0
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        share = min(1.0, ray.get_runtime_context().get_assigned_resources().get(key, units) / units)
+    return int(total * share * MEMORY_SHARE)
+
+
+def client_bytes(model: nn.Module, example: torch.Tensor, batch_size: int) -> int:
+    """What one client of a group holds at once: its copies of the parameters, and the
+    activations of a batch (measured from one example's pass through every module)."""
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    outputs: list[int] = []
+
+    def record(_module: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            outputs.append(output.numel() * 4)  # float32 in training
+
+    handles = [m.register_forward_hook(record) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(normalize(example[None]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    per_example = sum(outputs) * COPIES_PER_ACTIVATION + example.numel() * 4
+    return parameters * COPIES_PER_PARAMETER + per_example * batch_size
+
+
+def group_size(model: nn.Module, example: torch.Tensor, batch_size: int, budget: int) -> int:
+    """How many clients train in one vectorised step: as many as `budget` bytes hold."""
+    return max(1, budget // client_bytes(model, example, batch_size))
 
 
 def why_not(model: nn.Module) -> str | None:
@@ -61,14 +111,20 @@ def train_together(
     settings: TrainSettings,
     generators: list[torch.Generator],
     hooks: list[LocalHooks],
+    budget: int | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], list[TrainResult]]:
     """Train client k from weights `starts[k]` on `data[k]` with `generators[k]` and
-    `hooks[k]` (declarative ones only), MAX_TOGETHER at a time; their trained
-    parameters and results, in order."""
+    `hooks[k]` (declarative ones only), as many at a time as `budget` bytes hold (the
+    device's: memory_budget); their trained parameters and results, in order."""
     trained: list[dict[str, torch.Tensor]] = []
     results: list[TrainResult] = []
-    for first in range(0, len(starts), MAX_TOGETHER):
-        part = slice(first, first + MAX_TOGETHER)
+    if not starts:
+        return trained, results
+    device = next(model.parameters()).device
+    budget = memory_budget(device) if budget is None else budget
+    size = group_size(model, data[0][0][0].to(device), settings.batch_size, budget)
+    for first in range(0, len(starts), size):
+        part = slice(first, first + size)
         group = _Group(model, starts[part], hooks[part], settings)
         weights, done = group.train(data[part], generators[part])
         trained += weights
@@ -78,7 +134,7 @@ def train_together(
 
 class _Group:
     """Clients trained together: their parameters, momentum buffers, proximal anchors
-    and step corrections, each stacked along a leading client axis."""
+    linear terms and step corrections, each stacked along a leading client axis."""
 
     def __init__(
         self,
@@ -102,27 +158,25 @@ class _Group:
                 for h, s in zip(hooks, starts, strict=True)
             ]
         )
-        self.corrections = None
-        if any(h.correction is not None for h in hooks):
-            self.corrections = self._stacked(
-                [
-                    [
-                        h.correction[n] if h.correction else torch.zeros_like(self.params[n][0])
-                        for n in self.names
-                    ]
-                    for h in hooks
-                ]
-            )
+        self.linear = self._stacked_or_zeros([h.linear for h in hooks])
+        self.corrections = self._stacked_or_zeros(
+            [[h.correction[n] for n in self.names] if h.correction else None for h in hooks]
+        )
 
-        def loss_of(weights, anchor, mu, images, labels, mask):
-            """One client's batch loss (padding weighs nothing), proximal term included."""
+        def loss_of(weights, anchor, mu, linear, images, labels, mask):
+            """One client's batch loss (padding weighs nothing), its proximal term added
+            and its linear one (None: no client has one) subtracted."""
             logits = functional_call(model, weights, (normalize(images),))
             per_example = F.cross_entropy(logits, labels, reduction="none")
             loss = (per_example * mask).sum() / mask.sum().clamp(min=1)
             drift = sum((weights[n] - anchor[n]).pow(2).sum() for n in self.names)
-            return loss + mu / 2 * drift
+            loss = loss + mu / 2 * drift
+            if linear is not None:
+                loss = loss - sum((linear[n] * weights[n]).sum() for n in self.names)
+            return loss
 
-        self.step_of = vmap(grad_and_value(loss_of))
+        linear_dim = None if self.linear is None else 0  # None is not vmapped over
+        self.step_of = vmap(grad_and_value(loss_of), in_dims=(0, 0, 0, linear_dim, 0, 0, 0))
 
     def _stacked(self, per_client: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
         """{name: the clients' tensors of that name, stacked}, from a list per client."""
@@ -130,6 +184,15 @@ class _Group:
             n: torch.stack([tensors[i].to(self.device) for tensors in per_client])
             for i, n in enumerate(self.names)
         }
+
+    def _stacked_or_zeros(
+        self, per_client: list[list[torch.Tensor] | None]
+    ) -> dict[str, torch.Tensor] | None:
+        """Stacked like `_stacked`, zeros for a client without (None: no client has any)."""
+        if all(tensors is None for tensors in per_client):
+            return None
+        zeros = [torch.zeros_like(self.params[n][0]) for n in self.names]
+        return self._stacked([zeros if t is None else t for t in per_client])
 
     def train(
         self, data: list[tuple[torch.Tensor, torch.Tensor]], generators: list[torch.Generator]
@@ -168,7 +231,9 @@ class _Group:
             labels[row, : len(batch_labels)] = batch_labels
             mask[row, : len(batch_labels)] = 1.0
         params, anchors = _take(self.params, index), _take(self.anchors, index)
-        grads, losses = self.step_of(params, anchors, _rows(self.mu, index), images, labels, mask)
+        mu = _rows(self.mu, index)
+        linear = None if self.linear is None else _take(self.linear, index)
+        grads, losses = self.step_of(params, anchors, mu, linear, images, labels, mask)
         with torch.no_grad():
             for n in self.names:
                 weight, grad = params[n], grads[n]

@@ -44,11 +44,13 @@ class LocalHooks:
     """What an algorithm changes in local SGD (fedsim.algorithms). Said as data where
     it can be, so that clients trained together (fedsim.learning.together) apply it
     too: a proximal term mu/2 · ||w - anchor||² added to each batch's loss (FedProx),
-    and a correction subtracted from the named weights after each optimizer step
-    (SCAFFOLD's lr · (c - c_i)). Anything else is a callable, and trains one client at
-    a time: a term added to the loss, a change made to the model after each step."""
+    a linear term <g, w> subtracted from it (FedDyn's, with its proximal term), and a
+    correction subtracted from the named weights after each optimizer step (SCAFFOLD's
+    lr · (c - c_i)). Anything else is a callable, and trains one client at a time: a
+    term added to the loss, a change made to the model after each step."""
 
     proximal: tuple[float, list[torch.Tensor]] | None = None  # (mu, the parameters' anchor)
+    linear: list[torch.Tensor] | None = None  # g, one tensor per parameter
     correction: dict[str, torch.Tensor] | None = None
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None
     after_step: Callable[[nn.Module], None] | None = None
@@ -59,10 +61,20 @@ class LocalHooks:
         return self.extra_loss is None and self.after_step is None
 
     def loss_term(self) -> Callable[[nn.Module], torch.Tensor] | None:
-        if self.extra_loss is not None or self.proximal is None:
+        """What is added to each batch's loss: the callable, or the terms said as data."""
+        if self.extra_loss is not None:
             return self.extra_loss
-        mu, anchor = self.proximal
-        return proximal_term(anchor, mu)
+        proximal = proximal_term(self.proximal[1], self.proximal[0]) if self.proximal else None
+        if self.linear is None:
+            return proximal
+        gradient = self.linear
+
+        def term(model: nn.Module) -> torch.Tensor:
+            params = model.parameters()
+            linear = sum((g * p).sum() for g, p in zip(gradient, params, strict=True))
+            return (proximal(model) if proximal else 0.0) - linear
+
+        return term
 
     def step_change(self, model: nn.Module) -> Callable[[nn.Module], None] | None:
         if self.after_step is not None or self.correction is None:
