@@ -4,6 +4,8 @@ run through the engine writes, row for row."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from flwr.supercore.task_identity import TaskIdentity
@@ -30,17 +32,21 @@ class InProcessExchange:
         self.cfg = cfg
         self.phases: list[tuple[str, int, list[int]]] = []
 
-    def run(
+    def send(
         self, phase: str, server_round: int, tasks: list[ClientTask]
-    ) -> dict[int, ClientOutcome]:
+    ) -> Callable[[], dict[int, ClientOutcome]]:
         self.phases.append((phase, server_round, [task.pid for task in tasks]))
-        threads = torch.get_num_threads()
-        try:
-            process = client_app.process_for(self.cfg, LocalData(self.cfg))
-            info = BundleInfo(server_round, deadline=0)
-            return {t.pid: client_app.run_client(process, phase, t, info) for t in tasks}
-        finally:
-            torch.set_num_threads(threads)  # the driver's, for the central evaluation
+
+        def outcomes() -> dict[int, ClientOutcome]:  # the clients run when waited for
+            threads = torch.get_num_threads()
+            try:
+                process = client_app.process_for(self.cfg, LocalData(self.cfg))
+                info = BundleInfo(server_round, deadline=0)
+                return {t.pid: client_app.run_client(process, phase, t, info) for t in tasks}
+            finally:
+                torch.set_num_threads(threads)  # the driver's, for the central evaluation
+
+        return outcomes
 
 
 @pytest.fixture(autouse=True)

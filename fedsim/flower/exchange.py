@@ -16,7 +16,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from flwr.app import Message, MessageType
@@ -98,7 +98,8 @@ def nodes_needed(phase_sizes: Sequence[tuple[int, int]], transport: Transport) -
 
 class FlowerExchange:
     """fedsim.simulation.loop's Exchange over a Flower grid: the tasks of one phase in
-    bundles to the engine's nodes, the outcomes back, stoppable by `stop`."""
+    bundles to the engine's nodes, the outcomes back, stoppable by `stop`. A phase's
+    deadline (--round-timeout) counts from when its bundles are pushed."""
 
     def __init__(
         self,
@@ -114,11 +115,12 @@ class FlowerExchange:
         self.stop, self.wanted_nodes = stop, wanted_nodes
         self._nodes: list[int] = []
 
-    def run(
+    def send(
         self, phase: str, server_round: int, tasks: list[ClientTask]
-    ) -> dict[int, ClientOutcome]:
+    ) -> Callable[[], dict[int, ClientOutcome]]:
+        """Push the tasks' bundles now; the call returned waits for their outcomes."""
         if not tasks:
-            return {}
+            return dict
         by_pid = {task.pid: task for task in tasks}
         pids = sorted(by_pid)
         reply_bytes = self.reply_bytes if phase == MessageType.TRAIN else 0
@@ -137,7 +139,9 @@ class FlowerExchange:
             )
             for node, bundle in routes
         ]
-        return self._send_and_receive(outgoing, deadline)
+        waiting: dict[str, tuple[Message, list[int]]] = {}
+        self._push(outgoing, waiting)
+        return lambda: self._receive(waiting, deadline)
 
     def nodes(self) -> list[int]:
         """The engine's nodes, in a fixed order, once enough have registered."""
@@ -153,21 +157,20 @@ class FlowerExchange:
             time.sleep(POLL_SECONDS)
         return self._nodes
 
-    def _send_and_receive(
-        self, outgoing: list[tuple[Message, list[int]]], deadline: float
+    def _push(
+        self, batch: list[tuple[Message, list[int]]], waiting: dict[str, tuple[Message, list[int]]]
+    ) -> None:
+        ids = self.grid.push_messages([m for m, _ in batch])
+        waiting.update(zip(ids, batch, strict=True))
+
+    def _receive(
+        self, waiting: dict[str, tuple[Message, list[int]]], deadline: float
     ) -> dict[int, ClientOutcome]:
-        """Push the bundles, wait for their replies until the deadline (stoppable,
-        polling faster than Flower's grid), and read each client's outcome; the clients
-        of a bundle that failed as a whole (its process died) or did not answer in time
-        fail with it. A bundle that reached an actor while Ray was restarting it never
-        ran: it is sent again."""
-        waiting: dict[str, tuple[Message, list[int]]] = {}
-
-        def push(batch: list[tuple[Message, list[int]]]) -> None:
-            ids = self.grid.push_messages([m for m, _ in batch])
-            waiting.update(zip(ids, batch, strict=True))
-
-        push(outgoing)
+        """Wait for the bundles' replies until the deadline (stoppable, polling faster
+        than Flower's grid), and read each client's outcome; the clients of a bundle
+        that failed as a whole (its process died) or did not answer in time fail with
+        it. A bundle that reached an actor while Ray was restarting it never ran: it is
+        sent again."""
         outcomes: dict[int, ClientOutcome] = {}
         while waiting and time.time() < deadline:
             self._check_stop()
@@ -185,7 +188,7 @@ class FlowerExchange:
                     outcomes.update((o.pid, o) for o in bundles.unpack_outcomes(reply.content))
             if again:
                 time.sleep(RESEND_SECONDS)  # the actor's restart takes about a second
-                push(again)
+                self._push(again, waiting)
             elif waiting:
                 time.sleep(POLL_SECONDS)
         for _, bundle in waiting.values():

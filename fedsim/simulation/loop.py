@@ -45,12 +45,14 @@ PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate"}
 
 
 class Exchange(Protocol):
-    """How the loop reaches clients: their tasks for one phase of a round out, their
-    outcomes (one per task, by partition id) back. It may stop the run (RunStopped)."""
+    """How the loop reaches clients: their tasks for one phase of a round out now, and
+    a call that waits for their outcomes (one per task, by partition id), which may
+    stop the run (RunStopped). Sending does not wait, so that a round's training is
+    on its way while the driver evaluates the round before it."""
 
-    def run(
+    def send(
         self, phase: str, server_round: int, tasks: list[ClientTask]
-    ) -> dict[int, ClientOutcome]: ...
+    ) -> Callable[[], dict[int, ClientOutcome]]: ...
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,25 @@ class PhaseResult:
 TrainPhase = Callable[[int, list[int]], PhaseResult]
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """A phase's messages on their way: the strategy's message to each client (by
+    partition id) and the call that waits for the outcomes."""
+
+    message_type: str
+    server_round: int
+    messages: dict[int, Message]
+    outcomes: Callable[[], dict[int, ClientOutcome]]
+
+
+@dataclass(frozen=True)
+class _Started:
+    """A synchronous round's training on its way, from its simulated start."""
+
+    start: float
+    sent: _Sent
+
+
 class Schedule(Protocol):
     """How the training of one row comes about, when it is not a synchronous round:
     the arrivals of one server update, the clock and clients' memories moved on."""
@@ -106,6 +127,14 @@ class RoundLoop:
     one (`state.completed`) goes on with the round after it. `stop` ends the rounds at
     the exchange's next look; `finished` is set once they are over, however they ended
     (`error` says why, if they ended early).
+
+    Synchronous rounds overlap: once round t's model is aggregated (or, for round 1,
+    built), round t+1's clients are sampled and sent it, and the driver evaluates
+    round t centrally and writes its results while they train. Nothing round t+1
+    sends depends on that evaluation or on those files, so every number is what it is
+    one round after another; a run that ends after round t (a stop, a divergence)
+    leaves round t+1's training unused. A round's seconds are those it adds after the
+    round before it: its training, less what overlapped, and the rest of the round.
     """
 
     def __init__(
@@ -126,6 +155,7 @@ class RoundLoop:
         self.stop = threading.Event()
         self.finished = threading.Event()
         self.error: BaseException | None = None
+        self._ahead: _Started | None = None  # the next round's training, already sent
 
     def run(self, exchange: Exchange) -> None:
         try:
@@ -139,6 +169,7 @@ class RoundLoop:
     def _run(self, exchange: Exchange) -> None:
         cfg, state = self.cfg, self.state
         if state.completed is None:
+            self._send_ahead(exchange, 1)
             loss, accuracy = self._central()
             record = RoundRecord(0, central_loss=loss, central_accuracy=accuracy)
             record.sim_clock = state.clock.now
@@ -170,7 +201,7 @@ class RoundLoop:
             return self._phase(exchange, MessageType.TRAIN, draw, pids)
 
         if self.schedule is None:
-            result = self._synchronous(server_round, train)
+            result = self._synchronous(exchange, server_round)
         else:
             result = self.schedule.train(server_round, state, train)
         self.timings.train += time.perf_counter() - started
@@ -190,31 +221,49 @@ class RoundLoop:
             record.dp_epsilon = _metric(metrics, messages.DP_EPSILON)
             if self.cfg.evaluates_on_clients:
                 self._evaluate_on_clients(exchange, server_round, record)
+            self._send_ahead(exchange, server_round + 1)
             record.central_loss, record.central_accuracy = self._central()
         record.round_seconds = time.perf_counter() - started
         self.timings.per_round.append(record.round_seconds)
         self.timings.rounds += record.round_seconds
         return record
 
-    def _synchronous(self, server_round: int, train: TrainPhase) -> PhaseResult:
-        """Sample among the clients online at the round's simulated start, train them,
+    def _synchronous(self, exchange: Exchange, server_round: int) -> PhaseResult:
+        """Train the round's clients (sent already, if the round before sent them ahead)
         and keep the updates that arrive in time; the clock moves to the round's end."""
         cfg, clock, profiles = self.cfg, self.state.clock, self.population.profiles
-        start = profiles.next_online(clock.now)
-        if start is None:
+        started, self._ahead = self._ahead, None
+        if started is None:
+            started = self._start_training(exchange, server_round)
+        if started is None:
             raise RunAborted(f"no client is online after simulated second {clock.now:g}")
-        wanted = cfg.sampled_per_round
-        online = profiles.online_at(start)
-        count = sample_size(cfg, wanted)
-        sampled = streams.sample(cfg.seed, server_round, online, count, streams.TRAINING_SAMPLE)
-        result = train(server_round, sampled)
+        result = self._receive(started.sent)
         finish = time_clients(profiles, result.clients, cfg.local_epochs)
-        end, late = round_end(finish, wanted if cfg.over_select else None, cfg.deadline)
+        wanted = cfg.sampled_per_round if cfg.over_select else None
+        end, late = round_end(finish, wanted, cfg.deadline)
         result.discard(late)
         for pid, memory in result.states.items():
             self.state.states.set(pid, memory)
-        clock.now = start + end
+        clock.now = started.start + end
         return result
+
+    def _send_ahead(self, exchange: Exchange, server_round: int) -> None:
+        """Send synchronous round `server_round` its training before the central
+        evaluation of the model it trains (the rounds overlap: see the class)."""
+        if self.schedule is None and server_round <= self.cfg.rounds:
+            self._ahead = self._start_training(exchange, server_round)
+
+    def _start_training(self, exchange: Exchange, server_round: int) -> _Started | None:
+        """Sample among the clients online at the round's simulated start (None: none
+        is) and send them their training."""
+        cfg, clock, profiles = self.cfg, self.state.clock, self.population.profiles
+        start = profiles.next_online(clock.now)
+        if start is None:
+            return None
+        online = profiles.online_at(start)
+        count = sample_size(cfg, cfg.sampled_per_round)
+        sampled = streams.sample(cfg.seed, server_round, online, count, streams.TRAINING_SAMPLE)
+        return _Started(start, self._send(exchange, MessageType.TRAIN, server_round, sampled))
 
     def _evaluation_sample(self, server_round: int) -> list[int]:
         """The sampled clients (or all of them, every --evaluate-all-every rounds and
@@ -244,10 +293,16 @@ class RoundLoop:
     def _phase(
         self, exchange: Exchange, message_type: str, server_round: int, pids: list[int]
     ) -> PhaseResult:
-        """Let the strategy build its messages for `pids`, have the exchange carry them,
-        and hand back one record per client and the replies in partition order."""
+        """One phase for `pids`, sent and waited for."""
+        return self._receive(self._send(exchange, message_type, server_round, pids))
+
+    def _send(
+        self, exchange: Exchange, message_type: str, server_round: int, pids: list[int]
+    ) -> _Sent:
+        """Let the strategy build its messages for `pids` and have the exchange carry
+        them, each with the client's memory (training) and its work for the bundles."""
         if not pids:
-            return PhaseResult()
+            return _Sent(message_type, server_round, {}, dict)
         state, training = self.state, message_type == MessageType.TRAIN
         configure = (
             state.strategy.configure_train if training else state.strategy.configure_evaluate
@@ -265,19 +320,28 @@ class RoundLoop:
             )
             for pid in sorted(sent)
         ]
-        outcomes = exchange.run(message_type, server_round, tasks)
+        return _Sent(
+            message_type, server_round, sent, exchange.send(message_type, server_round, tasks)
+        )
+
+    def _receive(self, sent: _Sent) -> PhaseResult:
+        """Wait for a phase's outcomes: one record per client, and the replies in
+        partition order."""
+        outcomes = sent.outcomes()
+        training = sent.message_type == MessageType.TRAIN
+        sizes = self.population.train_sizes if training else self.population.val_sizes
         result, down = PhaseResult(), _Measured()
-        for pid in sorted(sent):
-            outcome = outcomes[pid]
+        for pid in sorted(sent.messages):
+            message, outcome = sent.messages[pid], outcomes[pid]
             if outcome.status == messages.OK:
-                result.replies.append(Message(content=outcome.content, reply_to=sent[pid]))
+                result.replies.append(Message(content=outcome.content, reply_to=message))
                 if training and outcome.state is not None:
                     result.states[pid] = outcome.state
             tick = time.perf_counter()
-            phase, examples = PHASES[message_type], int(sizes[pid])
-            down_bytes = down.bytes(sent[pid].content)
+            phase, examples = PHASES[sent.message_type], int(sizes[pid])
+            down_bytes = down.bytes(message.content)
             result.clients.append(
-                _client_record(server_round, phase, pid, examples, outcome, down_bytes)
+                _client_record(sent.server_round, phase, pid, examples, outcome, down_bytes)
             )
             self.timings.recording += time.perf_counter() - tick
             self.timings.recording_in_clients += outcome.measured_in
