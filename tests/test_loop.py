@@ -73,3 +73,34 @@ def test_the_loop_on_an_in_process_exchange_gives_the_engines_numbers(tiny_cifar
         assert computed(run_dir, name).equals(computed(tmp_path / "engine", name)), name
     assert [phase for phase, _, _ in exchange.phases] == ["train", "evaluate"] * 2
     assert len(exchange.phases[0][2]) == 2  # 0.67 of 3 clients train each round
+
+
+def test_the_next_rounds_training_is_on_its_way_during_the_central_evaluation(
+    tiny_cifar, tmp_path
+) -> None:
+    """Rounds overlap: round t+1's clients are sent their training before the driver
+    evaluates round t (round 0: the initial model), never past the last round."""
+    cfg = make_config(clients=3, rounds=3, data=str(tiny_cifar), results_dir=str(tmp_path))
+    exchange, central = InProcessExchange(cfg), []
+
+    def evaluator(cfg, dataset):
+        def evaluate(arrays):
+            central.append(len(exchange.phases))  # what had been sent by then
+            return 2.0, 0.5
+
+        return evaluate
+
+    with folders.claimed_run_dir(cfg) as run_dir:
+        algorithm = algorithms.build(cfg)
+        inputs = lifecycle.prepare(cfg)
+        loop = lifecycle.build_loop(inputs, run_dir, None, FailureReporter(), algorithm, evaluator)
+        loop.run(exchange)
+    phases = [(phase, server_round) for phase, server_round, _ in exchange.phases]
+    assert phases == [(p, r) for r in (1, 2, 3) for p in ("train", "evaluate")]
+    # round 0's evaluation after round 1's training went out, round 1's after round 2's…
+    assert [phases[n - 1] for n in central] == [
+        ("train", 1),
+        ("train", 2),
+        ("train", 3),
+        ("evaluate", 3),
+    ]
