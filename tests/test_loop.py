@@ -104,3 +104,39 @@ def test_the_next_rounds_training_is_on_its_way_during_the_central_evaluation(
         ("train", 3),
         ("evaluate", 3),
     ]
+
+
+class _LinkDown(InProcessExchange):
+    """Round 2's training cannot be sent, once or every time."""
+
+    def __init__(self, cfg: RunConfig, failures: int) -> None:
+        super().__init__(cfg)
+        self.failures = failures
+
+    def send(self, phase, server_round, tasks):
+        if (phase, server_round) == ("train", 2) and self.failures:
+            self.failures -= 1
+            raise RuntimeError("the link is down")
+        return super().send(phase, server_round, tasks)
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_a_round_that_cannot_be_sent_ahead_keeps_the_round_before(
+    failures, tiny_cifar, tmp_path
+) -> None:
+    """Sending round 2 ahead fails: round 1 is evaluated and kept all the same, and
+    round 2 tries again when it starts: it runs (one failure) or raises there (two)."""
+    cfg = make_config(clients=2, rounds=2, data=str(tiny_cifar), results_dir=str(tmp_path))
+    exchange = _LinkDown(cfg, failures)
+    with folders.claimed_run_dir(cfg) as run_dir:
+        loop = lifecycle.build_loop(
+            lifecycle.prepare(cfg), run_dir, None, FailureReporter(), algorithms.build(cfg)
+        )
+        if failures == 1:
+            loop.run(exchange)
+        else:
+            with pytest.raises(RuntimeError, match="the link is down"):
+                loop.run(exchange)
+    rounds = computed(run_dir, "rounds.csv")
+    assert rounds["round"].tolist() == ([0, 1, 2] if failures == 1 else [0, 1])
+    assert rounds["central_accuracy"].notna().all()

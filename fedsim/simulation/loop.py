@@ -249,9 +249,14 @@ class RoundLoop:
 
     def _send_ahead(self, exchange: Exchange, server_round: int) -> None:
         """Send synchronous round `server_round` its training before the central
-        evaluation of the model it trains (the rounds overlap: see the class)."""
+        evaluation of the model it trains (the rounds overlap: see the class). Should
+        that fail, the round sends it again when it starts, and fails there if it
+        must: the round before is evaluated and kept first, as without overlap."""
         if self.schedule is None and server_round <= self.cfg.rounds:
-            self._ahead = self._start_training(exchange, server_round)
+            try:
+                self._ahead = self._start_training(exchange, server_round)
+            except Exception:
+                self._ahead = None
 
     def _start_training(self, exchange: Exchange, server_round: int) -> _Started | None:
         """Sample among the clients online at the round's simulated start (None: none
