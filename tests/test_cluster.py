@@ -137,7 +137,7 @@ def test_four_clients_share_one_gpu(head: Head, tiny_cifar: Path, tmp_path: Path
     for old in head.actor_log.glob("*.jsonl"):
         old.unlink()
     options = f"--ray-address {head.address} --clients 4 --rounds 2 --gpus-per-client 0.25"
-    options += " --fraction-evaluate 0 --local-epochs 2"
+    options += " --fraction-evaluate 0 --local-epochs 8"  # calls long enough to overlap
     done, _ = simulate(tiny_cifar, tmp_path, "shared-gpu", options, env=head.driver_env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "4 clients run at a time (1 CPU, 0.25 GPU each)" in done.stdout
