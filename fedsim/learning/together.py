@@ -79,7 +79,7 @@ def client_bytes(model: nn.Module, example: torch.Tensor, batch_size: int) -> in
 
     def record(_module: nn.Module, _inputs: object, output: object) -> None:
         if isinstance(output, torch.Tensor):
-            outputs.append(output.numel() * 4)  # float32 in training
+            outputs.append(output.numel() * output.element_size())
 
     handles = [m.register_forward_hook(record) for m in model.modules()]
     try:
@@ -88,7 +88,7 @@ def client_bytes(model: nn.Module, example: torch.Tensor, batch_size: int) -> in
     finally:
         for handle in handles:
             handle.remove()
-    per_example = sum(outputs) * COPIES_PER_ACTIVATION + example.numel() * 4
+    per_example = sum(outputs) * COPIES_PER_ACTIVATION + example.numel() * 4  # as float32
     return parameters * COPIES_PER_PARAMETER + per_example * batch_size
 
 

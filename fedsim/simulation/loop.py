@@ -232,9 +232,8 @@ class RoundLoop:
         """Train the round's clients (sent already, if the round before sent them ahead)
         and keep the updates that arrive in time; the clock moves to the round's end."""
         cfg, clock, profiles = self.cfg, self.state.clock, self.population.profiles
-        started, self._ahead = self._ahead, None
-        if started is None:
-            started = self._start_training(exchange, server_round)
+        started = self._ahead or self._start_training(exchange, server_round)
+        self._ahead = None
         if started is None:
             raise RunAborted(f"no client is online after simulated second {clock.now:g}")
         result = self._receive(started.sent)
