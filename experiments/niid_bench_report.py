@@ -40,7 +40,9 @@ COLUMNS = (
     "rounds",
     "fedsim_best",
     "fedsim_final",
+    "fedsim_best_std",
     "published",
+    "published_std",
     "source",
 )
 # (partition, strategy) -> [(published accuracy %, source)]. flower-baseline: the table
@@ -63,15 +65,28 @@ _PAPER = {
     ("labels-2", "scaffold"): 49.1,
     ("labels-2", "fednova"): 46.5,
 }
+# the ± of Flower's table, where it gives one (std over its runs)
+_FLOWER_STD = {
+    ("iid", "fedavg"): 0.33,
+    ("dirichlet-0.5", "fedavg"): 0.43,
+    ("dirichlet-0.5", "fedprox"): 0.08,
+    ("dirichlet-0.5", "scaffold"): 0.96,
+    ("dirichlet-0.5", "fednova"): 1.40,
+    ("labels-2", "fedavg"): 1.09,
+    ("labels-2", "fedprox"): 0.79,
+    ("labels-2", "scaffold"): 2.18,
+    ("labels-2", "fednova"): 0.66,
+    ("labels-3", "fedavg"): 0.87,
+}
 PARTITIONS = ("iid", "dirichlet-0.5", "labels-1", "labels-2", "labels-3")
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fednova")
-PUBLISHED: dict[tuple[str, str], list[tuple[float, str]]] = {
-    (partition, strategy): [(figures[i], "flower-baseline")]
+PUBLISHED: dict[tuple[str, str], list[tuple[float, float | None, str]]] = {
+    (partition, strategy): [(figures[i], _FLOWER_STD.get((partition, strategy)), "flower-baseline")]
     for strategy, figures in _FLOWER.items()
     for i, partition in enumerate(PARTITIONS)
 }
 for _cell, _figure in _PAPER.items():
-    PUBLISHED[_cell].append((_figure, "niid-bench"))
+    PUBLISHED[_cell].append((_figure, None, "niid-bench"))
 
 
 def cell_dir(partition: str, strategy: str, seed: int | str) -> Path:
@@ -164,22 +179,27 @@ def cells_of(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 
 def table_rows(cells: dict[tuple[str, str], list[dict]]) -> list[dict]:
-    """The CSV's rows: a cell's mean over its seeds of the best and the last round, once
+    """The CSV's rows: a cell's mean over its seeds of the best and the last round, and
+    the spread of the best (the sample std over the seeds, where there are several), once
     per published figure."""
     rows = []
     for (partition, strategy), members in sorted(cells.items()):
         accuracy = [100 * m["rounds"]["central_accuracy"] for m in members]
+        best = pd.Series([a.max() for a in accuracy])
         done = min(int(m["rounds"]["round"].iloc[-1]) for m in members)
-        for published, source in PUBLISHED.get((partition, strategy), [(None, "")]):
+        published_figures = PUBLISHED.get((partition, strategy), [(None, None, "")])
+        for published, published_std, source in published_figures:
             rows.append(
                 {
                     "partition": partition,
                     "strategy": strategy,
                     "seeds": " ".join(str(m["seed"]) for m in members),
                     "rounds": done,
-                    "fedsim_best": round(sum(a.max() for a in accuracy) / len(accuracy), 2),
+                    "fedsim_best": round(best.sum() / len(best), 2),
                     "fedsim_final": round(sum(a.iloc[-1] for a in accuracy) / len(accuracy), 2),
+                    "fedsim_best_std": round(best.std(), 2) if len(best) > 1 else "",
                     "published": published if published is not None else "",
+                    "published_std": published_std if published_std is not None else "",
                     "source": source,
                 }
             )
@@ -223,7 +243,8 @@ def grid(table: Path) -> str:
     """The README's table from the committed CSV (a test keeps the two equal): a row per
     partition, a column per strategy, fedsim's best round with the published figures in
     brackets (Flower's re-run; NIID-Bench's where it has one); cells not run show those
-    alone, cells short of 50 rounds or over several seeds say so."""
+    alone, cells short of 50 rounds say so, cells over several seeds give their mean, ±
+    the seeds' std, beside Flower's ± where it gives one."""
     with open(table, newline="") as handle:
         ours = {(row["partition"], row["strategy"]): row for row in csv.DictReader(handle)}
     lines = [
@@ -233,14 +254,17 @@ def grid(table: Path) -> str:
     for partition in PARTITIONS:
         cells = []
         for strategy in STRATEGIES:
-            published = "; ".join(f"{value:g}" for value, _ in PUBLISHED[(partition, strategy)])
+            published = "; ".join(
+                f"{value:g}" + (f" ± {std:.2f}" if std is not None else "")
+                for value, std, _ in PUBLISHED[(partition, strategy)]
+            )
             row = ours.get((partition, strategy))
             if row is None:
                 cells.append(f"– ({published})")
                 continue
             text = f"{float(row['fedsim_best']):.2f}"
             if (seeds := len(row["seeds"].split())) > 1:
-                text += f", {seeds} seeds"
+                text += f" ± {float(row['fedsim_best_std']):.2f}, {seeds} seeds"
             if (rounds := int(row["rounds"])) < 50:
                 text += f" after {rounds} round" + ("s" if rounds > 1 else "")
             cells.append(f"{text} ({published})")
@@ -259,7 +283,7 @@ def _plot(cells: dict[tuple[str, str], list[dict]]) -> None:
             axis.plot(
                 frame["round"], 100 * frame["central_accuracy"], label=f"fedsim seed {run['seed']}"
             )
-        for value, source in PUBLISHED.get(key, []):
+        for value, _, source in PUBLISHED.get(key, []):
             style = "--" if source == "flower-baseline" else ":"
             axis.axhline(value, linestyle=style, color="black", label=f"{source} {value:g} %")
         axis.set(title=f"{key[0]}, {key[1]}", xlabel="round", ylabel="central accuracy (%)")

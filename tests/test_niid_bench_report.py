@@ -59,10 +59,24 @@ def test_a_partial_cell_says_how_many_rounds_it_ran(tmp_path: Path) -> None:
                     "rounds": rounds,
                     "fedsim_best": 50.123,
                     "fedsim_final": 49,
+                    "fedsim_best_std": 1.5,
                     "published": 71.32,
+                    "published_std": 0.33,
                     "source": "flower-baseline",
                 }
             )
     text = grid(table)
-    assert "| 50.12, 2 seeds after 1 round (" in text
-    assert "| 50.12, 2 seeds after 12 rounds (" in text
+    assert "| 50.12 ± 1.50, 2 seeds after 1 round (71.32 ± 0.33" in text
+    assert "| 50.12 ± 1.50, 2 seeds after 12 rounds (" in text
+
+
+def test_a_cell_over_several_seeds_gives_their_mean_and_sample_std() -> None:
+    # #C=3 FedAvg is committed for seeds 0, 1 and 2
+    members = cells_of(committed())[("labels-3", "fedavg")]
+    best = [100 * m["rounds"]["central_accuracy"].max() for m in members]
+    assert len(best) == 3
+    (row,) = table_rows({("labels-3", "fedavg"): members})
+    mean = sum(best) / 3
+    assert row["fedsim_best"] == round(mean, 2)
+    assert row["fedsim_best_std"] == round((sum((b - mean) ** 2 for b in best) / 2) ** 0.5, 2)
+    assert row["published_std"] == 0.87
