@@ -51,11 +51,11 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(12, 10))
 
 
-def _data() -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _data(sizes: tuple[int, ...] = SIZES) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per client, uint8 2x2 RGB images and labels that depend on them."""
     rng = np.random.default_rng(0)
     clients = []
-    for size in SIZES:
+    for size in sizes:
         images = rng.integers(0, 256, size=(size, 3, 2, 2), dtype=np.uint8)
         labels = images.reshape(size, -1)[:, :10].argmax(axis=1)
         clients.append((torch.from_numpy(images), torch.from_numpy(labels)))
@@ -85,12 +85,12 @@ class _Grid:
         return [pid + 1 for pid in self.pids]
 
 
-def _fedsim(cfg: RunConfig, rounds=ROUNDS):
+def _fedsim(cfg: RunConfig, rounds=ROUNDS, sizes: tuple[int, ...] = SIZES):
     """fedsim's algorithm (inside its DP wrapper, if any) over `rounds`: the final global
     weights, the strategy, the clients' memories and each round's metrics."""
     algorithm = algorithms.build(cfg)
     strategy = privacy.wrap(cfg, algorithm.strategy())
-    model, data = _model(), _data()
+    model, data = _model(), _data(sizes)
     arrays = ArrayRecord(model.state_dict())
     states: dict[int, RecordDict] = {}
 
@@ -269,6 +269,15 @@ def test_fednova_matches_a_hand_written_reference() -> None:
     assert states == {}  # FedNova's clients keep no memory
     plain, *_ = _fedsim(_cfg("fedavg"))
     assert max(float((plain[k] - reference[k]).abs().max()) for k in reference) > 1e-3
+
+
+def test_fednova_is_fedavg_when_every_client_takes_as_many_steps() -> None:
+    # NIID-Bench's #C=1 parties (docs/niid_bench.md): equal a_i, so x - a·sum p_i (x - y_i)/a
+    # is FedAvg's sum p_i y_i up to rounding (with SIZES' unequal clients they differ: above)
+    equal = (8, 8, 8, 8)
+    nova, *_ = _fedsim(_cfg("fednova"), sizes=equal)
+    plain, *_ = _fedsim(_cfg("fedavg"), sizes=equal)
+    _close(nova, plain)
 
 
 def test_fednova_local_norm() -> None:
