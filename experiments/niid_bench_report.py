@@ -186,6 +186,7 @@ def table_rows(cells: dict[tuple[str, str], list[dict]]) -> list[dict]:
     for (partition, strategy), members in sorted(cells.items()):
         accuracy = [100 * m["rounds"]["central_accuracy"] for m in members]
         best = pd.Series([a.max() for a in accuracy])
+        final = pd.Series([a.iloc[-1] for a in accuracy])
         done = min(int(m["rounds"]["round"].iloc[-1]) for m in members)
         published_figures = PUBLISHED.get((partition, strategy), [(None, None, "")])
         for published, published_std, source in published_figures:
@@ -195,8 +196,8 @@ def table_rows(cells: dict[tuple[str, str], list[dict]]) -> list[dict]:
                     "strategy": strategy,
                     "seeds": " ".join(str(m["seed"]) for m in members),
                     "rounds": done,
-                    "fedsim_best": round(best.sum() / len(best), 2),
-                    "fedsim_final": round(sum(a.iloc[-1] for a in accuracy) / len(accuracy), 2),
+                    "fedsim_best": round(best.mean(), 2),
+                    "fedsim_final": round(final.mean(), 2),
                     "fedsim_best_std": round(best.std(), 2) if len(best) > 1 else "",
                     "published": published if published is not None else "",
                     "published_std": published_std if published_std is not None else "",
