@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -180,6 +181,30 @@ def test_ctrl_c_stops_fast_keeps_rounds_and_leaves_no_processes(
     assert process.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr
     assert len(pd.read_csv(tmp_path / "stopped" / "rounds.csv")) >= 3
+    time.sleep(1)
+    assert leftovers(ray_tmp) == []
+
+
+@pytest.mark.parametrize("seeds", ["0", "0,1"], ids=["run", "experiment"])
+def test_a_closed_console_stops_the_run_as_ctrl_c_does(
+    seeds, tiny_cifar, tmp_path, start_run
+) -> None:
+    """`simulate.py ... | head`: stdout's reader goes away mid-run. An experiment once
+    hung here for good (Flower's threads blocked on a Ray it had shut down)."""
+    where = ["--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "closed"]
+    process, ray_tmp = start_run(["--clients", "2", "--rounds", "500", "--seed", seeds, *where])
+    run_dir = tmp_path / "closed" / ("seed-0" if "," in seeds else "")
+    wait_for_rounds(run_dir / "rounds.csv", 2, process)
+    process.stdout.close()  # the next round's line meets a closed pipe
+    closed = time.monotonic()
+    process.wait(timeout=60)
+    assert time.monotonic() - closed < 15, "took too long to stop"
+    stderr = process.stderr.read()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "its console was closed; completed rounds are kept" in stderr
+    assert "Traceback" not in stderr
+    assert json.loads((run_dir / "config.json").read_text())["status"] == "interrupted"
+    assert len(pd.read_csv(run_dir / "rounds.csv")) >= 3
     time.sleep(1)
     assert leftovers(ray_tmp) == []
 

@@ -7,10 +7,12 @@ concern in `--help`, and each algorithm's, under its name.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import time
+import traceback
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +22,7 @@ from fedsim import algorithms
 from fedsim.flower.engine import STOP_SIGNALS
 from fedsim.front import sweep
 from fedsim.ground.config import ALGORITHM, GROUPS, Option, flag
-from fedsim.ground.errors import ConfigError, RunEnded
+from fedsim.ground.errors import ConfigError, ConsoleClosed, RunEnded
 from fedsim.runner import options
 from fedsim.simulation.profiles import load_profiles
 
@@ -210,8 +212,10 @@ def main(
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fedsim: interrupted; completed rounds are kept (--resume goes on)", file=sys.stderr)
+    except (KeyboardInterrupt, ConsoleClosed, BrokenPipeError) as stop:  # BrokenPipe: said here
+        why = "interrupted" if isinstance(stop, KeyboardInterrupt) else "its console was closed"
+        with contextlib.suppress(OSError):  # stderr may have gone with stdout
+            print(f"fedsim: {why}; completed rounds are kept (--resume goes on)", file=sys.stderr)
         _exit_now(130)
     except RunEnded as error:
         print(f"error: {error}", file=sys.stderr)
@@ -221,9 +225,17 @@ def main(
 
 def entry(argv: Sequence[str] | None = None, seams: Seams | None = None) -> typing.NoReturn:
     """`python simulate.py`: main(), then leave. Once Ray has run in this process, leave
-    at once (every result file is fsynced and closed by then): threads Flower's engine
-    left blocked on actors would otherwise hold the interpreter's exit."""
-    code = main(argv, exiting=True, seams=seams)
+    at once (every result file is fsynced and closed by then), even after an error main
+    did not expect: threads Flower's engine left blocked on actors would otherwise hold
+    the interpreter's exit for good."""
+    try:
+        code = main(argv, exiting=True, seams=seams)
+    except Exception:  # a fault of fedsim's: its traceback, then leave as below
+        if "ray" not in sys.modules:
+            raise
+        with contextlib.suppress(OSError):
+            traceback.print_exc()
+        code = 1
     if "ray" in sys.modules:
         # Not ray.shutdown(): Flower's engine thread may still be winding down, and a
         # call it makes into a shut-down Ray ends the process with status 1. Ray's
@@ -250,8 +262,9 @@ def _leave(code: int) -> typing.NoReturn:
         from fedsim.flower import engine
 
         engine.end_raylet_children()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # a reader that has gone
+            stream.flush()
     os._exit(code)
 
 

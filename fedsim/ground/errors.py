@@ -6,6 +6,8 @@ and config.json agree on.
   status in config.json, with the reason as its error (`error:` line, exit 1).
 - RunStopped: the driver asked the round loop to stop (Ctrl-C, SIGTERM, SIGHUP); the
   run's status is `interrupted` (exit 130).
+- ConsoleClosed: what reads the run's console went away (`| head`, a closed pipe);
+  the run stops as after Ctrl-C (`interrupted`, exit 130).
 """
 
 from __future__ import annotations
@@ -45,3 +47,11 @@ class OutputFailed(RunEnded):
 
 class RunStopped(RuntimeError):
     """The driver asked the loop to stop (Ctrl-C); completed rounds are on disk."""
+
+
+class ConsoleClosed(RuntimeError):
+    """What reads fedsim's console went away (`simulate.py ... | head`, a pipe's reader
+    killed). A stop, as a closed terminal's SIGHUP is: completed rounds are kept, the
+    status is `interrupted`, and the process leaves (exit 130) rather than training
+    on for nobody or leaving with a traceback. Not a KeyboardInterrupt: the round loop
+    runs in Flower's thread, which would print one."""

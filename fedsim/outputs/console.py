@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 from collections import Counter
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 from flwr.app import ArrayRecord
 
 from fedsim.ground import messages
+from fedsim.ground.errors import ConsoleClosed
 from fedsim.outputs.callbacks import RoundCallback
 from fedsim.outputs.records import RoundRecord
 
@@ -37,10 +40,9 @@ class FailureReporter(RoundCallback):
             said = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
             first = next((c for c in unexpected if c.error), unexpected[0])
             why = f"client {first.client}: {first.error}" if first.error else "no answer in time"
-            print(
+            say(
                 f"fedsim: round {record.round}: {said} ({why}; clients.csv has each one)",
-                file=self.stream,
-                flush=True,
+                self.stream,
             )
 
     def summary(self) -> dict[str, Any]:
@@ -66,4 +68,18 @@ class ProgressPrinter(RoundCallback):
             parts.append(f"{record.round_seconds:.1f} s")
             if record.sim_clock is not None:
                 parts.append(f"sim {record.sim_clock / 3600:.2f} h")
-        print("  ".join(parts), file=self.stream, flush=True)
+        say("  ".join(parts), self.stream)
+
+
+def say(line: str, stream: Any) -> None:
+    """Print a line of the run's console. Once its reader has gone, the stream is
+    pointed at /dev/null (so that the line left in its buffer, and any later one,
+    cost nothing and raise nothing) and the run stops (ConsoleClosed)."""
+    try:
+        print(line, file=stream, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # a stream without a descriptor
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        raise ConsoleClosed from None

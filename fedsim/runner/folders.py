@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.ground.config import RunConfig, flag
-from fedsim.ground.errors import ConfigError, OutputFailed, RunEnded
+from fedsim.ground.errors import ConfigError, ConsoleClosed, OutputFailed, RunEnded
 from fedsim.ground.files import CONFIG_JSON, is_temporary
 from fedsim.outputs.console import FailureReporter
 from fedsim.outputs.files import check_writable, write_config_json
@@ -166,7 +166,7 @@ class RunStatus:
         try:
             yield
             status = "complete"
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, ConsoleClosed):
             status = "interrupted"
             raise
         except RunEnded as ended:
