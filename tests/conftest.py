@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,17 @@ def leftovers(ray_tmp: Path) -> list[str]:
             continue
         if state != "Z" and (str(ray_tmp) in command or marker in environment.split(b"\0")):
             found.append(f"{proc.name} {command}")
+    return found
+
+
+def leftovers_until(ray_tmp: Path, wanted: Callable[[list[str]], bool], limit: float) -> list[str]:
+    """`leftovers`, looked at again until `wanted` holds of them or `limit` seconds pass:
+    a run's processes start and end a moment after what starts or ends them."""
+    deadline = time.monotonic() + limit
+    found = leftovers(ray_tmp)
+    while not wanted(found) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = leftovers(ray_tmp)
     return found
 
 

@@ -17,7 +17,7 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, leftovers, run_cli, simulate, wait_for_rounds
+from tests.conftest import ROOT, leftovers, leftovers_until, run_cli, simulate, wait_for_rounds
 
 
 def _faulty(fault: str, data, results, name: str, options: str, **kwargs):
@@ -112,10 +112,7 @@ def test_two_quick_ctrl_c_leave_nothing_running(tiny_cifar, tmp_path, start_run)
     os.killpg(process.pid, signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 130
-    deadline = time.monotonic() + 10
-    while leftovers(ray_tmp) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert leftovers(ray_tmp) == []
+    assert leftovers_until(ray_tmp, lambda found: not found, limit=10) == []
 
 
 def test_resume_finishes_a_killed_runs_bookkeeping_and_refuses_a_damaged_checkpoint(
@@ -194,10 +191,7 @@ def test_nothing_outlives_a_killed_driver_by_more_than_seconds(
     wait_for_rounds(tmp_path / "killed9" / "rounds.csv", 1, process)
     os.kill(process.pid, signal.SIGKILL)  # the driver alone, not its process group
     process.wait(timeout=30)
-    deadline = time.monotonic() + 10
-    while leftovers(ray_tmp) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert leftovers(ray_tmp) == []
+    assert leftovers_until(ray_tmp, lambda found: not found, limit=10) == []
 
 
 def test_an_error_from_a_client_process_is_said_in_its_own_line() -> None:

@@ -20,13 +20,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, leftovers, run_cli, simulate, wait_for_rounds
+from tests.conftest import ROOT, leftovers_until, run_cli, simulate, wait_for_rounds
 
 STATUS_KEYS = ("status", "error")
 
@@ -139,17 +138,17 @@ def test_an_experiment_goes_by_the_runs_status(tiny_cifar, tmp_path) -> None:
     )
 
 
-def _client_process(ray_tmp: Path, limit: float = 20) -> int:
-    """The pid of a client actor of the run. Looked for again until `limit`: one look at
-    /proc missed it once in a full suite (it passed alone, 6 of 6)."""
-    deadline = time.monotonic() + limit
-    while True:
-        found = leftovers(ray_tmp)
-        actors = [line for line in found if "ray::ClientAppActor" in line]
-        if actors:
-            return int(actors[0].split()[0])
-        assert time.monotonic() < deadline, f"no client actor among {found}"
-        time.sleep(0.2)
+def _client_process(ray_tmp: Path) -> int:
+    """The pid of a client actor of the run (one look at /proc missed it once in a full
+    suite, so `leftovers_until` looks again)."""
+    found = leftovers_until(ray_tmp, lambda found: any(map(_is_client, found)), limit=20)
+    actors = [line for line in found if _is_client(line)]
+    assert actors, f"no client actor among {found}"
+    return int(actors[0].split()[0])
+
+
+def _is_client(process: str) -> bool:
+    return "ray::ClientAppActor" in process
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
@@ -173,10 +172,7 @@ def test_a_schedulers_signal_to_the_process_group_is_an_interrupt(
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert "SIGTERM received" not in stderr  # Ray's own handler's stack dump
     assert _status(run_dir)["status"] == "interrupted"
-    deadline = time.monotonic() + 10
-    while leftovers(ray_tmp) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert leftovers(ray_tmp) == []
+    assert leftovers_until(ray_tmp, lambda found: not found, limit=10) == []
 
 
 def test_a_lost_ray_node_is_one_line_and_a_status(tiny_cifar, tmp_path, start_run) -> None:
