@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 __version__ = "0.1.0"
 
-# The library's names (docs/api.md), imported when first used: `import fedsim` stays
+# The library's names (fedsim.front.api), imported when first used: `import fedsim` stays
 # light, and simulate.py's option parsing does not import torch
 _EXPORTS = {
     "run": "fedsim.front.api",
@@ -40,4 +40,7 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module 'fedsim' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    from fedsim.ground import interrupts
+
+    with interrupts.held():  # Ctrl-C during the import lands after it (fedsim.ground.interrupts)
+        return getattr(importlib.import_module(_EXPORTS[name]), name)

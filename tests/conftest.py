@@ -188,3 +188,36 @@ def wait_for_rounds(csv_path: Path, rounds: int, process: subprocess.Popen, limi
         assert process.poll() is None, process.communicate()
         time.sleep(0.05)
     raise AssertionError(f"{csv_path} never reached round {rounds}")
+
+
+def run_in_terminal(*args: str, timeout: float = 600) -> tuple[int, str]:
+    """`python simulate.py ARGS` with its stdout on a terminal (a pseudo-terminal, as a
+    user's shell gives it); its exit code and what the terminal received."""
+    import pty
+    import select
+
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "simulate.py"), *args],
+        cwd=ROOT,
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(secondary)
+    received, deadline = bytearray(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([primary], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the terminal's other side closed: the process has ended
+                break
+            if not chunk:
+                break
+            received += chunk
+        elif process.poll() is not None:
+            break
+    os.close(primary)
+    process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    return process.returncode, received.decode(errors="replace")

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -39,17 +40,39 @@ print(json.dumps({{
 """
 
 INTERRUPT_SCRIPT = """
-import json, signal, sys
+import json, os, signal, sys, threading, time
 import fedsim
 options = json.loads(sys.argv[1])
-try:
-    fedsim.run(**options, rounds=40, name="stopped")
-except KeyboardInterrupt:
-    print("caught KeyboardInterrupt", flush=True)
+
+
+def interrupted(name, rounds):
+    try:
+        fedsim.run(**options, rounds=rounds, name=name)
+    except KeyboardInterrupt:
+        print("caught KeyboardInterrupt in", name, flush=True)
+    try:
+        time.sleep(1)  # where a second Ctrl-C that came after the call returned lands
+    except KeyboardInterrupt:
+        pass
+
+
+def twice(after):  # a Ctrl-C, and another 0.3 s later, sent by a thread of the process
+    def send():
+        time.sleep(after)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=send, daemon=True).start()
+
+
+twice(0.6)  # while the call imports torch and flwr, and starts Ray
+interrupted("early", 40)
+interrupted("stopped", 40)  # the test sends two once round 1 is done
 after = fedsim.run(**options, rounds=1, name="after")
 print(json.dumps({
     "after": after.status,
     "handler_kept": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+    "threads": sorted(t.name for t in threading.enumerate()),
 }), flush=True)
 """
 
@@ -109,18 +132,28 @@ def test_the_api_runs_users_code_with_the_clis_numbers(tiny_cifar, tmp_path):
 
 
 def test_ctrl_c_stops_a_call_and_the_next_one_runs(tiny_cifar, tmp_path):
+    """A notebook's interrupts: twice in a row while a call starts (imports, Ray), then
+    twice in a row mid-round; each call stops, keeps its rounds, and the next call in
+    the same process runs (it used to crash with a segfault or hang the exit: a module
+    half-imported, Ray half-stopped, Flower's threads left waiting on a stopped Ray)."""
     options = {**OPTIONS, "data": str(tiny_cifar), "results_dir": str(tmp_path)}
     script = _python(INTERRUPT_SCRIPT, options)
-    deadline = time.monotonic() + 300
-    for line in script.stdout:  # Ctrl-C once the first round is done
+    deadline, seen = time.monotonic() + 300, []
+    for line in script.stdout:  # two Ctrl-C once the second call's first round is done
+        seen.append(line)
         if re.match(r"round +1/40", line) or time.monotonic() > deadline:
             break
     script.send_signal(signal.SIGINT)
-    out, err = script.communicate(timeout=300)
+    time.sleep(0.3)
+    script.send_signal(signal.SIGINT)
+    rest, err = script.communicate(timeout=300)
+    out = "".join(seen) + rest
     assert script.returncode == 0, err[-3000:]
-    assert "caught KeyboardInterrupt" in out
+    assert "caught KeyboardInterrupt in early" in out
+    assert "caught KeyboardInterrupt in stopped" in out
     said = json.loads(out.strip().splitlines()[-1])
-    assert said == {"after": "complete", "handler_kept": True}
+    assert said["after"] == "complete" and said["handler_kept"]
+    assert not [name for name in said["threads"] if "ThreadPoolExecutor" in name]
     stopped = json.loads((tmp_path / "stopped" / "config.json").read_text())
     assert stopped["status"] == "interrupted"
     assert len(pd.read_csv(tmp_path / "stopped" / "rounds.csv")) >= 2  # round 0 and 1 kept
@@ -166,6 +199,86 @@ def test_bad_options_raise_the_clis_message(options, message, tmp_path, monkeypa
         done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2
         assert done.stderr == f"error: {raised.value}\n"
+
+
+USERS_CODE = """
+import torch
+from torch import nn
+from fedsim.algorithms.fedavg import FedAvg
+from fedsim import Algorithm
+
+def raises():
+    raise RuntimeError("no weights file here")
+
+class Rounding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1)).argmax(1, keepdim=True).repeat(1, 10)
+
+class NoServerSide(Algorithm):
+    pass
+
+class ServerSideRaises(FedAvg):
+    def strategy(self):
+        raise KeyError("momentum")
+
+class Unsaveable(FedAvg):
+    def strategy(self):
+        made = super().strategy()
+        made.schedule = lambda server_round: 0.1
+        return made
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"model": "{mod}:raises"}, "fails to build a model: RuntimeError: no weights file here"),
+        ({"model": "{mod}:Rounding"}, "gives torch.int64 for the data's images, expected float"),
+        ({"strategy": "{mod}:NoServerSide"}, "has no server side: define strategy()"),
+        ({"strategy": "{mod}:ServerSideRaises"}, ".strategy() raises KeyError: 'momentum'"),
+        ({"strategy": "{mod}:Unsaveable"}, "strategy cannot be saved in checkpoint.pt"),
+    ],
+    ids=["factory raises", "integer output", "no strategy()", "strategy() raises", "a lambda"],
+)
+def test_the_users_code_is_checked_before_anything_runs(
+    options, message, tiny_cifar, tmp_path, monkeypatch
+):
+    """What lifecycle.prepare refuses, with the data at hand, before Ray's run or a
+    folder (fedsim.run and the CLI say it as their ConfigError line)."""
+    from fedsim.runner import lifecycle
+    from fedsim.runner.options import make_config
+
+    module = f"users_code_{abs(hash(str(tmp_path))) % 10**8}"
+    (tmp_path / f"{module}.py").write_text(USERS_CODE)
+    monkeypatch.chdir(tmp_path)
+    options = {k: v.format(mod=module) for k, v in options.items()}
+    with pytest.raises(fedsim.ConfigError) as raised:
+        lifecycle.prepare(make_config(**options, data=str(tiny_cifar)))
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_api_takes_what_is_clearly_meant_and_refuses_the_rest(tmp_path):
+    """Options spelled as on the command line and NumPy numbers are taken (the run is
+    then refused only for the one bad value); empty lists and no folder are refused."""
+    with pytest.raises(fedsim.ConfigError, match=r"^--rounds: got 0, must be ≥ 1$"):
+        fedsim.run(**{"fraction-fit": np.float32(0.5), "--clients": np.int64(3)}, rounds=0)
+    with pytest.raises(fedsim.ConfigError, match="--fraction-fit: is given twice"):
+        fedsim.run(**{"fraction-fit": 0.5, "fraction_fit": 0.5})
+    with pytest.raises(fedsim.ConfigError, match="--clients: takes at least one value"):
+        fedsim.sweep(clients=[], results_dir=str(tmp_path))
+    (tmp_path / "a_file").write_text("")
+    for folder, message in [
+        (None, "--resume: takes a run folder, got None"),
+        (tmp_path / "a_file", "is a file, not a run folder"),
+        (tmp_path / "nothing", "does not exist"),
+    ]:
+        with pytest.raises(fedsim.ConfigError, match=re.escape(message)):
+            fedsim.resume(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
 def test_a_users_algorithm_shows_its_options_in_help():
@@ -235,3 +348,24 @@ def test_code_defined_in_a_notebook_runs_and_resumes_by_value(tiny_cifar, tmp_pa
     rounds = pd.read_csv(tmp_path / "notebook" / "rounds.csv")
     assert rounds["round"].tolist() == [0, 1, 2]
     assert rounds.iloc[:2].equals(first)
+
+
+def test_code_kept_by_value_is_checked_against_its_name_and_written_again(tmp_path):
+    """The pickle of notebook code, emptied or garbled in the cache: refused by name
+    (never unpickled), and written anew whenever the code itself is passed again."""
+    from fedsim.ground import by_value, imports
+
+    def factory(num_classes):  # local to this function: kept by value, as a notebook's
+        from torch import nn
+
+        return nn.Linear(4, num_classes)
+
+    name = by_value.keep(factory)
+    path = by_value.folder() / f"{name.rpartition(':')[2][len(by_value.PREFIX) :]}.pkl"
+    for damage in (b"", path.read_bytes()[:-7] + b"garbage"):
+        path.write_bytes(damage)
+        by_value.__dict__.pop(name.rpartition(":")[2], None)  # a fresh process's view
+        with pytest.raises(fedsim.ConfigError, match="is damaged"):
+            imports.load(name, "--model")
+        assert by_value.keep(factory) == name  # the code at hand: written again
+        assert imports.load(name, "--model")(3).out_features == 3

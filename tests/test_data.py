@@ -407,3 +407,105 @@ def test_a_natural_partition_needs_a_column_the_data_has(tmp_path) -> None:
     cfg = make_config(data=str(digits), partition="natural", partition_column="writer")
     with pytest.raises(ConfigError, match="no columns besides its images and labels"):
         lifecycle.load_data(cfg)
+
+
+# --- data never silently dropped, bad data named (issue 40) --------------------------
+
+
+def test_an_image_folder_reads_images_in_sub_folders_and_says_what_it_leaves_out(
+    tmp_path, capsys
+) -> None:
+    """torchvision's ImageFolder finds a class's images in its sub-folders too; so does
+    fedsim, in the same order. A file that is not an image is said, never silently
+    dropped; one with an image's suffix that does not decode is refused by name."""
+    root = _image_folder(tmp_path / "digits", classes=2, per_class=(2, 1))
+    nested = root / "train" / "digit1" / "more" / "deeper"
+    nested.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for name in ("b.png", "a.png"):
+        (nested / name).write_bytes(_png(_digit(1, rng)))
+    (root / "train" / "digit0" / "notes.txt").write_text("not an image")
+    (root / "train" / "stray.png").write_bytes(_png(_digit(0, rng)))  # outside a class
+    (root / "train" / "digit0" / ".DS_Store").write_bytes(b"\0")  # hidden: neither
+    loaded = load_images(str(root), tmp_path / "cache")
+    assert loaded.train_y.tolist() == [0, 0, 1, 1, 1, 1]
+    from torchvision.datasets import ImageFolder
+
+    theirs = ImageFolder(str(root / "train"))
+    assert [label for _, label in theirs.samples] == loaded.train_y.tolist()
+    first_nested = np.asarray(Image.open(theirs.samples[4][0]))  # more/deeper/a.png
+    assert np.array_equal(loaded.train_x[4, 0], first_nested)
+    said = capsys.readouterr().out
+    assert "2 files of" in said and "train/stray.png" in said and "notes.txt" in said
+    (root / "test" / "digit1" / "broken.png").write_bytes(b"no image here")
+    with pytest.raises(DataError, match=r"test/digit1/broken.png is not an image fedsim can"):
+        load_images(str(root), tmp_path / "cache")
+
+
+def test_a_grey_split_beside_a_colour_one_is_read_as_colour(tmp_path) -> None:
+    grey = pa.array([_png(_images(1, seed=i)[0, :, :, 0]) for i in range(4)])
+    colour = pa.array([_png(_images(1, seed=i)[0]) for i in range(2)])
+    (tmp_path / "d").mkdir()
+    for split, column in (("train", grey), ("test", colour)):
+        table = pa.table({"image": column, "label": pa.array([0, 1] * (len(column) // 2))})
+        pq.write_table(table, tmp_path / "d" / f"{split}.parquet")
+    loaded = load_images(str(tmp_path / "d"), tmp_path / "cache")
+    assert loaded.train_x.shape == (4, 3, 32, 32) and loaded.test_x.shape == (2, 3, 32, 32)
+    assert np.array_equal(loaded.train_x[:, 0], loaded.train_x[:, 2])  # grey, three times
+
+
+@pytest.mark.parametrize(
+    ("columns", "metadata", "rows", "message"),
+    [
+        (("img",), None, 4, "the train split has no label column"),
+        (("img",), HF_METADATA, 4, "the train split has no label column"),
+        (("img", "label"), HF_METADATA, 0, "the train split has no rows"),
+    ],
+    ids=["no label column", "metadata names a dropped column", "empty split"],
+)
+def test_parquet_without_labels_or_rows_is_one_error(
+    columns, metadata, rows, message, tmp_path
+) -> None:
+    _parquet_folder(tmp_path)
+    blobs = [{"bytes": _png(image), "path": None} for image in _images(4)]
+    table = pa.table({"img": pa.array(blobs), "label": pa.array([0, 1, 2, 3], pa.int64())})
+    table = table.select(list(columns)).slice(0, rows).replace_schema_metadata(metadata)
+    pq.write_table(table, tmp_path / "plain_text" / "train-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=message):
+        load_images(str(tmp_path), tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([1.0, float("nan")] * 10, "10 rows of 'who' are NaN: they name no client"),
+        (None, "'image' holds binary, not a client's name or number"),
+    ],
+    ids=["NaN", "the image column"],
+)
+def test_a_natural_partition_column_must_name_clients(values, message, tmp_path) -> None:
+    from fedsim.runner import lifecycle
+    from fedsim.runner.options import make_config
+
+    folder = _writers_parquet(tmp_path / "femnist", {"ann": 10, "bob": 10})
+    column = "image"
+    if values is not None:
+        table = pq.read_table(folder / "train.parquet").append_column("who", pa.array(values))
+        pq.write_table(table, folder / "train.parquet")
+        column = "who"
+    cfg = make_config(data=str(folder), partition="natural", partition_column=column)
+    with pytest.raises(ConfigError, match=message):
+        lifecycle.load_data(cfg)
+
+
+def test_one_class_data_with_the_default_split_is_not_blamed_on_classes_per_client(
+    tmp_path,
+) -> None:
+    from fedsim.runner import lifecycle
+    from fedsim.runner.options import make_config
+
+    _parquet_folder(tmp_path, train=[3] * 8, test=[3, 3])
+    inputs = lifecycle.prepare(make_config(data=str(tmp_path), clients=2))
+    assert inputs.partitions.clients == 2
+    with pytest.raises(ConfigError, match="--classes-per-client: got 2, but the data has 1"):
+        lifecycle.prepare(make_config(data=str(tmp_path), clients=2, partition="pathological"))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -11,7 +14,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import client_state_rows, leftovers, run_cli, simulate, wait_for_rounds
+from tests.conftest import (
+    client_state_rows,
+    leftovers,
+    run_cli,
+    run_in_terminal,
+    simulate,
+    wait_for_rounds,
+)
 
 TIMING = ["round_seconds"]
 
@@ -52,6 +62,35 @@ BAD_INPUT = [
     (["--tensorboard", "/dev/null/tb"], "--tensorboard: /dev/null/tb cannot be written"),
     (["--mlflow", "/dev/null/ml"], "--mlflow: /dev/null/ml cannot be written"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--clients", str(10**9)], "--clients: must be ≤ 1000 (the training examples"),
+        (
+            ["--strategy", "fedbuff", "--buffer-size", str(10**9)],
+            "--buffer-size: the driver would hold 1,000,000,000 client updates",
+        ),
+    ],
+    ids=["a billion clients", "a buffer of a billion updates"],
+)
+def test_an_impossible_size_is_refused_before_anything_is_allocated_for_it(
+    args, message, tiny_cifar, tmp_path
+) -> None:
+    """Under an 8 GiB address space: anything allocated per client (or per buffered
+    update) first would fail long before the refusal (it grew the driver to 23 GB)."""
+    limit = 8 * 2**30
+    done = run_cli(
+        *args,
+        "--data",
+        str(tiny_cifar),
+        "--results-dir",
+        str(tmp_path / "results"),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+    )
+    assert done.returncode == 2 and done.stderr.startswith(f"error: {message}"), done.stderr
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
@@ -159,6 +198,16 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar, tmp_path, 
     process.wait(timeout=30)
     partial = pd.read_csv(killed / "rounds.csv")  # readable, and holds whole rounds only
     assert 3 <= len(partial) < 7 and partial["round"].tolist() == list(range(len(partial)))
+    document = json.loads((killed / "config.json").read_text())  # as of the last round
+    assert document["status"] == "running" and document["timings_seconds"]["rounds"] > 0
+
+    # The memories of the last rounds are in the store's write-ahead log: a copy of the
+    # folder without it holds older memories, and is refused, not trained on
+    copied = tmp_path / "copied"
+    shutil.copytree(killed, copied, ignore=shutil.ignore_patterns("*-wal", "*-shm"))
+    refused = run_cli("--resume", str(copied))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-2000:]
+    assert "client_states.sqlite does not hold the clients' memories of round" in refused.stderr
 
     resumed = run_cli("--resume", str(killed))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -172,7 +221,9 @@ def test_ctrl_c_stops_fast_keeps_rounds_and_leaves_no_processes(
     tiny_cifar, tmp_path, start_run
 ) -> None:
     where = ["--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "stopped"]
-    process, ray_tmp = start_run(["--clients", "2", "--rounds", "500", *where])
+    process, ray_tmp = start_run(
+        ["--clients", "2", "--rounds", "500", "--strategy", "scaffold", *where]
+    )
     wait_for_rounds(tmp_path / "stopped" / "rounds.csv", 2, process)
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     sent = time.monotonic()
@@ -181,6 +232,8 @@ def test_ctrl_c_stops_fast_keeps_rounds_and_leaves_no_processes(
     assert process.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr
     assert len(pd.read_csv(tmp_path / "stopped" / "rounds.csv")) >= 3
+    store = tmp_path / "stopped" / "client_states.sqlite"  # the file alone is the store
+    assert store.exists() and not Path(f"{store}-wal").exists()
     time.sleep(1)
     assert leftovers(ray_tmp) == []
 
@@ -218,10 +271,18 @@ def test_dropouts_are_counted_and_rounds_go_on(tiny_cifar, tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert frame["clients_failed"].iloc[1:].sum() > 0
     assert (frame["clients_failed"] < frame["clients_sampled"]).iloc[1:].any()
-    # the same seed and config, from scratch: the same clients drop, the same numbers
-    simulate(tiny_cifar, tmp_path, "b", options)
+    assert "\r" not in done.stdout  # not a terminal: plain lines, no status line
+    # the same seed and config, from scratch: the same clients drop, the same numbers;
+    # on a terminal, with the status line between the round lines, nothing else changes
+    where = ["--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "b"]
+    code, shown = run_in_terminal(*options.split(), *where)
+    assert code == 0, shown[-2000:]
     assert _metrics(tmp_path / "b").equals(_metrics(tmp_path / "a"))
     assert _clients(tmp_path / "b").equals(_clients(tmp_path / "a"))
+    status = r"\r\x1b\[Kround 2/3  (train|evaluate) \d/4 clients  \d+ s  ~\d+ s left"
+    assert re.search(status, shown)
+    rounds = r"\r\x1b\[K(round \d/3  (?:train_loss|central_loss) [^\r\n\x1b]*)\r\n"
+    assert len(re.findall(rounds, shown)) == 4  # each round's line whole, the status cleared
 
 
 @pytest.mark.parametrize(

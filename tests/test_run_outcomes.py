@@ -25,6 +25,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import fedsim
+from fedsim.front.api import RunsNotComplete
 from tests.conftest import ROOT, leftovers_until, run_cli, simulate, wait_for_rounds
 
 STATUS_KEYS = ("status", "error")
@@ -111,6 +113,8 @@ def test_an_experiment_goes_by_the_runs_status(tiny_cifar, tmp_path) -> None:
     assert f"{bad.name} ended aborted (every sampled client failed" in second.stdout
     assert "all 2 rounds were done" in second.stdout and "Ray has" not in second.stdout
     assert _status(good)["status"] == "complete" and (good / "model.pt").exists()
+    kept = json.loads((good / "config.json").read_text())["timings_seconds"]
+    assert kept == document["timings_seconds"] and kept["rounds"] > 0  # the run's own
     rounds = pd.read_csv(good / "rounds.csv")
 
     # another run's checkpoint in a complete run's folder
@@ -136,6 +140,14 @@ def test_an_experiment_goes_by_the_runs_status(tiny_cifar, tmp_path) -> None:
         .drop(columns="round_seconds")
         .equals(rounds.drop(columns="round_seconds"))
     )
+
+    # the library says it with a warning, each time, as a notebook's rerun of a cell
+    grid = dict(client_failure_rate=[0.0, 1.0], clients=2, rounds=2, max_failed_rounds=2)
+    grid |= dict(data=str(tiny_cifar), results_dir=str(tmp_path), name="sweep")
+    for _ in range(2):
+        with pytest.warns(RunsNotComplete, match=f"1 of 2 runs did not complete: {bad.name}"):
+            summary = fedsim.sweep(**grid)
+        assert sorted(summary.status) == ["aborted", "complete"]
 
 
 def _client_process(ray_tmp: Path) -> int:
@@ -202,7 +214,7 @@ def test_a_run_folder_removed_mid_run_is_one_line(tiny_cifar, tmp_path, start_ru
 
 FULL_DISK = """
 set -u
-mount -t tmpfs -o size=400k tmpfs "$RESULTS"
+mount -t tmpfs -o size=$SIZE tmpfs "$RESULTS"
 "$PYTHON" simulate.py $OPTIONS --results-dir "$RESULTS" --name full 2> "$LOGS/first.err"
 echo $? > "$LOGS/first.code"
 ls -A "$RESULTS/full" > "$LOGS/first.files"
@@ -214,21 +226,30 @@ cp "$RESULTS/full/rounds.csv" "$LOGS/rounds.csv"
 """
 
 
+@pytest.mark.parametrize(
+    ("strategy", "size", "full"),
+    [
+        ("fedavg", "400k", "checkpoint.pt: No space left on device"),
+        ("scaffold", "800k", "client_states.sqlite: database or disk is full"),
+    ],
+    ids=["checkpoint", "client memories"],
+)
 def test_a_full_disk_is_one_line_and_resume_goes_on_once_space_is_freed(
-    tiny_cifar, tmp_path
+    strategy, size, full, tiny_cifar, tmp_path
 ) -> None:
-    """A 400 kB file system holds round 0's checkpoint but not round 1's (the new one is
-    written beside the old): the run stops with one line, says why in config.json and
-    leaves no temporary file; with room again, --resume gives an uninterrupted run's
-    numbers. The file system is a tmpfs in a mount namespace of the test's own."""
-    options = f"--clients 2 --rounds 3 --data {tiny_cifar}"
-    done, whole = simulate(tiny_cifar, tmp_path, "whole", "--clients 2 --rounds 3")
+    """A file system that holds round 0's checkpoint but not round 1's (the new one is
+    written beside the old), or, for SCAFFOLD, not round 1's clients' memories: the run
+    stops with one line, says why in config.json and leaves no temporary file; with room
+    again, --resume gives an uninterrupted run's numbers. The file system is a tmpfs in
+    a mount namespace of the test's own."""
+    run = f"--clients 2 --rounds 3 --strategy {strategy}"
+    done, whole = simulate(tiny_cifar, tmp_path, "whole", run)
     assert done.returncode == 0, done.stderr[-2000:]
     results, logs = tmp_path / "small", tmp_path / "logs"
     results.mkdir()
     logs.mkdir()
-    env = {**os.environ, "RESULTS": str(results), "LOGS": str(logs), "OPTIONS": options}
-    env["PYTHON"] = sys.executable
+    env = {**os.environ, "RESULTS": str(results), "LOGS": str(logs), "SIZE": size}
+    env |= {"PYTHON": sys.executable, "OPTIONS": f"{run} --data {tiny_cifar}"}
     script = subprocess.run(
         ["unshare", "--mount", "--map-root-user", "sh", "-c", FULL_DISK],
         cwd=ROOT,
@@ -240,10 +261,10 @@ def test_a_full_disk_is_one_line_and_resume_goes_on_once_space_is_freed(
     assert script.returncode == 0, script.stderr[-2000:]
     assert (logs / "first.code").read_text().strip() == "1"
     line = _one_error_line((logs / "first.err").read_text())
-    assert "cannot write" in line and "checkpoint.pt: No space left on device" in line
+    assert "cannot write" in line and full in line
     first = json.loads((logs / "first.json").read_text())
-    assert first["status"] == "failed" and "No space left on device" in first["error"]
+    assert first["status"] == "failed" and full.rpartition(": ")[2] in first["error"]
     assert not [f for f in (logs / "first.files").read_text().split() if f.endswith(".tmp")]
-    assert (logs / "resumed.code").read_text().strip() == "0"
+    assert (logs / "resumed.code").read_text().strip() == "0", (logs / "resumed.err").read_text()
     resumed = pd.read_csv(logs / "rounds.csv")
     assert resumed.drop(columns="round_seconds").equals(whole.drop(columns="round_seconds"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -304,3 +305,16 @@ def test_plot_redraws_from_the_csvs(swept) -> None:
     assert "Ray has" not in done.stdout
     assert len(pd.read_csv(folder / "summary.csv")) == 2
     assert all((folder / plot).exists() for plot in PLOTS)
+
+
+def test_plot_of_runs_without_rounds_refuses_before_writing(swept, tmp_path, capsys) -> None:
+    """An experiment whose runs' rounds.csv hold no row (killed before round 0 was
+    written): one line, and no summary.csv or plot is written, none half-drawn."""
+    _, folder = swept
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("*.png", "summary.csv"))
+    for rounds in copy.glob("*/rounds.csv"):
+        rounds.write_text(rounds.read_text().splitlines()[0] + "\n")  # the header alone
+    assert main(["--plot", str(copy)]) == 2
+    assert "has a round in its rounds.csv: nothing to plot" in capsys.readouterr().err
+    assert not list(copy.glob("*.png")) and not (copy / "summary.csv").exists()

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsim.flower import sentinel
-from fedsim.ground import imports
+from fedsim.ground import imports, interrupts
 from fedsim.ground.config import RAY_RESOURCE_UNIT, RunConfig, flag
 from fedsim.ground.errors import ConfigError
 
@@ -181,6 +181,7 @@ def _ray_outlives_the_engine() -> None:
         pool.num_actors = len(reused)
         pool.add_actors_to_pool(pool.actors_capacity - len(reused))
         self.pool, self.app_fn = pool, app_fn
+        _pools.append(pool)
 
     def terminate(self: RayBackend) -> None:
         _SHELF.give_back(self)
@@ -227,10 +228,11 @@ class _Shelf:
 
     def give_back(self, backend) -> None:
         """Flower ends `backend`'s simulation: shelve its actors, or end them when a
-        later build has taken over. After Ray's stop they are gone already."""
+        later build has taken over. After Ray's stop they are gone already (and a
+        later instance's shelf is not theirs)."""
         import ray
 
-        if not ray.is_initialized():
+        if not ray.is_initialized() or not any(pool is backend.pool for pool in _pools):
             return
         actors = backend.pool.pool if backend.pool else []
         with self._changed:
@@ -250,6 +252,20 @@ class _Shelf:
 def _end(actors: list) -> None:
     for actor in actors:
         actor.terminate.remote()
+
+
+def _end_actors() -> None:
+    """Kill every actor of the engine's pools, idle or running a bundle (Flower's own
+    pool keeps the busy ones by their pending result, a private name of flwr 1.42): a
+    worker thread waiting on one gets an error instead of waiting on a Ray that is
+    about to stop. They would die with the instance anyway; no restart is wanted."""
+    import ray
+
+    for pool in _pools:
+        for actor in [*pool.pool, *pool._future_to_actor.values()]:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+    _pools.clear()
 
 
 _SHELF = _Shelf()
@@ -367,8 +383,8 @@ def run_simulation(
             failure.append(error)
 
     engine = threading.Thread(target=simulate, name="fedsim-simulation", daemon=True)
+    _winding_down.append(engine)  # before it starts: a stop then always waits for it
     engine.start()
-    _winding_down.append(engine)
     while engine.is_alive() and not finished.is_set():
         engine.join(timeout=0.1)
     if failure:
@@ -377,20 +393,30 @@ def run_simulation(
 
 # Flower's engine threads, which may still be winding down when their run has returned
 _winding_down: list[threading.Thread] = []
+# The actor pools Flower's engine has built on the Ray instance up now
+_pools: list = []
 
 
 def stop_ray(wait: float = 10.0) -> None:
     """Disconnect (and stop the instance if fedsim started it); safe to call twice.
-    First give Flower's engine threads up to `wait` seconds to end: a call one of them
-    makes into a shut-down Ray ends the whole process with status 1."""
+    First end the engine's actors, which releases Flower's worker threads from the
+    results they wait for (a run stopped mid-round leaves some waiting on a bundle,
+    a frozen client for good), then give Flower's engine threads up to `wait` seconds
+    to end: a call one of them makes into a shut-down Ray ends the whole process with
+    status 1, and one into the next instance of a process that goes on (a notebook's
+    next call) crashes it."""
     import time
 
     import ray
 
     _stop_watching()
+    if ray.is_initialized():
+        _end_actors()
     deadline = time.monotonic() + wait
     while _winding_down:
-        _winding_down.pop().join(timeout=max(0.0, deadline - time.monotonic()))
+        thread = _winding_down.pop()
+        if thread.ident is not None:  # started
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
     started = _raylet_children()
     if ray.is_initialized():
         ray.shutdown()
@@ -502,10 +528,12 @@ class RayStarter:
         return size_clients(cfg)
 
     def stop(self) -> None:
-        """Stop Ray (if it started) and let the thread end; safe to call twice."""
-        self._ready.wait(timeout=120)
-        self._release.set()
-        self._thread.join(timeout=30)
+        """Stop Ray (if it started) and let the thread end; safe to call twice. A Ctrl-C
+        meanwhile does not cut it short (fedsim.ground.interrupts)."""
+        with interrupts.deferred():
+            self._ready.wait(timeout=120)
+            self._release.set()
+            self._thread.join(timeout=30)
 
 
 # What the run under way does when the Ray node dies under it (records its status)
@@ -532,12 +560,17 @@ def _note(**notes: object) -> None:
             sentinel.write_notes(_notes[0], **notes)
 
 
-_stopping = threading.Event()  # set once fedsim stops Ray itself, or the process ends
+# The watcher of the private instance up now: its event is set once fedsim stops Ray
+# itself, or the process ends. One per instance: a watcher of an instance stopped
+# earlier must never take a later instance's start for a loss of its own node.
+_stopping: list[threading.Event] = []
 
 
 def _stop_watching() -> None:
     """fedsim ends the raylet itself (or the process ends): no node is lost."""
-    _stopping.set()
+    for stopping in _stopping:
+        stopping.set()
+    _stopping.clear()
     _note(stopping=True)
 
 
@@ -554,7 +587,8 @@ def _watch_raylet() -> None:
     raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
     watched = os.pidfd_open(raylet)
     _raylet[:] = [raylet]
-    _stopping.clear()
+    stopping = threading.Event()
+    _stopping[:] = [stopping]
     handle, notes = tempfile.mkstemp(prefix="fedsim-sentinel-", suffix=".json")
     os.close(handle)
     _notes[:] = [Path(notes)]
@@ -565,7 +599,8 @@ def _watch_raylet() -> None:
 
     def watch() -> None:
         select.select([watched], [], [])  # readable once the process has ended
-        if _stopping.is_set():
+        os.close(watched)
+        if stopping.is_set():
             return
         _note(lost=True)
         for record in list(_on_node_lost):

@@ -38,6 +38,9 @@ RESTARTING = ("ActorUnavailableError", "The actor is restarting")
 
 MAX_BUNDLE_BYTES = 256 * 2**20  # a bundle's reply carries one model per client
 
+# Told as outcomes arrive: (phase, server round, clients back, clients sent)
+Progress = Callable[[str, int, int, int], None]
+
 
 def bundle_count(clients: int, concurrency: int, reply_bytes: int, per_message: int | None) -> int:
     """How many messages carry `clients` clients: `--clients-per-message` if given; else
@@ -109,10 +112,12 @@ class FlowerExchange:
         round_timeout: float,
         stop: threading.Event,
         wanted_nodes: int = 1,
+        progress: Progress | None = None,
     ) -> None:
         self.grid, self.transport = grid, transport
         self.reply_bytes, self.round_timeout = reply_bytes, round_timeout
         self.stop, self.wanted_nodes = stop, wanted_nodes
+        self.progress = progress
         self._nodes: list[int] = []
 
     def send(
@@ -141,7 +146,12 @@ class FlowerExchange:
         ]
         waiting: dict[str, tuple[Message, list[int]]] = {}
         self._push(outgoing, waiting)
-        return lambda: self._receive(waiting, deadline)
+
+        def told(done: int) -> None:
+            if self.progress is not None:
+                self.progress(messages.PHASES[phase], server_round, done, len(pids))
+
+        return lambda: self._receive(waiting, deadline, told)
 
     def nodes(self) -> list[int]:
         """The engine's nodes, in a fixed order, once enough have registered."""
@@ -164,7 +174,10 @@ class FlowerExchange:
         waiting.update(zip(ids, batch, strict=True))
 
     def _receive(
-        self, waiting: dict[str, tuple[Message, list[int]]], deadline: float
+        self,
+        waiting: dict[str, tuple[Message, list[int]]],
+        deadline: float,
+        told: Callable[[int], None],
     ) -> dict[int, ClientOutcome]:
         """Wait for the bundles' replies until the deadline (stoppable, polling faster
         than Flower's grid), and read each client's outcome; the clients of a bundle
@@ -172,9 +185,10 @@ class FlowerExchange:
         it. A bundle that reached an actor while Ray was restarting it never ran: it is
         sent again."""
         outcomes: dict[int, ClientOutcome] = {}
+        told(0)
         while waiting and time.time() < deadline:
             self._check_stop()
-            again = []
+            again, known = [], len(outcomes)
             for reply in self.grid.pull_messages(list(waiting)):
                 message, bundle = waiting.pop(reply.metadata.reply_to_message_id)
                 if reply.has_error() and _never_ran(reply.error.reason):
@@ -186,6 +200,8 @@ class FlowerExchange:
                     )
                 else:
                     outcomes.update((o.pid, o) for o in bundles.unpack_outcomes(reply.content))
+            if len(outcomes) > known:
+                told(len(outcomes))
             if again:
                 time.sleep(RESEND_SECONDS)  # the actor's restart takes about a second
                 self._push(again, waiting)

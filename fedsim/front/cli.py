@@ -24,7 +24,7 @@ from fedsim.front import sweep
 from fedsim.ground.config import ALGORITHM, GROUPS, Option, flag
 from fedsim.ground.errors import ConfigError, ConsoleClosed, RunEnded
 from fedsim.runner import options
-from fedsim.simulation.profiles import load_profiles
+from fedsim.simulation.profiles import check_profiles
 
 if TYPE_CHECKING:
     from fedsim.runner.lifecycle import Seams
@@ -96,6 +96,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="go on with an interrupted run from its last completed round "
         "(with --rounds: extend it)",
+    )
+    runs.add_argument(
+        "--accept-changed-code",
+        action="store_true",
+        help="with --resume: go on although the run's own --model or --strategy module "
+        "changed since it began (recorded in config.json); refused otherwise",
     )
     runs.add_argument(
         "--plot",
@@ -183,6 +189,8 @@ def main(
     try:
         args = build_parser(argv).parse_args(argv)
         given = given_options(args)
+        if args.accept_changed_code and not args.resume:
+            raise ConfigError("--accept-changed-code", "goes with --resume RUN_DIR")
         if args.resume:
             _resume(args, given, started, seams)
             return 0
@@ -203,7 +211,7 @@ def main(
             run_experiment(experiment, seams)
             return 0
         (cfg,) = sweep.expand([given])
-        load_profiles(cfg)  # a bad profiles file is refused before Ray starts
+        check_profiles(cfg)  # a bad profiles file is refused before Ray starts
         from fedsim.flower import engine  # light: Ray is imported in its own thread
 
         ray = engine.RayStarter(cfg)  # starts while the heavy imports (torch, flwr) run
@@ -289,4 +297,10 @@ def _resume(
         raise ConfigError("--resume", "takes one --rounds value, not a list")
     lifecycle = _lifecycle()
     rounds = given.get("rounds", [None])[0]
-    lifecycle.resume(Path(args.resume), rounds, started, seams=seams or lifecycle.Seams())
+    lifecycle.resume(
+        Path(args.resume),
+        rounds,
+        started,
+        seams=seams or lifecycle.Seams(),
+        accept_changed_code=args.accept_changed_code,
+    )

@@ -22,6 +22,7 @@ from fedsim.flower import engine
 from fedsim.front import plots
 from fedsim.front.summary import is_complete
 from fedsim.front.sweep import Experiment
+from fedsim.ground import interrupts
 from fedsim.ground.config import NOT_COMPARED, RunConfig, flag
 from fedsim.ground.errors import ConfigError, RunAborted, RunEnded
 from fedsim.ground.files import CONFIG_JSON, LABEL_COUNTS_CSV
@@ -80,7 +81,10 @@ def _state(cfg: RunConfig, folder: Path, data_key: str) -> tuple[str, str]:
     status = document.get("status", "")
     if status in lifecycle.ENDED:
         return status, str(document.get("error"))
-    return ("complete" if is_complete(folder, document) else "unfinished"), ""
+    if is_complete(folder, document):
+        return "complete", ""
+    lifecycle.changed_code(document, cfg, accept=False)  # refused before any run starts
+    return "unfinished", ""
 
 
 def _check(experiment: Experiment) -> list[_Planned]:
@@ -112,7 +116,8 @@ def run_experiment(experiment: Experiment, seams: lifecycle.Seams | None = None)
     )
     planned = _check(experiment)
     todo = [run for run in planned if run.state in ("new", "unfinished")]
-    ray = engine.RayStarter(todo[0].cfg) if todo else None  # one Ray for every run
+    with interrupts.deferred():  # a started Ray is always one the finally stops
+        ray = engine.RayStarter(todo[0].cfg) if todo else None  # one Ray for every run
     try:
         for index, run in enumerate(planned, 1):
             head = f"fedsim: run {index} of {total}: {run.cfg.name}"

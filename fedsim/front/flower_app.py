@@ -104,7 +104,9 @@ def main(grid: Grid, context: Context) -> None:
         facts = {**lifecycle.run_facts(inputs, run_dir, None), "engine": "flower-app"}
         status = folders.RunStatus(run_dir, cfg, inputs.timings, facts)
         algorithm = algorithms.build(cfg)
-        loop = lifecycle.build_loop(inputs, run_dir, None, status.failures, algorithm)
+        loop = lifecycle.build_loop(
+            inputs, run_dir, None, status.failures, algorithm, outputs=(status,)
+        )
         exchange = lifecycle.exchange_on(grid, loop, Transport(one_node_per_client=True))
         with status.running(started):
             loop.run(exchange)

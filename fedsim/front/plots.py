@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from fedsim.front.summary import (
     ROUNDS_COLUMNS,
+    completed_rounds,
     read_csv,
     run_folders,
     setting_columns,
@@ -324,6 +325,10 @@ def report(folder: Path, target: float | None = None) -> None:
     (the time to `target` accuracy, else to each run's own --target-accuracy)."""
     if not folder.is_dir() or not run_folders(folder):
         raise ConfigError("--plot", f"{folder} holds no run folders, give results/<experiment>")
+    if not any(completed_rounds(run_dir) for run_dir in run_folders(folder)):
+        raise ConfigError(
+            "--plot", f"no run in {folder} has a round in its rounds.csv: nothing to plot"
+        )
     summary = write_summary(folder, target)
     print(f"fedsim: {folder / 'summary.csv'} ({len(summary)} runs)", flush=True)
     for path in draw_all(folder, summary):

@@ -15,7 +15,7 @@ from functools import cache
 from io import BytesIO
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MessageType, MetricRecord, RecordDict
 from flwr.common import serde
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
@@ -31,6 +31,9 @@ EVAL_LOSS = "eval_loss"
 EVAL_ACCURACY = "eval_accuracy"
 DP_EPSILON = "dp_epsilon"  # privacy spent so far (fedsim.algorithms.privacy reports it)
 PARTITION_ID = "partition-id"  # node config of a SuperNode with its own data
+
+# A phase of a round as clients.csv and the console name it, by Flower's message type
+PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate"}
 
 # Client outcomes, as clients.csv reports them
 OK = "ok"

@@ -34,7 +34,9 @@ from fedsim.ground.files import cache_root
 
 IMAGE_SHAPE = (3, 32, 32)  # CIFAR-10's (channels, height, width)
 NUM_CLASSES = 10  # CIFAR-10's
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # an ImageFolder's images
+# An ImageFolder's images: torchvision's ImageFolder's suffixes, and GIF, which decodes.
+# One fedsim cannot decode (BMP, TIFF, PPM, PGM) is refused by name, never left out.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
 _ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 _CACHE_VERSION = "1"
 Decode = Callable[[], tuple[dict[str, np.ndarray], list[str]]]
@@ -155,6 +157,13 @@ def load_images(source: str, cache: Path | None = None) -> DecodedDataset:
             key = _content_key("batches", files)
             return _cached(cache, key, source, lambda: _read_batches(found))
         if isinstance(found, ImageFolder):
+            if left_out := found.left_out():
+                shown = ", ".join(left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+                print(
+                    f"fedsim: --data: {len(left_out)} files of {path} are not images in a "
+                    f"class folder and are not read ({shown})",
+                    flush=True,
+                )
             key = _content_key("imagefolder", found.files(), names=found.names())
             return _cached(cache, key, source, found.decode)
         key = _content_key("parquet", found["train"] + found["test"])
@@ -271,6 +280,7 @@ def _rebuild(folder: Path, source: str, decode: Decode) -> None:
         raise _unwritable(folder, error) from None
     try:
         arrays, classes = decode()
+        arrays = _as_colour_where_either_is(arrays)
         meta = {
             "source": source,
             "classes": list(classes),
@@ -299,6 +309,19 @@ def _install(tmp: Path, folder: Path) -> None:
     except OSError:  # another process finished the same cache first
         if _read_cache(folder) is None:
             raise
+
+
+def _as_colour_where_either_is(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One channel count for both splits: a grey split beside a colour one is made RGB
+    (its one channel three times, as decoding it as RGB does), so that one model takes
+    both; a split is grey only where every image of the data is."""
+    channels = {arrays[f"{split}_x"].shape[1] for split in ("train", "test")}
+    if channels != {1, 3}:
+        return arrays
+    return {
+        name: np.repeat(array, 3, axis=1) if name.endswith("_x") and array.shape[1] == 1 else array
+        for name, array in arrays.items()
+    }
 
 
 def _unwritable(folder: Path, error: OSError) -> ConfigError:
@@ -394,16 +417,29 @@ def _hf_features(metadata: dict) -> dict:
 
 
 def _columns(table: Any, features: dict, split: str) -> tuple[str, str]:
-    """The image and label columns: by HF feature type, else by name."""
-    image_col = next((k for k, v in features.items() if v.get("_type") == "Image"), None)
-    label_col = next((k for k, v in features.items() if v.get("_type") == "ClassLabel"), None)
+    """The image and label columns: by HF feature type, else by name; each must be in
+    the split's table (metadata may name a column that was since dropped)."""
     names = table.column_names
-    image_col = image_col or next((c for c in ("img", "image") if c in names), None)
-    label_col = label_col or next(
+    typed = {
+        kind: [k for k, v in features.items() if v.get("_type") == kind and k in names]
+        for kind in ("Image", "ClassLabel")
+    }
+    image_col = next(iter(typed["Image"]), None) or next(
+        (c for c in ("img", "image") if c in names), None
+    )
+    label_col = next(iter(typed["ClassLabel"]), None) or next(
         (c for c in ("label", "labels", "fine_label") if c in names), None
     )
-    if image_col is None or label_col is None:
-        raise DataError(f"the {split} split has no image and label columns (found {names})")
+    missing = [
+        f"no {what} column ({hint})"
+        for what, found, hint in (
+            ("image", image_col, "an HF Image feature, or one named img or image"),
+            ("label", label_col, "an HF ClassLabel feature, or one named label or labels"),
+        )
+        if found is None
+    ]
+    if missing:
+        raise DataError(f"the {split} split has {' and '.join(missing)}; its columns: {names}")
     return image_col, label_col
 
 
@@ -422,6 +458,8 @@ def _classes(features: dict, table: Any, arrays: dict[str, np.ndarray]) -> list[
 
 def _decode_table(table: Any, features: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
     image_col, label_col = _columns(table, features, split)
+    if table.num_rows == 0:
+        raise DataError(f"the {split} split has no rows")
     encoded = _encoded_images(table.column(image_col), image_col, split)
     labels = _column_labels(table.column(label_col), label_col, split)
     return decode_images(encoded, split), labels
@@ -457,13 +495,18 @@ def _column_labels(column: Any, name: str, split: str) -> np.ndarray:
     return np.asarray(column.to_numpy(), dtype=np.int64)  # checked against the classes
 
 
-def decode_images(encoded: list[bytes], split: str = "images") -> np.ndarray:
+def decode_images(
+    encoded: list[bytes], split: str = "images", names: list[str] | None = None
+) -> np.ndarray:
     """Decode JPEG/PNG/… bytes to an (N, C, H, W) uint8 array, C 1 when every image is
     grey, else 3 (RGB; an alpha channel is dropped); JPEGs in one batched call. Every
-    image must have the same size: fedsim does not resize."""
+    image must have the same size: fedsim does not resize. An image that does not
+    decode is named (`names`: each image's, else its row)."""
     import torch
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+    if not encoded:
+        raise DataError(f"the {split} split has no images")
     if any(blob is None for blob in encoded):
         raise DataError(f"the {split} split has images without bytes")
     tensors = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in encoded]
@@ -479,22 +522,40 @@ def decode_images(encoded: list[bytes], split: str = "images") -> np.ndarray:
                 for image, t in zip(decoded, tensors, strict=True)
             ]
     except RuntimeError as error:
-        raise DataError(
-            f"the {split} split holds an image that does not decode ({error})"
-        ) from error
+        raise DataError(_undecodable(tensors, split, names, error)) from None
     shapes = {tuple(t.shape) for t in decoded}
     if len(shapes) > 1:
         shown = ", ".join(f"{h}x{w}x{c}" for c, h, w in sorted(shapes)[:4])
         raise DataError(f"the {split} images differ in size ({shown}): resize them to one size")
-    if not decoded:
-        raise DataError(f"the {split} split has no images")
     return torch.stack(decoded).numpy()
 
 
+def _undecodable(
+    tensors: list[Any], split: str, names: list[str] | None, error: RuntimeError
+) -> str:
+    """Which image does not decode, found by decoding one at a time (only once the
+    batch has failed), and why."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    for index, tensor in enumerate(tensors):
+        try:
+            decode_image(tensor, mode=ImageReadMode.UNCHANGED)
+        except RuntimeError as own:
+            which = names[index] if names else f"the {split} split's row {index}"
+            return f"{which} is not an image fedsim can decode ({_last_words(own)})"
+    return f"the {split} split holds an image that does not decode ({_last_words(error)})"
+
+
+def _last_words(error: Exception) -> str:
+    """An error's own message, without the C++ location torchvision puts before it."""
+    return re.sub(r"^.*?\.cpp:\d+, ", "", str(error)).strip()
+
+
 class ImageFolder:
-    """torchvision's ImageFolder layout, one per split: `train/<class>/<image>` and
-    `test/<class>/<image>`, the classes the train split's folder names, sorted (as
-    torchvision sorts them)."""
+    """torchvision's ImageFolder layout, one per split: `train/<class>/…/<image>` and
+    `test/<class>/…/<image>`, the classes the train split's folder names, sorted, and
+    each class's images found in its folder and every folder below it, in the order
+    torchvision's ImageFolder finds them."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -506,21 +567,42 @@ class ImageFolder:
         extra = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
         if unknown := sorted(set(extra) - set(self.classes)):
             raise DataError(f"{root / 'test'} has classes the train split lacks: {unknown[:5]}")
+        self._found = {split: self._walk(split) for split in ("train", "test")}
+
+    def _walk(self, split: str) -> tuple[list[tuple[Path, int]], list[Path]]:
+        """The split's images with their labels, and the files left out: those that are
+        not images (by suffix, as torchvision tells them) and those outside a class
+        folder. Hidden files (.DS_Store) are neither."""
+        images: list[tuple[Path, int]] = []
+        left_out = [p for p in sorted((self.root / split).iterdir()) if p.is_file() and _shown(p)]
+        for label, name in enumerate(self.classes):
+            folder = self.root / split / name
+            if not folder.is_dir():
+                continue
+            for parent, _, names in sorted(os.walk(folder, followlinks=True)):
+                for file in (Path(parent) / n for n in sorted(names)):
+                    if file.suffix.lower() in IMAGE_SUFFIXES:
+                        images.append((file, label))
+                    elif _shown(file):
+                        left_out.append(file)
+        return images, left_out
 
     def images(self, split: str) -> list[tuple[Path, int]]:
+        return self._found[split][0]
+
+    def left_out(self) -> list[str]:
+        """Files of the folder that are not read, as `split/…/name`."""
         return [
-            (file, label)
-            for label, name in enumerate(self.classes)
-            if (self.root / split / name).is_dir()
-            for file in sorted((self.root / split / name).iterdir())
-            if file.suffix.lower() in IMAGE_SUFFIXES
+            str(file.relative_to(self.root))
+            for split in ("train", "test")
+            for file in self._found[split][1]
         ]
 
     def files(self) -> list[Path]:
         return [file for split in ("train", "test") for file, _ in self.images(split)]
 
     def names(self) -> list[str]:
-        """Each file as `split/class/name`: a moved image is another dataset."""
+        """Each file as `split/class/…/name`: a moved image is another dataset."""
         return [str(file.relative_to(self.root)) for file in self.files()]
 
     def decode(self) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -529,9 +611,15 @@ class ImageFolder:
             found = self.images(split)
             if not found:
                 raise DataError(f"{self.root / split} has no images ({', '.join(IMAGE_SUFFIXES)})")
-            arrays[f"{split}_x"] = decode_images([file.read_bytes() for file, _ in found], split)
+            names = [str(file.relative_to(self.root)) for file, _ in found]
+            encoded = [file.read_bytes() for file, _ in found]
+            arrays[f"{split}_x"] = decode_images(encoded, split, names)
             arrays[f"{split}_y"] = np.array([label for _, label in found], dtype=np.int64)
         return arrays, list(self.classes)
+
+
+def _shown(file: Path) -> bool:
+    return not file.name.startswith(".")
 
 
 def read_column(source: str, column: str) -> np.ndarray:
@@ -554,9 +642,24 @@ def read_column(source: str, column: str) -> np.ndarray:
     if column not in names:
         raise ConfigError(option, f"the train split has no column {column!r} ({', '.join(names)})")
     values = pa.concat_tables(pq.read_table(f, columns=[column]) for f in found["train"])[column]
+    kind = values.type
+    if not (
+        pa.types.is_integer(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+    ):
+        raise ConfigError(
+            option,
+            f"{column!r} holds {kind}, not a client's name or number (is it the image column?)",
+        )
     if values.null_count:
         raise ConfigError(option, f"{values.null_count} rows of {column!r} name no client")
-    return np.asarray(values.to_pylist())
+    found_values = np.asarray(values.to_pylist())
+    if pa.types.is_floating(kind) and (nan := int(np.isnan(found_values).sum())):
+        raise ConfigError(option, f"{nan} rows of {column!r} are NaN: they name no client")
+    return found_values
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -82,13 +82,20 @@ def check_factory(path: str) -> Callable[..., object]:
     return make
 
 
-def check_model(name: str, shape: Shape) -> None:
-    """Refuse (ConfigError) a model that is not an nn.Module, cannot take the data's
-    images, or does not give one score per class: said before anything runs, not as a
-    failure of every client."""
+def check_model(name: str, shape: Shape) -> nn.Module:
+    """The model `name` builds for data of `shape`, refused (ConfigError) if it is not
+    an nn.Module, cannot take the data's images, or does not give one floating-point
+    score per class: said before anything runs, not as a failure of every client."""
     import torch
 
-    model = build_model(name, shape=shape)
+    try:
+        model = build_model(name, shape=shape)
+    except ConfigError:
+        raise
+    except Exception as error:  # the user's factory raised as it built the model
+        raise ConfigError(
+            "--model", f"{name} fails to build a model: {type(error).__name__}: {error}"
+        ) from None
     if not isinstance(model, torch.nn.Module):
         raise ConfigError("--model", f"{name} made a {type(model).__name__}, not a torch.nn.Module")
     try:
@@ -100,10 +107,18 @@ def check_model(name: str, shape: Shape) -> None:
             f"{name} fails on the data's images ({'x'.join(map(str, shape.image))}): "
             f"{type(error).__name__}: {error}",
         ) from None
-    found = tuple(getattr(scores, "shape", ()))
+    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
+        kind = scores.dtype if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ConfigError(
+            "--model",
+            f"{name} gives {kind} for the data's images, expected floating-point scores "
+            "(a loss cannot be differentiated through integers)",
+        )
+    found = tuple(scores.shape)
     if found != (2, shape.classes):
         raise ConfigError(
             "--model",
             f"{name} gives {found} for 2 images, expected (2, {shape.classes}): "
             "a score per class of the data",
         )
+    return model

@@ -182,7 +182,7 @@ def partition_indices(
             f"must be ≤ {len(labels)} (the training examples available), got {cfg.clients}",
         )
     classes = len(np.unique(labels))
-    if cfg.classes_per_client > classes:  # checked whether it applies or not, as every value
+    if cfg.partition == "pathological" and cfg.classes_per_client > classes:
         raise ConfigError(
             flag("classes_per_client"),
             f"got {cfg.classes_per_client}, but the data has {classes} classes",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import os
 import platform
@@ -123,6 +124,7 @@ class ModelSaver(RoundCallback):
         atomic_write(self.path, lambda handle: torch.save(arrays.to_torch_state_dict(), handle))
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     names = ("flwr", "flwr-datasets", "ray", "torch", "torchvision", "numpy", "pandas")
     found = {}
@@ -134,6 +136,7 @@ def _versions() -> dict[str, str]:
     return {"python": platform.python_version(), **found}
 
 
+@functools.cache
 def _hardware() -> dict[str, Any]:
     return {
         "machine": platform.machine(),

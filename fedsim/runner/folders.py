@@ -20,14 +20,18 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsim.ground.config import RunConfig, flag
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord
 from fedsim.ground.errors import ConfigError, ConsoleClosed, OutputFailed, RunEnded
 from fedsim.ground.files import CONFIG_JSON, is_temporary
+from fedsim.outputs.callbacks import RoundCallback
 from fedsim.outputs.console import FailureReporter
 from fedsim.outputs.files import check_writable, write_config_json
-from fedsim.outputs.records import Timings
+from fedsim.outputs.records import RoundRecord, Timings
 
 # what write_config_json and RunStatus put into config.json themselves
 STATUS_KEYS = ("status", "config", "csv_columns", "versions", "hardware", "timings_seconds")
@@ -134,9 +138,10 @@ def _take_over(run_dir: Path) -> RunLock:
     )
 
 
-class RunStatus:
+class RunStatus(RoundCallback):
     """config.json for one run: the resolved config, versions, hardware, timings, client
-    outcomes, and the status, written atomically at the start and at the end."""
+    outcomes, and the status, written atomically at the start, after every round (the
+    timings so far: a run killed after its last round keeps them) and at the end."""
 
     def __init__(
         self, run_dir: Path, cfg: RunConfig, timings: Timings, extra: dict[str, Any]
@@ -144,6 +149,12 @@ class RunStatus:
         self.path = run_dir / CONFIG_JSON
         self.cfg, self.timings, self.extra = cfg, timings, extra
         self.failures = FailureReporter()
+        self._started: float | None = None  # while `running`
+
+    def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
+        if self._started is not None:
+            self.timings.total = time.perf_counter() - self._started
+            self.write("running")
 
     def write(self, status: str, **more: Any) -> None:
         write_config_json(
@@ -161,6 +172,7 @@ class RunStatus:
     @contextlib.contextmanager
     def running(self, started: float) -> Iterator[None]:
         """`running` while the body runs, then the status that says how it ended."""
+        self._started = started
         self.write("running")
         status, error = "failed", None
         try:
@@ -176,6 +188,7 @@ class RunStatus:
             error = f"{type(failure).__name__}: {failure}"
             raise
         finally:
+            self._started = None
             self.timings.total = time.perf_counter() - started
             try:
                 self.write(status, error=error)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,15 +28,16 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from fedsim import algorithms
 from fedsim.algorithms import attacks, privacy
 from fedsim.algorithms.base import Algorithm
 from fedsim.flower import engine
 from fedsim.flower.client_app import ClientData, MappedData, RayObjectData, build_client_app
-from fedsim.flower.exchange import FlowerExchange, Transport, nodes_needed
+from fedsim.flower.exchange import FlowerExchange, Progress, Transport, nodes_needed
 from fedsim.flower.server_app import build_server_app
-from fedsim.ground import imports, messages
+from fedsim.ground import imports, interrupts, messages
 from fedsim.ground.config import RunConfig, flag, sample_count
 from fedsim.ground.errors import ConfigError, Diverged, RunAborted
 from fedsim.ground.files import (
@@ -51,17 +53,22 @@ from fedsim.learning import models, together, training
 from fedsim.learning.data import DecodedDataset, Shape, load_images, read_column
 from fedsim.learning.partition import NATURAL, Partitions, cached_partition_indices
 from fedsim.outputs import tracking
-from fedsim.outputs.console import FailureReporter, ProgressPrinter
+from fedsim.outputs.callbacks import RoundCallback
+from fedsim.outputs.console import FailureReporter, LiveStatus, ProgressPrinter
 from fedsim.outputs.files import CsvRecorder, ModelSaver, truncate_rows
 from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, Timings
 from fedsim.runner import folders, options
-from fedsim.runner.checkpoint import Checkpointer, load_checkpoint
+from fedsim.runner.checkpoint import Checkpointer, Saved, load_checkpoint, open_memories
 from fedsim.simulation.buffered import BufferedSchedule
 from fedsim.simulation.client_states import ClientStates
 from fedsim.simulation.loop import CentralEvaluate, Population, RoundLoop
-from fedsim.simulation.profiles import Profiles, load_profiles
+from fedsim.simulation.profiles import Profiles, check_profiles, load_profiles
 from fedsim.simulation.sampling import sample_size
 from fedsim.simulation.state import RunState
+
+# How long a stopped run waits for its loop to close its files (the loop looks for the
+# stop every few hundredths of a second, unless it is evaluating the model centrally)
+STOP_GRACE_SECONDS = 5.0
 
 # statuses of runs that ended for a reason, kept by --resume unless it trains further
 ENDED = {kind.status: kind for kind in (RunAborted, Diverged)}
@@ -101,6 +108,7 @@ class RunInputs:
     partitions: Partitions
     timings: Timings
     profiles: Profiles
+    facts: dict[str, object] = dataclasses.field(default_factory=dict)  # for config.json
 
 
 def prepare(cfg: RunConfig, started: float | None = None) -> RunInputs:
@@ -109,13 +117,15 @@ def prepare(cfg: RunConfig, started: float | None = None) -> RunInputs:
     (decoded and split once per machine, then cached), the GPUs asked for."""
     started = started or time.perf_counter()
     timings = Timings(imports=time.perf_counter() - started)
-    profiles = load_profiles(cfg)  # a bad profiles file is refused before the data loads
+    check_profiles(cfg)  # a bad profiles file is refused before the data loads
     tracking.check(cfg)
-    dataset, partitions = load_data(cfg, timings)
+    dataset, partitions = load_data(cfg, timings)  # more clients than examples: refused
     if partitions.clients != cfg.clients:  # --partition natural: one client per value
         cfg = options.validate(cfg.replace(clients=partitions.clients))
-        profiles = load_profiles(cfg)  # a profile per client
-    models.check_model(cfg.model, dataset.shape)  # a model that cannot fit the data: one line
+    profiles = load_profiles(cfg)  # a profile per client, once their count is known to fit
+    model = models.check_model(cfg.model, dataset.shape)  # one that cannot fit: one line
+    check_server_side(cfg)
+    check_driver_memory(cfg, model)
     if cfg.gpus_per_client and engine.private_ray(cfg) and not torch.cuda.is_available():
         raise ConfigError(
             flag("gpus_per_client"),
@@ -123,6 +133,56 @@ def prepare(cfg: RunConfig, started: float | None = None) -> RunInputs:
             "device); use 0, or --ray-address a cluster that has GPUs",
         )
     return RunInputs(cfg, dataset, partitions, timings, profiles)
+
+
+def check_server_side(cfg: RunConfig) -> None:
+    """The algorithm's server side, built once before anything runs (a user's algorithm
+    may lack it, or raise): it must be a Flower Strategy that checkpoint.pt can hold."""
+    name = cfg.strategy
+    try:
+        strategy = privacy.private(cfg, algorithms.build(cfg).strategy())
+    except NotImplementedError:
+        raise ConfigError(
+            "--strategy",
+            f"{name} has no server side: define strategy(), returning a Flower "
+            "Strategy (fedsim.algorithms.base.Algorithm)",
+        ) from None
+    except Exception as error:
+        raise ConfigError(
+            "--strategy", f"{name}.strategy() raises {type(error).__name__}: {error}"
+        ) from None
+    if not isinstance(strategy, Strategy):
+        raise ConfigError(
+            "--strategy",
+            f"{name}.strategy() returns a {type(strategy).__name__}, not a Flower "
+            "Strategy (flwr.serverapp.strategy)",
+        )
+    try:
+        pickle.dumps(strategy)
+    except Exception as error:  # a lambda, a closure, an open file among its attributes
+        raise ConfigError(
+            "--strategy",
+            f"{name}'s strategy cannot be saved in checkpoint.pt ({type(error).__name__}: "
+            f"{error}); keep its state in plain attributes, not lambdas or local functions",
+        ) from None
+
+
+def check_driver_memory(cfg: RunConfig, model: torch.nn.Module) -> None:
+    """The most client updates the driver holds at once (a round's sample, or FedBuff's
+    buffer), each a model, must fit in this machine's memory: a size that cannot is
+    refused before anything is allocated for it."""
+    buffered = algorithms.build(cfg).buffered()
+    held = buffered.size if buffered else sample_size(cfg, cfg.sampled_per_round)
+    update = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if held * update > memory:
+        option = flag("buffer_size") if buffered else flag("clients")
+        raise ConfigError(
+            option,
+            f"the driver would hold {held:,} client updates of {update / 2**20:.1f} MiB at "
+            f"once ({held * update / 2**30:,.0f} GiB), more than this machine's "
+            f"{memory / 2**30:.0f} GiB of memory",
+        )
 
 
 def load_data(cfg: RunConfig, timings: Timings | None = None) -> tuple[DecodedDataset, Partitions]:
@@ -157,7 +217,8 @@ def run(
     if Path(cfg.data).expanduser().exists():  # config.json records where the data was
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
     owned = ray is None
-    ray = ray or engine.RayStarter(cfg)
+    with interrupts.deferred():  # a started Ray is always one the finally stops
+        ray = ray or engine.RayStarter(cfg)
     try:
         inputs = prepare(cfg, started)
         cluster = _wait_for_ray(ray, inputs)
@@ -174,33 +235,80 @@ def resume(
     started: float | None = None,
     ray: engine.RayStarter | None = None,
     seams: Seams = Seams(),
+    accept_changed_code: bool = False,
 ) -> Path:
     """Go on with an interrupted run from its last checkpoint (optionally to more rounds).
     A run whose rounds were all done but whose bookkeeping was cut short (killed before
     its final status and model.pt) gets them, without running anything again; one that
     ended for a reason (aborted, diverged) keeps its status unless more rounds are asked
-    for. Nothing in the folder changes before the run can go on."""
+    for. The user's own code must be what the run began with (`accept_changed_code`:
+    go on with the changed code, which config.json then records). Nothing in the folder
+    changes before the run can go on."""
     started = started or time.perf_counter()
-    folders.check_results_dir(run_dir)
+    if not run_dir.is_dir():
+        what = "is a file, not a run folder" if run_dir.exists() else "does not exist"
+        raise ConfigError("--resume", f"{run_dir} {what}")
     with folders.locked(run_dir, "--resume"):
         document, cfg = stored_config(run_dir, "--resume")
         if rounds is not None:
             cfg = options.validate(cfg.replace(rounds=rounds))
-        state = None
+        changes = changed_code(document, cfg, accept_changed_code)
+        state = saved = None
         if (run_dir / CHECKPOINT).exists():
-            state = load_checkpoint(run_dir)
+            state, saved = load_checkpoint(run_dir)
             _check_algorithm(cfg, state, run_dir)
             if state.completed >= cfg.rounds:
-                _finish_bookkeeping(run_dir, cfg, document, state)
+                _finish_bookkeeping(run_dir, cfg, document, state, saved)
                 return run_dir
+            open_memories(run_dir, state, saved)
         owned = ray is None
-        ray = ray or engine.RayStarter(cfg)
+        with interrupts.deferred():
+            ray = ray or engine.RayStarter(cfg)
         try:
             inputs = prepare(cfg, started)
+            if changes:
+                earlier = document.get(CODE_CHANGES, [])
+                inputs.facts[CODE_CHANGES] = earlier + [
+                    {**change, "after_round": state.completed if state else None}
+                    for change in changes
+                ]
             return execute(inputs, run_dir, started, _wait_for_ray(ray, inputs), state, seams)
         finally:
             if owned:
                 ray.stop()
+
+
+CODE_CHANGES = "user_code_changes"  # config.json: changed code a resume was told to accept
+
+
+def changed_code(document: dict, cfg: RunConfig, accept: bool) -> list[dict[str, str]]:
+    """The user's own modules (--model, --strategy) whose text differs from what
+    config.json recorded when the run began: refused (the resumed rounds would train
+    other code, or fail every client), or, with `accept`, returned for config.json."""
+    recorded = document.get("user_code", {})
+    changes = []
+    for option, path in imports.named(cfg).items():
+        was, now = recorded.get(option, {}), imports.source(path)
+        if "sha256" not in was or was.get("sha256") == now.get("sha256"):
+            continue
+        file = now.get("file") or was.get("file")
+        if not accept:
+            raise ConfigError(
+                "--resume",
+                f"{file} ({flag(option)} {path}) changed since the run began (SHA-256 "
+                f"{was['sha256'][:12]}… then, {str(now.get('sha256'))[:12]}… now): the "
+                "resumed rounds would train other code; restore it, or go on with the "
+                "change on purpose (--accept-changed-code, recorded in config.json)",
+            )
+        changes.append(
+            {
+                "option": option,
+                "file": str(file),
+                "was": was["sha256"],
+                "now": str(now.get("sha256")),
+            }
+        )
+    return changes
 
 
 def stored_config(run_dir: Path, option: str) -> tuple[dict, RunConfig]:
@@ -225,7 +333,9 @@ def _check_algorithm(cfg: RunConfig, state: RunState, run_dir: Path) -> None:
         )
 
 
-def _finish_bookkeeping(run_dir: Path, cfg: RunConfig, document: dict, state: RunState) -> None:
+def _finish_bookkeeping(
+    run_dir: Path, cfg: RunConfig, document: dict, state: RunState, saved: Saved
+) -> None:
     status, done = document.get("status"), state.completed
     if status in ENDED:
         raise ENDED[status](
@@ -235,6 +345,7 @@ def _finish_bookkeeping(run_dir: Path, cfg: RunConfig, document: dict, state: Ru
     if status == "complete" and (run_dir / MODEL).exists():
         print(f"fedsim: {run_dir} is already complete ({done} rounds)")
         return
+    open_memories(run_dir, state, saved)
     _truncate(run_dir, done)
     ModelSaver(run_dir / MODEL).on_run_end(state.arrays)
     Checkpointer(run_dir, state, cfg.client_states).on_run_end(state.arrays)
@@ -271,6 +382,7 @@ def run_facts(inputs: RunInputs, run_dir: Path, resumed: int | None) -> dict[str
         "resumed_from_round": resumed,
         **attacks.describe(inputs.cfg),
         **_user_code(inputs.cfg),
+        **inputs.facts,
     }
 
 
@@ -300,14 +412,17 @@ def execute(
     if why := together_facts.get("one_at_a_time"):
         print(f"fedsim: --vectorize {cfg.vectorize}, but clients train one at a time: {why}")
     algorithm = algorithms.build(cfg)
-    loop = build_loop(inputs, run_dir, state, status.failures, algorithm, seams.evaluator)
+    live = LiveStatus(cfg.rounds)  # on a terminal: the round's progress, in place
+    loop = build_loop(
+        inputs, run_dir, state, status.failures, algorithm, seams.evaluator, (status, live)
+    )
     transport = Transport(cluster.concurrent_clients, cfg.clients_per_message)
     reply_bytes = model_bytes(loop)
 
     def serve(grid: Grid) -> None:
-        loop.run(exchange_on(grid, loop, transport))
+        loop.run(exchange_on(grid, loop, transport, live.progress))
 
-    with status.running(started), engine.on_node_lost(status.fail, status.path):
+    with status.running(started), engine.on_node_lost(status.fail, status.path), live:
         try:
             engine.run_simulation(
                 build_server_app(serve),
@@ -318,6 +433,7 @@ def execute(
             )
         except KeyboardInterrupt:
             loop.stop.set()  # the loop ends at the exchange's next look; Ray goes down after
+            loop.finished.wait(STOP_GRACE_SECONDS)  # its files closed, the store merged
             raise
         if loop.error is not None:  # the engine may have stopped before it said so
             raise loop.error
@@ -341,12 +457,14 @@ def model_bytes(loop: RoundLoop) -> int:
     return messages.recorddict_bytes(RecordDict({messages.ARRAYS: loop.state.arrays}))
 
 
-def exchange_on(grid: Grid, loop: RoundLoop, transport: Transport) -> FlowerExchange:
+def exchange_on(
+    grid: Grid, loop: RoundLoop, transport: Transport, progress: Progress | None = None
+) -> FlowerExchange:
     """The loop's exchange over Flower's `grid` (one node per client on the Deployment
-    Engine, where node i holds partition i)."""
+    Engine, where node i holds partition i), telling `progress` as outcomes arrive."""
     wanted = loop.cfg.clients if transport.one_node_per_client else 1
     return FlowerExchange(
-        grid, transport, model_bytes(loop), loop.cfg.round_timeout, loop.stop, wanted
+        grid, transport, model_bytes(loop), loop.cfg.round_timeout, loop.stop, wanted, progress
     )
 
 
@@ -401,6 +519,7 @@ def build_loop(
     failures: FailureReporter,
     algorithm: Algorithm,
     evaluator: Callable[[RunConfig, DecodedDataset], CentralEvaluate] = CentralEvaluator,
+    outputs: Sequence[RoundCallback] = (),
 ) -> RoundLoop:
     """The round loop with its result files, from `state` or from the start (the
     strategy wrapped for --dp, then the initial model: the order the seeds are drawn in,
@@ -420,6 +539,7 @@ def build_loop(
         failures,
         ModelSaver(run_dir / MODEL),
         *trackers,
+        *outputs,  # config.json's timings so far, the status line
     ]
     parts = inputs.partitions
     population = Population(parts.train_sizes, parts.val_sizes, inputs.profiles)

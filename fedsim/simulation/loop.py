@@ -41,7 +41,6 @@ from fedsim.simulation.sampling import sample_clients, sample_size
 from fedsim.simulation.state import RunState
 
 CentralEvaluate = Callable[[ArrayRecord], tuple[float, float]]
-PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate"}
 
 
 class Exchange(Protocol):
@@ -164,6 +163,7 @@ class RoundLoop:
             self.error = error
             raise
         finally:
+            self.state.states.close()  # however the rounds ended: the file alone is the store
             self.finished.set()
 
     def _run(self, exchange: Exchange) -> None:
@@ -342,7 +342,7 @@ class RoundLoop:
                 if training and outcome.state is not None:
                     result.states[pid] = outcome.state
             tick = time.perf_counter()
-            phase, examples = PHASES[sent.message_type], int(sizes[pid])
+            phase, examples = messages.PHASES[sent.message_type], int(sizes[pid])
             down_bytes = down.bytes(message.content)
             result.clients.append(
                 _client_record(sent.server_round, phase, pid, examples, outcome, down_bytes)

@@ -105,12 +105,20 @@ def lognormal_profiles(clients: int, seed: int) -> Profiles:
 
 
 def load_profiles(cfg: RunConfig) -> Profiles:
-    """The run's profiles from --profiles; a bad file is a one-line ConfigError."""
+    """The run's profiles from --profiles (arrays of one value per client: call it once
+    the client count is known to fit the data); a bad file is a one-line ConfigError."""
     if not cfg.profiles:
         return median_profiles(cfg.clients)
     if cfg.profiles == LOGNORMAL:
         return lognormal_profiles(cfg.clients, cfg.seed)
     return read_profiles_csv(cfg.profiles, cfg.clients)
+
+
+def check_profiles(cfg: RunConfig) -> None:
+    """Refuse a bad --profiles file (one line) before anything is loaded, allocating
+    nothing per client: a client count the data cannot hold is refused afterwards."""
+    if cfg.profiles and cfg.profiles != LOGNORMAL:
+        _read_rows(cfg.profiles, cfg.clients)
 
 
 def _error(where: str, message: str) -> ConfigError:
@@ -120,6 +128,20 @@ def _error(where: str, message: str) -> ConfigError:
 def read_profiles_csv(path: str, clients: int) -> Profiles:
     """A profiles file: a header naming COLUMNS, then one row per listed client.
     Clients not listed are the median device, always online."""
+    rows = _read_rows(path, clients)
+    profiles = median_profiles(clients)
+    online: dict[int, tuple[Interval, ...]] = {}
+    for pid, row, where in rows:
+        for name in COLUMNS[1:4]:
+            getattr(profiles, name)[pid] = _positive(name, row[name], where)
+        if row["online"]:
+            online[pid] = _intervals(row["online"], where)
+    return Profiles(profiles.examples_per_second, profiles.down_mbps, profiles.up_mbps, online)
+
+
+def _read_rows(path: str, clients: int) -> list[tuple[int, dict[str, str], str]]:
+    """The file's rows, checked: each listed client's id, its cells by column, and
+    where it is (for messages); ConfigError at the first bad one."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:  # Excel's "CSV UTF-8"
             reader = csv.reader(handle)
@@ -136,8 +158,7 @@ def read_profiles_csv(path: str, clients: int) -> Profiles:
         raise _error(where, f"unknown column {unknown[0]!r} (columns: {', '.join(COLUMNS)})")
     if twice := sorted({name for name in header if header.count(name) > 1}):
         raise _error(where, f"column {twice[0]!r} appears twice")
-    profiles = median_profiles(clients)
-    online: dict[int, tuple[Interval, ...]] = {}
+    found: list[tuple[int, dict[str, str], str]] = []
     seen: dict[int, int] = {}
     for line, cells in rows[1:]:
         where = f"{path} line {line}"
@@ -151,10 +172,11 @@ def read_profiles_csv(path: str, clients: int) -> Profiles:
             raise _error(where, f"client {pid} is listed twice (first on line {seen[pid]})")
         seen[pid] = line
         for name in COLUMNS[1:4]:
-            getattr(profiles, name)[pid] = _positive(name, row[name], where)
+            _positive(name, row[name], where)
         if row["online"]:
-            online[pid] = _intervals(row["online"], where)
-    return Profiles(profiles.examples_per_second, profiles.down_mbps, profiles.up_mbps, online)
+            _intervals(row["online"], where)
+        found.append((pid, row, where))
+    return found
 
 
 def _client(text: str, clients: int, where: str) -> int:
