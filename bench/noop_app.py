@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from bench.reference import config_from
-from fedsim.flower import engine
+from fedsim.flower import engine, ray_instance
 from fedsim.ground.files import CLIENTS_CSV, ROUNDS_CSV
 from fedsim.learning import models
 from fedsim.outputs.files import CsvRecorder
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> Path:
             finally:
                 finished.set()
 
-        ray = engine.RayStarter(cfg)
+        ray = ray_instance.RayStarter(cfg)
         status = folders.RunStatus(run_dir, cfg, timings, {"engine": "flower floor"})
         try:
             with status.running(started):

@@ -31,7 +31,8 @@ from fedsim.ground.files import CLIENTS_CSV, ROUNDS_CSV
 from fedsim.learning import models, training
 from fedsim.outputs.files import CsvRecorder
 from fedsim.outputs.records import ClientRecord, RoundRecord, Timings
-from fedsim.runner import folders, lifecycle
+from fedsim.runner import folders
+from fedsim.runner.inputs import load_data
 from fedsim.simulation.sampling import sample_clients
 
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -161,7 +162,7 @@ def run(cfg: RunConfig, device: torch.device = CPU, ceiling: bool = False) -> Pa
     imports = time.time() - psutil.Process().create_time()  # the process's start counts
     started = time.perf_counter() - imports
     timings = Timings(imports=imports)
-    dataset, parts = lifecycle.load_data(cfg, timings)
+    dataset, parts = load_data(cfg, timings)
     tick = time.perf_counter()
     images = torch.from_numpy(np.array(dataset.train_x))
     labels = torch.from_numpy(np.array(dataset.train_y))

@@ -1,7 +1,7 @@
 """Run `simulate.py` with another client side, so a comparison differs in nothing else.
 
 fedsim's lifecycle takes the client app and the central evaluation as seams
-(fedsim.runner.lifecycle.Seams); a benchmark variant passes its own and then goes through
+(fedsim.runner.assembly.Seams); a benchmark variant passes its own and then goes through
 fedsim's own CLI: the same Ray start, round loop, sampling, strategy, timings and
 result files.
 """
@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from fedsim.front import cli
-from fedsim.runner.lifecycle import CentralEvaluator, Seams
+from fedsim.learning.training import CentralEvaluator
+from fedsim.runner.assembly import Seams
 
 
 def simulate_with(

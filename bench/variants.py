@@ -95,12 +95,12 @@ class Bench:
         """Fill the warm caches, untimed: decoded data and partitions (and the tutorial
         pattern's Arrow cache, which flwr-datasets builds on first use)."""
         from bench.reference import config_from
-        from fedsim.runner import lifecycle
+        from fedsim.runner.inputs import load_data
 
         os.environ["HF_DATASETS_CACHE"] = str(HF_CACHE)
         os.environ["FEDSIM_CACHE"] = str(WARM_CACHE)  # the variants' own (run(): env)
         cfg = config_from([*self.options, *extra])
-        lifecycle.load_data(cfg)
+        load_data(cfg)
         if tutorial:
             from bench.tutorial_app import federated_dataset
 

@@ -34,7 +34,7 @@ def per_class(run: Path) -> tuple[float, pd.DataFrame]:
     images = torch.from_numpy(np.array(data.test_x))
     labels = torch.from_numpy(np.array(data.test_y))
     # the central evaluation's own function and batch size
-    # (fedsim.runner.lifecycle.CentralEvaluator),
+    # (fedsim.learning.training.CentralEvaluator),
     # once over the test split and once per class
     batch = training.CENTRAL_BATCH_SIZE
     _, overall = training.evaluate(model, images, labels, batch_size=batch)

@@ -58,6 +58,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture
+def in_a_run():
+    """Flower makes messages only inside a run (the ServerApp's); outside the engine,
+    pretend to be in one (fedsim.ground.insides, as every private name of Flower's)."""
+    from fedsim.ground import insides
+
+    with insides.in_a_run():
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1,000 training and 200 test images in the cifar-10-batches-py layout."""

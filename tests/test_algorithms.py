@@ -10,6 +10,7 @@ the experiment: the data, the initial weights and each client's seed.
 
 from __future__ import annotations
 
+import io
 import re
 from functools import partial
 from pathlib import Path
@@ -19,7 +20,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 from fedsim import algorithms
@@ -39,11 +39,7 @@ SIZES = (7, 12, 5, 9)  # unequal: weights, step counts and a_i differ between cl
 ROUNDS = ((0, 1, 2), (1, 2, 3))  # who trains in each round: partial participation
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Flower's Messages need a run's identity; a run sets it, these tests do."""
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+pytestmark = pytest.mark.usefixtures("in_a_run")  # Flower builds messages in a run
 
 
 def _model() -> nn.Module:
@@ -85,21 +81,26 @@ class _Grid:
         return [pid + 1 for pid in self.pids]
 
 
-def _fedsim(cfg: RunConfig, rounds=ROUNDS, sizes: tuple[int, ...] = SIZES):
+def _fedsim(cfg: RunConfig, rounds=ROUNDS, sizes: tuple[int, ...] = SIZES, after=None):
     """fedsim's algorithm (inside its DP wrapper, if any) over `rounds`: the final global
-    weights, the strategy, the clients' memories and each round's metrics."""
+    weights, the strategy, the clients' memories and each round's metrics. `after`: go
+    on from what an earlier call returned, its round numbers going on too."""
     algorithm = algorithms.build(cfg)
     strategy = privacy.wrap(cfg, algorithm.strategy())
     model, data = _model(), _data(sizes)
     arrays = ArrayRecord(model.state_dict())
     states: dict[int, RecordDict] = {}
+    first = 1
+    if after is not None:
+        weights, strategy, states, done = after
+        arrays, states, first = ArrayRecord(weights), dict(states), len(done) + 1
 
     def load_model(record: ArrayRecord) -> nn.Module:
         model.load_state_dict(record.to_torch_state_dict())
         return model
 
     metrics = []
-    for server_round, pids in enumerate(rounds, 1):
+    for server_round, pids in enumerate(rounds, first):
         sent = strategy.configure_train(server_round, arrays, ConfigRecord(), _Grid(pids))
         replies = []
         for message in sorted(sent, key=lambda m: m.metadata.dst_node_id):
@@ -466,3 +467,38 @@ def test_an_algorithms_options_are_its_own() -> None:
     assert options.owners()["server_lr"] == (
         "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedbuff"
     )  # fmt: skip
+
+
+RESUMABLE = [
+    (name, dp)
+    for name in algorithms.ALGORITHMS
+    if name != "fedbuff"  # its updates arrive on the clock: tests/test_clock.py resumes it
+    for dp in ("off", "server-adaptive", "client-fixed")
+    if dp == "off" or name in ("fedavg", "fedadam")
+]
+
+
+@pytest.mark.parametrize(("name", "dp"), RESUMABLE, ids=[f"{n}-{dp}" for n, dp in RESUMABLE])
+def test_the_server_state_a_checkpoint_keeps_goes_on_as_the_strategy_would(name, dp) -> None:
+    """After round 1, the strategy's state as checkpoint.pt keeps it (no pickled object:
+    weights_only loads it) put into a fresh build of the strategy: round 2 from there
+    gives exactly what round 2 from the strategy itself gives."""
+    from fedsim.runner import server_state
+
+    options = {"dp": dp, "dp_noise_multiplier": 0.01} if dp != "off" else {}
+    cfg = _cfg(name, **options)
+    first = _fedsim(cfg, rounds=ROUNDS[:1])
+    buffer = io.BytesIO()
+    torch.save(server_state.state_of(first[1]), buffer)
+    buffer.seek(0)
+    fresh = privacy.private(cfg, algorithms.build(cfg).strategy())
+    server_state.restore(fresh, torch.load(buffer, weights_only=True))
+    numpy_rng, torch_rng = np.random.get_state(), torch.get_rng_state()  # DP's noise
+    going_on = _fedsim(cfg, rounds=ROUNDS[1:], after=first)
+    np.random.set_state(numpy_rng)
+    torch.set_rng_state(torch_rng)
+    resumed = _fedsim(cfg, rounds=ROUNDS[1:], after=(first[0], fresh, first[2], first[3]))
+    for key, value in going_on[0].items():
+        assert torch.equal(value, resumed[0][key]), key
+    assert going_on[3] == resumed[3]  # the round's metrics, dp_epsilon included
+    assert server_state.state_of(going_on[1]).keys() == server_state.state_of(resumed[1]).keys()

@@ -227,8 +227,10 @@ class ServerSideRaises(FedAvg):
 
 class Unsaveable(FedAvg):
     def strategy(self):
+        import threading
+
         made = super().strategy()
-        made.schedule = lambda server_round: 0.1
+        made.guard = threading.Lock()
         return made
 """
 
@@ -240,16 +242,16 @@ class Unsaveable(FedAvg):
         ({"model": "{mod}:Rounding"}, "gives torch.int64 for the data's images, expected float"),
         ({"strategy": "{mod}:NoServerSide"}, "has no server side: define strategy()"),
         ({"strategy": "{mod}:ServerSideRaises"}, ".strategy() raises KeyError: 'momentum'"),
-        ({"strategy": "{mod}:Unsaveable"}, "strategy cannot be saved in checkpoint.pt"),
+        ({"strategy": "{mod}:Unsaveable"}, "cannot be saved in checkpoint.pt (Unsaveable.guard"),
     ],
-    ids=["factory raises", "integer output", "no strategy()", "strategy() raises", "a lambda"],
+    ids=["factory raises", "integer output", "no strategy()", "strategy() raises", "a lock"],
 )
 def test_the_users_code_is_checked_before_anything_runs(
     options, message, tiny_cifar, tmp_path, monkeypatch
 ):
-    """What lifecycle.prepare refuses, with the data at hand, before Ray's run or a
+    """What fedsim.runner.inputs.prepare refuses, with the data at hand, before Ray's run or a
     folder (fedsim.run and the CLI say it as their ConfigError line)."""
-    from fedsim.runner import lifecycle
+    from fedsim.runner.inputs import prepare
     from fedsim.runner.options import make_config
 
     module = f"users_code_{abs(hash(str(tmp_path))) % 10**8}"
@@ -257,7 +259,7 @@ def test_the_users_code_is_checked_before_anything_runs(
     monkeypatch.chdir(tmp_path)
     options = {k: v.format(mod=module) for k, v in options.items()}
     with pytest.raises(fedsim.ConfigError) as raised:
-        lifecycle.prepare(make_config(**options, data=str(tiny_cifar)))
+        prepare(make_config(**options, data=str(tiny_cifar)))
     assert message in str(raised.value) and "\n" not in str(raised.value)
 
 

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim import algorithms
 from fedsim.algorithms.context import ClientContext
@@ -41,11 +40,7 @@ from tests.conftest import ROOT
 HEADER = "client,examples_per_second,down_mbps,up_mbps,online\n"
 
 
-@pytest.fixture(autouse=True)
-def in_a_run(monkeypatch) -> None:
-    """Flower makes messages only inside a run (the ServerApp's); pretend to be in one."""
-    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+pytestmark = pytest.mark.usefixtures("in_a_run")  # Flower builds messages in a run
 
 
 def _profiles(tmp_path, rows: str, clients: int = 3) -> Profiles:

@@ -319,7 +319,7 @@ def not_a_model():
 
 
 def test_a_model_that_does_not_fit_the_data_is_refused(tmp_path, monkeypatch):
-    """What lifecycle.prepare says, once the data is loaded, before the run folder is
+    """What fedsim.runner.inputs.prepare says, once the data is loaded, before the run folder is
     made (the CLI prints it as its one `error:` line, as every ConfigError)."""
     (tmp_path / "digit_models.py").write_text(MODELS)
     monkeypatch.chdir(tmp_path)
@@ -394,7 +394,7 @@ def test_grey_digits_by_writer_train_with_a_client_per_writer(tmp_path) -> None:
 
 
 def test_a_natural_partition_needs_a_column_the_data_has(tmp_path) -> None:
-    from fedsim.runner import lifecycle
+    from fedsim.runner.inputs import load_data
     from fedsim.runner.options import make_config
 
     folder = _writers_parquet(tmp_path / "femnist", {"ann": 5, "bob": 5})
@@ -402,11 +402,11 @@ def test_a_natural_partition_needs_a_column_the_data_has(tmp_path) -> None:
         make_config(data=str(folder), partition="natural")
     cfg = make_config(data=str(folder), partition="natural", partition_column="hand")
     with pytest.raises(ConfigError, match="no column 'hand' \\(image, label, writer\\)"):
-        lifecycle.load_data(cfg)
+        load_data(cfg)
     digits = _image_folder(tmp_path / "digits", classes=2, per_class=(2, 1))
     cfg = make_config(data=str(digits), partition="natural", partition_column="writer")
     with pytest.raises(ConfigError, match="no columns besides its images and labels"):
-        lifecycle.load_data(cfg)
+        load_data(cfg)
 
 
 # --- data never silently dropped, bad data named (issue 40) --------------------------
@@ -484,7 +484,7 @@ def test_parquet_without_labels_or_rows_is_one_error(
     ids=["NaN", "the image column"],
 )
 def test_a_natural_partition_column_must_name_clients(values, message, tmp_path) -> None:
-    from fedsim.runner import lifecycle
+    from fedsim.runner.inputs import load_data
     from fedsim.runner.options import make_config
 
     folder = _writers_parquet(tmp_path / "femnist", {"ann": 10, "bob": 10})
@@ -495,17 +495,17 @@ def test_a_natural_partition_column_must_name_clients(values, message, tmp_path)
         column = "who"
     cfg = make_config(data=str(folder), partition="natural", partition_column=column)
     with pytest.raises(ConfigError, match=message):
-        lifecycle.load_data(cfg)
+        load_data(cfg)
 
 
 def test_one_class_data_with_the_default_split_is_not_blamed_on_classes_per_client(
     tmp_path,
 ) -> None:
-    from fedsim.runner import lifecycle
+    from fedsim.runner.inputs import prepare
     from fedsim.runner.options import make_config
 
     _parquet_folder(tmp_path, train=[3] * 8, test=[3, 3])
-    inputs = lifecycle.prepare(make_config(data=str(tmp_path), clients=2))
+    inputs = prepare(make_config(data=str(tmp_path), clients=2))
     assert inputs.partitions.clients == 2
     with pytest.raises(ConfigError, match="--classes-per-client: got 2, but the data has 1"):
-        lifecycle.prepare(make_config(data=str(tmp_path), clients=2, partition="pathological"))
+        prepare(make_config(data=str(tmp_path), clients=2, partition="pathological"))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from fedsim.ground.config import RunConfig
 from fedsim.ground.streams import client_seed
 from fedsim.learning import models
-from fedsim.runner import lifecycle
+from fedsim.runner.inputs import load_data
 from fedsim.runner.options import make_config
 from fedsim.simulation.sampling import sample_clients
 from tests.conftest import run_cli
@@ -33,7 +33,7 @@ OPTIONS += " --weight-decay 0.001 --local-epochs 2"
 
 def _plain_loop(cfg: RunConfig, data) -> dict[str, torch.Tensor]:
     """FedAvg / FedProx as a textbook loop over the same partitions and seeds."""
-    dataset, parts = lifecycle.load_data(cfg.replace(data=str(data)))
+    dataset, parts = load_data(cfg.replace(data=str(data)))
     labels = np.asarray(dataset.train_y)
     images = torch.from_numpy(np.array(dataset.train_x))
     targets = torch.from_numpy(labels)

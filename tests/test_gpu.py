@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.flower import engine
+from fedsim.flower import sizing
 from fedsim.ground.config import RunConfig
 from tests.conftest import simulate
 
@@ -18,23 +18,23 @@ H200_MIB = 143_771  # what nvidia-smi reports for an H200
 
 def test_shares_are_counted_as_ray_counts_them() -> None:
     # ten 0.1-GPU actors fit on one GPU, although 1.0 // 0.1 == 9.0 in floating point
-    assert engine.fits(1.0, 0.1) == 10 and 1.0 // 0.1 == 9.0
-    cluster = engine.Cluster(16, 1, True, {"num_cpus": 1.0, "num_gpus": 0.1})
+    assert sizing.fits(1.0, 0.1) == 10 and 1.0 // 0.1 == 9.0
+    cluster = sizing.Cluster(16, 1, True, {"num_cpus": 1.0, "num_gpus": 0.1})
     assert cluster.concurrent_clients == 10
 
 
 def test_auto_share_gives_every_cpu_a_client_on_the_gpu() -> None:
     many = RunConfig(clients=1000)
-    assert engine.gpu_share(many, 16, 1, H200_MIB) == 1 / 16  # the H200 machine
-    assert engine.gpu_share(many, 32, 2, None) == 1 / 16  # 16 CPUs per GPU
-    assert engine.gpu_share(RunConfig(clients=2), 16, 1, H200_MIB) == 0.5  # 2 clients
-    assert engine.gpu_share(many, 16, 0, None) == 0.0  # no GPU
-    assert engine.gpu_share(RunConfig(gpus_per_client=0.3), 16, 1, H200_MIB) == 0.3
+    assert sizing.gpu_share(many, 16, 1, H200_MIB) == 1 / 16  # the H200 machine
+    assert sizing.gpu_share(many, 32, 2, None) == 1 / 16  # 16 CPUs per GPU
+    assert sizing.gpu_share(RunConfig(clients=2), 16, 1, H200_MIB) == 0.5  # 2 clients
+    assert sizing.gpu_share(many, 16, 0, None) == 0.0  # no GPU
+    assert sizing.gpu_share(RunConfig(gpus_per_client=0.3), 16, 1, H200_MIB) == 0.3
     # an 8 GB card holds 7 actors of ACTOR_GPU_MIB: the share is rounded down to Ray's
     # unit so that exactly 7 fit
-    small = engine.gpu_share(many, 16, 1, 8_000)
+    small = sizing.gpu_share(many, 16, 1, 8_000)
     assert small == pytest.approx(0.1428)
-    assert engine.fits(1.0, small) == 7
+    assert sizing.fits(1.0, small) == 7
 
 
 @pytest.mark.gpu

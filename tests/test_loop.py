@@ -8,20 +8,22 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim import algorithms
 from fedsim.flower import client_app
 from fedsim.flower.bundles import BundleInfo
 from fedsim.front.flower_app import LocalData
 from fedsim.ground.config import RunConfig
 from fedsim.ground.messages import ClientOutcome, ClientTask
-from fedsim.outputs.console import FailureReporter
-from fedsim.runner import folders, lifecycle
+from fedsim.runner import folders
+from fedsim.runner.assembly import Seams, assemble
+from fedsim.runner.inputs import prepare
 from fedsim.runner.options import make_config
 from tests.conftest import WALL_CLOCK, computed, simulate
 
 OPTIONS = "--clients 3 --rounds 2 --batch-size 16 --fraction-fit 0.67 --strategy scaffold"
+
+
+pytestmark = pytest.mark.usefixtures("in_a_run")  # Flower builds messages in a run
 
 
 class InProcessExchange:
@@ -49,25 +51,16 @@ class InProcessExchange:
         return outcomes
 
 
-@pytest.fixture(autouse=True)
-def in_a_run(monkeypatch) -> None:
-    """Flower makes messages only inside a run (the ServerApp's); pretend to be in one."""
-    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, name, value)
-
-
 def test_the_loop_on_an_in_process_exchange_gives_the_engines_numbers(tiny_cifar, tmp_path):
     done, _ = simulate(tiny_cifar, tmp_path, "engine", OPTIONS)
     assert done.returncode == 0, done.stderr[-3000:]
 
     options = dict(clients=3, rounds=2, batch_size=16, fraction_fit=0.67, strategy="scaffold")
     cfg = make_config(**options, data=str(tiny_cifar), results_dir=str(tmp_path), name="here")
-    inputs = lifecycle.prepare(cfg)
+    inputs = prepare(cfg)
     exchange = InProcessExchange(cfg)
     with folders.claimed_run_dir(cfg) as run_dir:
-        algorithm = algorithms.build(cfg)
-        loop = lifecycle.build_loop(inputs, run_dir, None, FailureReporter(), algorithm)
-        loop.run(exchange)
+        assemble(inputs, run_dir, None, {}).loop.run(exchange)
 
     for name in WALL_CLOCK:
         assert computed(run_dir, name).equals(computed(tmp_path / "engine", name)), name
@@ -91,10 +84,8 @@ def test_the_next_rounds_training_is_on_its_way_during_the_central_evaluation(
         return evaluate
 
     with folders.claimed_run_dir(cfg) as run_dir:
-        algorithm = algorithms.build(cfg)
-        inputs = lifecycle.prepare(cfg)
-        loop = lifecycle.build_loop(inputs, run_dir, None, FailureReporter(), algorithm, evaluator)
-        loop.run(exchange)
+        assembled = assemble(prepare(cfg), run_dir, None, {}, Seams(evaluator=evaluator))
+        assembled.loop.run(exchange)
     phases = [(phase, server_round) for phase, server_round, _ in exchange.phases]
     assert phases == [(p, r) for r in (1, 2, 3) for p in ("train", "evaluate")]
     # round 0's evaluation after round 1's training went out, round 1's after round 2's…
@@ -129,9 +120,7 @@ def test_a_round_that_cannot_be_sent_ahead_keeps_the_round_before(
     cfg = make_config(clients=2, rounds=2, data=str(tiny_cifar), results_dir=str(tmp_path))
     exchange = _LinkDown(cfg, failures)
     with folders.claimed_run_dir(cfg) as run_dir:
-        loop = lifecycle.build_loop(
-            lifecycle.prepare(cfg), run_dir, None, FailureReporter(), algorithms.build(cfg)
-        )
+        loop = assemble(prepare(cfg), run_dir, None, {}).loop
         if failures == 1:
             loop.run(exchange)
         else:

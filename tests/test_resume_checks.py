@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 import fedsim
 from tests.conftest import ROOT
@@ -134,3 +136,35 @@ def test_changed_user_code_is_refused_unless_accepted_and_then_recorded(runs, tm
     assert change["option"] == "model" and change["after_round"] == 2
     assert change["file"] == str(module.resolve())
     assert document["user_code"]["model"]["sha256"] == change["now"] != change["was"]
+
+
+def test_a_checkpoint_of_the_first_format_still_resumes(tiny_cifar, tmp_path) -> None:
+    """tests/data/checkpoint_v1/run: FedAvgM with server-side DP, one round, written by
+    fedsim before checkpoints held the server's state explicitly (the strategy, its DP
+    wrapper and the accountant pickled whole). It resumes to round 2: the momentum and
+    the account go on (epsilon is the accountant's after two rounds), and the checkpoint
+    it writes holds no pickled object."""
+    from fedsim.algorithms.privacy import Accountant
+
+    run = Path(shutil.copytree(ROOT / "tests" / "data" / "checkpoint_v1" / "run", tmp_path / "run"))
+    document = json.loads((run / "config.json").read_text())
+    document["config"]["data"] = str(tiny_cifar)  # the same generated images, elsewhere
+    (run / "config.json").write_text(json.dumps(document))
+    resumed = subprocess.run(
+        [sys.executable, str(ROOT / "simulate.py"), "--resume", str(run), "--rounds", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rounds = pd.read_csv(run / "rounds.csv")
+    assert rounds["round"].tolist() == [0, 1, 2] and rounds.central_loss.notna().all()
+    cfg = document["config"]
+    account = Accountant(cfg["clients"], cfg["clients"], cfg["dp_delta"])
+    for _ in range(2):
+        account.spend(cfg["dp_noise_multiplier"] / 2)
+    assert rounds.dp_epsilon.iloc[2] == pytest.approx(account.epsilon(), rel=1e-9)
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert saved["format"] == 2 and saved["round"] == 2
+    assert saved["strategy_kind"] == "FedAvgM in DifferentialPrivacyServerSideFixedClipping"

@@ -155,18 +155,18 @@ def test_runs_together_and_alone_agree_through_the_engine(tiny_cifar, tmp_path: 
 
 
 def test_the_driver_says_why_clients_train_one_at_a_time(tiny_cifar, alone) -> None:
-    """What config.json records and the console says (lifecycle.clients_together)."""
-    from fedsim.flower.engine import Cluster
+    """What config.json records and the console says (assembly.clients_together)."""
+    from fedsim import algorithms
+    from fedsim.flower.sizing import Cluster
     from fedsim.learning.data import CIFAR10
-    from fedsim.runner.lifecycle import clients_together
+    from fedsim.runner.assembly import clients_together
 
     def cluster(gpus: float) -> Cluster:
         return Cluster(2, gpus, True, {"num_cpus": 1, "num_gpus": gpus})
 
     def said(gpus: float = 0, **options) -> dict:
-        return clients_together(
-            make_config(data=str(tiny_cifar), **options), cluster(gpus), CIFAR10
-        )
+        cfg = make_config(data=str(tiny_cifar), **options)
+        return clients_together(cfg, algorithms.build(cfg), CIFAR10, cluster(gpus))
 
     assert said(vectorize="on") == {"clients_together": True}
     assert said() == {"clients_together": False}  # auto, clients on CPUs

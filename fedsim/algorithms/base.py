@@ -30,7 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedsim.algorithms.context import ClientContext, ClientResult, record_of
-from fedsim.ground import messages
+from fedsim.ground import insides, messages
 from fedsim.ground.config import Option, RunConfig
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class FromTheSentModel(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid = insides.valid_replies(self, list(replies), is_train=True)
         if not valid or self.current_arrays is None:
             return None, None
         contents = [reply.content for reply in valid]

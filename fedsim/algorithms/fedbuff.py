@@ -25,7 +25,7 @@ from flwr.serverapp import Grid, strategy
 
 from fedsim.algorithms.base import SAMPLE_ALL, SERVER_LR, Algorithm, Buffered
 from fedsim.algorithms.context import ClientContext
-from fedsim.ground import messages
+from fedsim.ground import insides, messages
 from fedsim.ground.config import Option
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class FedBuffStrategy(strategy.FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(list(replies), is_train=True)
+        valid = insides.valid_replies(self, list(replies), is_train=True)
         if not valid or self.current_arrays is None:
             return None, None
         contents = [reply.content for reply in valid]

@@ -27,6 +27,7 @@ Flower's clipping and noise, but the epsilon does not describe them.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -45,27 +46,57 @@ from fedsim.ground.errors import ConfigError
 
 
 class Accountant:
-    """Epsilon at `delta` after the rounds composed so far (RDP, sampling without
-    replacement of `sampled` of `clients`)."""
+    """Epsilon at `delta` after the rounds spent so far (RDP, sampling without
+    replacement of `sampled` of `clients`). Its state is the list of the rounds' noise
+    multipliers (`spent`, what a checkpoint keeps); dp-accounting's ledger is derived
+    from it, composed in the same order whenever epsilon is asked for."""
+
+    NOT_SAVED = ("_rdp", "_composed")  # derived from `spent` (fedsim.runner.server_state)
 
     def __init__(self, clients: int, sampled: int, delta: float) -> None:
-        from dp_accounting import rdp
-        from dp_accounting.privacy_accountant import NeighboringRelation
-
         self.clients, self.sampled, self.delta = clients, sampled, delta
-        self._rdp = rdp.RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+        self.spent: list[float] = []
+        self._rdp: Any = None
+        self._composed = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """An accountant pickled by fedsim before checkpoints kept `spent` (a checkpoint
+        of the first format) had composed its rounds into its ledger: read them back
+        from it, in order (dp-accounting merges a run of equal rounds into one count)."""
+        self.__dict__.update(state)
+        if "spent" not in state:
+            from dp_accounting import dp_event
+
+            ledger = state["_rdp"].ledger
+            if isinstance(ledger, dp_event.ComposedDpEvent):
+                events = ledger.events
+            else:  # one round's event, or none (a NoOpDpEvent)
+                events = [] if isinstance(ledger, dp_event.NoOpDpEvent) else [ledger]
+            self.spent = []
+            for event in events:
+                count = event.count if isinstance(event, dp_event.SelfComposedDpEvent) else 1
+                inner = event.event if isinstance(event, dp_event.SelfComposedDpEvent) else event
+                self.spent += [inner.event.noise_multiplier] * count
+            self._rdp, self._composed = None, 0
 
     def spend(self, noise_multiplier: float) -> None:
         """One released round of a Gaussian mechanism with this multiplier (noise standard
         deviation over the replace-one sensitivity; > 0, fedsim.ground.config's bounds)."""
-        from dp_accounting import dp_event
-
-        gaussian = dp_event.GaussianDpEvent(noise_multiplier)
-        self._rdp.compose(
-            dp_event.SampledWithoutReplacementDpEvent(self.clients, self.sampled, gaussian)
-        )
+        self.spent.append(noise_multiplier)
 
     def epsilon(self) -> float:
+        from dp_accounting import dp_event, rdp
+        from dp_accounting.privacy_accountant import NeighboringRelation
+
+        if self._rdp is None:
+            self._rdp = rdp.RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+            self._composed = 0
+        for multiplier in self.spent[self._composed :]:
+            gaussian = dp_event.GaussianDpEvent(multiplier)
+            self._rdp.compose(
+                dp_event.SampledWithoutReplacementDpEvent(self.clients, self.sampled, gaussian)
+            )
+        self._composed = len(self.spent)
         return float(self._rdp.get_epsilon(self.delta))
 
 
@@ -76,8 +107,9 @@ def _combined(*multipliers: float) -> float:
 
 class PrivateStrategy(Strategy):
     """Flower's DP wrapper, and the accountant: each round's aggregate reports the privacy
-    spent so far as the `dp_epsilon` metric. Pickled whole into checkpoint.pt, so a
-    resumed run goes on with the same clipping norm and the same account."""
+    spent so far as the `dp_epsilon` metric. Both are in checkpoint.pt's server state
+    (fedsim.runner.server_state), so a resumed run goes on with the same clipping norm
+    and the same account."""
 
     def __init__(self, wrapper: Strategy, accountant: Accountant) -> None:
         super().__init__()

@@ -36,11 +36,12 @@ from fedsim.algorithms.context import ClientContext, ClientResult, tensors_of
 from fedsim.flower import bundles
 from fedsim.flower.actor_log import log_calls
 from fedsim.flower.bundles import BundleInfo
+from fedsim.flower.sizing import Cluster
 from fedsim.ground import messages, streams
 from fedsim.ground.config import RunConfig
 from fedsim.ground.messages import ClientOutcome, ClientTask
 from fedsim.learning import models, together
-from fedsim.learning.data import Shape, read_cached
+from fedsim.learning.data import DecodedDataset, Shape, read_cached
 from fedsim.learning.partition import Partitions
 
 # This module is what actors import first: keep Flower's per-actor chatter (such as
@@ -344,3 +345,20 @@ def build_client_app(cfg: RunConfig, data: ClientData, run: RunClient = run_clie
     app.train()(partial(handle_bundle, cfg, data, run))
     app.evaluate()(partial(handle_bundle, cfg, data, run))
     return app
+
+
+def data_for(dataset: DecodedDataset, partitions: Partitions, cluster: Cluster) -> ClientData:
+    """On this machine the actors map the decoded cache's files themselves; actors on
+    other nodes get the training set through Ray's object store, put there once."""
+    import ray
+
+    shared = ray.put(partitions)
+    if cluster.started_here:
+        return MappedData(dataset.key, str(dataset.folder), shared, dataset.shape)
+    return RayObjectData(
+        key=dataset.key,
+        images=ray.put(np.asarray(dataset.train_x)),
+        labels=ray.put(np.asarray(dataset.train_y)),
+        partitions=shared,
+        shape=dataset.shape,
+    )

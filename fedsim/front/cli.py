@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsim import algorithms
-from fedsim.flower.engine import STOP_SIGNALS
+from fedsim.flower.ray_instance import STOP_SIGNALS
 from fedsim.front import sweep
 from fedsim.ground.config import ALGORITHM, GROUPS, Option, flag
 from fedsim.ground.errors import ConfigError, ConsoleClosed, RunEnded
@@ -27,7 +27,7 @@ from fedsim.runner import options
 from fedsim.simulation.profiles import check_profiles
 
 if TYPE_CHECKING:
-    from fedsim.runner.lifecycle import Seams
+    from fedsim.runner.assembly import Seams
 
 
 class _Parser(argparse.ArgumentParser):
@@ -212,11 +212,11 @@ def main(
             return 0
         (cfg,) = sweep.expand([given])
         check_profiles(cfg)  # a bad profiles file is refused before Ray starts
-        from fedsim.flower import engine  # light: Ray is imported in its own thread
+        from fedsim.flower import ray_instance  # light: Ray is imported in its own thread
 
-        ray = engine.RayStarter(cfg)  # starts while the heavy imports (torch, flwr) run
+        ray = ray_instance.RayStarter(cfg)  # starts while the heavy imports (torch, flwr) run
         lifecycle = _lifecycle()
-        lifecycle.run(cfg, started, ray, exiting=exiting, seams=seams or lifecycle.Seams())
+        lifecycle.run(cfg, started, ray, exiting=exiting, seams=seams)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -259,17 +259,17 @@ def _exit_now(code: int) -> None:
     at once, since threads Flower's engine left blocked (or starts while it winds down)
     would otherwise hold the interpreter's exit indefinitely."""
     if "ray" in sys.modules:
-        from fedsim.flower import engine
+        from fedsim.flower import ray_instance
 
-        engine.stop_ray(wait=0)  # the loop was cut short: its thread need not end soon
+        ray_instance.stop_ray(wait=0)  # the loop was cut short: its thread need not end soon
     _leave(code)
 
 
 def _leave(code: int) -> typing.NoReturn:
     if "ray" in sys.modules:
-        from fedsim.flower import engine
+        from fedsim.flower import ray_instance
 
-        engine.end_raylet_children()
+        ray_instance.end_raylet_children()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError):  # a reader that has gone
             stream.flush()
@@ -301,6 +301,6 @@ def _resume(
         Path(args.resume),
         rounds,
         started,
-        seams=seams or lifecycle.Seams(),
+        seams=seams,
         accept_changed_code=args.accept_changed_code,
     )

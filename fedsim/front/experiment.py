@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.flower import engine
+from fedsim.flower import ray_instance
 from fedsim.front import plots
 from fedsim.front.summary import is_complete
 from fedsim.front.sweep import Experiment
@@ -27,7 +27,9 @@ from fedsim.ground.config import NOT_COMPARED, RunConfig, flag
 from fedsim.ground.errors import ConfigError, RunAborted, RunEnded
 from fedsim.ground.files import CONFIG_JSON, LABEL_COUNTS_CSV
 from fedsim.learning.partition import label_counts
-from fedsim.runner import folders, lifecycle, options
+from fedsim.runner import folders, lifecycle, options, resuming
+from fedsim.runner.assembly import Seams
+from fedsim.runner.inputs import prepare
 
 
 @dataclass(frozen=True)
@@ -79,20 +81,20 @@ def _state(cfg: RunConfig, folder: Path, data_key: str) -> tuple[str, str]:
             "choose another --name (or --results-dir) for this experiment",
         )
     status = document.get("status", "")
-    if status in lifecycle.ENDED:
+    if status in resuming.ENDED:
         return status, str(document.get("error"))
     if is_complete(folder, document):
         return "complete", ""
-    lifecycle.changed_code(document, cfg, accept=False)  # refused before any run starts
+    resuming.changed_code(document, cfg, accept=False)  # refused before any run starts
     return "unfinished", ""
 
 
 def _check(experiment: Experiment) -> list[_Planned]:
     """Data, partitions, profiles, trackers and run folder of every run, before any of
-    them starts (fedsim.runner.lifecycle.prepare, as each run itself does)."""
+    them starts (fedsim.runner.inputs.prepare, as each run itself does)."""
     planned = []
     for cfg in experiment.runs:
-        inputs = lifecycle.prepare(cfg)
+        inputs = prepare(cfg)
         dataset, labels = inputs.dataset, np.asarray(inputs.dataset.train_y)
         counts = pd.DataFrame(
             label_counts(labels, inputs.partitions, len(dataset.classes)),
@@ -104,10 +106,9 @@ def _check(experiment: Experiment) -> list[_Planned]:
     return planned
 
 
-def run_experiment(experiment: Experiment, seams: lifecycle.Seams | None = None) -> None:
+def run_experiment(experiment: Experiment, seams: Seams | None = None) -> None:
     """Run what is not complete yet, then summarise and plot. A run that aborts (every
     client failing) is reported and the sweep goes on; the exit status tells."""
-    seams = seams or lifecycle.Seams()
     total, failed = len(experiment.runs), []
     print(
         f"fedsim: experiment {experiment.folder}: {total} runs "
@@ -117,13 +118,13 @@ def run_experiment(experiment: Experiment, seams: lifecycle.Seams | None = None)
     planned = _check(experiment)
     todo = [run for run in planned if run.state in ("new", "unfinished")]
     with interrupts.deferred():  # a started Ray is always one the finally stops
-        ray = engine.RayStarter(todo[0].cfg) if todo else None  # one Ray for every run
+        ray = ray_instance.RayStarter(todo[0].cfg) if todo else None  # one Ray for every run
     try:
         for index, run in enumerate(planned, 1):
             head = f"fedsim: run {index} of {total}: {run.cfg.name}"
             if run.state == "complete":
                 print(f"{head} is complete, skipped", flush=True)
-            elif run.state in lifecycle.ENDED:
+            elif run.state in resuming.ENDED:
                 print(
                     f"{head} ended {run.state} ({run.reason}); not run again "
                     f"(--resume {run.folder} to try)",

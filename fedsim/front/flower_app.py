@@ -24,7 +24,7 @@ from flwr.app import Context, Message, UserConfig
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim import algorithms
+from fedsim.flower import engine
 from fedsim.flower.client_app import build_client_app
 from fedsim.flower.exchange import Transport
 from fedsim.front import cli, sweep
@@ -32,7 +32,9 @@ from fedsim.ground.config import RunConfig, flag
 from fedsim.ground.errors import ConfigError
 from fedsim.learning.data import Shape
 from fedsim.learning.partition import Partitions
-from fedsim.runner import folders, lifecycle, options
+from fedsim.runner import folders, options
+from fedsim.runner.assembly import assemble, run_facts
+from fedsim.runner.inputs import load_data, prepare
 
 
 def option_name(key: str) -> str:
@@ -72,7 +74,7 @@ class LocalData:
         return f"local-{hash(self.cfg):x}"
 
     def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Shape]:
-        dataset, partitions = lifecycle.load_data(self.cfg)
+        dataset, partitions = load_data(self.cfg)
         return dataset.train_x, np.asarray(dataset.train_y), partitions, dataset.shape
 
 
@@ -95,18 +97,13 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    """fedsim's round loop on Flower's grid, with the run lifecycle simulate.py uses."""
+    """fedsim's round loop on Flower's grid, assembled as simulate.py's is."""
     started = time.perf_counter()
     cfg = config_from(context.run_config)
-    inputs = lifecycle.prepare(cfg, started)
-    cfg = inputs.cfg  # --partition natural: the data says how many clients
-    with folders.claimed_run_dir(cfg) as run_dir:
-        facts = {**lifecycle.run_facts(inputs, run_dir, None), "engine": "flower-app"}
-        status = folders.RunStatus(run_dir, cfg, inputs.timings, facts)
-        algorithm = algorithms.build(cfg)
-        loop = lifecycle.build_loop(
-            inputs, run_dir, None, status.failures, algorithm, outputs=(status,)
-        )
-        exchange = lifecycle.exchange_on(grid, loop, Transport(one_node_per_client=True))
-        with status.running(started):
-            loop.run(exchange)
+    inputs = prepare(cfg, started)
+    with folders.claimed_run_dir(inputs.cfg) as run_dir:
+        facts = {**run_facts(inputs, run_dir, None), "engine": "flower-app"}
+        run = assemble(inputs, run_dir, None, facts)
+        transport = Transport(one_node_per_client=True)
+        with run.status.running(started):
+            run.loop.run(engine.exchange_on(grid, run.loop_run(), transport))

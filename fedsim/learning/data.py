@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from fedsim.ground import insides
 from fedsim.ground.config import flag
 from fedsim.ground.errors import ConfigError
 from fedsim.ground.files import cache_root
@@ -694,8 +695,8 @@ def _load_hub(dataset_id: str, cache: Path) -> DecodedDataset:
     if "train" not in loaded or "test" not in loaded:
         raise DataError(f"{dataset_id!r} has no train and test splits")
     key = hashlib.sha256(
-        f"{_CACHE_VERSION}:hub:{dataset_id}:{loaded['train']._fingerprint}:"
-        f"{loaded['test']._fingerprint}".encode()
+        f"{_CACHE_VERSION}:hub:{dataset_id}:{insides.fingerprint(loaded['train'])}:"
+        f"{insides.fingerprint(loaded['test'])}".encode()
     ).hexdigest()[:24]
 
     def decode() -> tuple[dict[str, np.ndarray], list[str]]:

@@ -17,9 +17,7 @@ arrays, not 100,000 small ones, in the cache, in Ray's object store and in each 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import os
 import zipfile
 from collections.abc import Callable
@@ -29,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.ground import streams
+from fedsim.ground import insides, streams
 from fedsim.ground.config import SPLITS, RunConfig, core_options, flag
 from fedsim.ground.errors import ConfigError
 
@@ -142,9 +140,9 @@ def _assignment(
     IidPartitioner's `load_partition` is `Dataset.shard(contiguous=True)`: contiguous
     slices whose first `len % n` are one row longer, which is `np.array_split`. The
     others compute their whole assignment when first asked for anything (here:
-    `num_partitions`) and keep it in `_partition_id_to_indices`, positions in their
-    `dataset` (which ShardPartitioner sorts by label first): what their `load_partition`
-    selects. That attribute is private in flwr-datasets 0.6.1, hence the exact pin;
+    `num_partitions`) and keep it, positions in their `dataset` (which ShardPartitioner
+    sorts by label first): what their `load_partition` selects, read once through
+    fedsim.ground.insides (a private attribute of flwr-datasets 0.6.1);
     tests/test_partition.py checks the result against `load_partition`, client by client.
     """
     build = PARTITIONERS[cfg.partition]
@@ -157,12 +155,8 @@ def _assignment(
     if groups is not None:
         table[GROUP] = groups[order]
     partitioner.dataset = Dataset.from_dict(table)
-    partitioner.num_partitions  # noqa: B018 - computes the assignment (see above)
-    if groups is not None:  # NaturalIdPartitioner maps ids to rows when first loading one
-        with contextlib.redirect_stderr(io.StringIO()):  # and says so with a progress bar
-            partitioner._create_partition_id_to_indices()
+    assigned = insides.partition_rows(partitioner, natural=groups is not None)
     rows = np.asarray(partitioner.dataset["row"], dtype=np.int64)
-    assigned = partitioner._partition_id_to_indices
     return [rows[np.asarray(assigned[pid], dtype=np.int64)] for pid in range(cfg.clients)]
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from flwr.app import ArrayRecord
 from torch import nn
 
 from fedsim.ground.config import RunConfig
+from fedsim.learning import models
+from fedsim.learning.data import DecodedDataset
 
 
 @dataclass(frozen=True)
@@ -202,9 +206,8 @@ def proximal_term(anchor: list[torch.Tensor], mu: float) -> Callable[[nn.Module]
     return term
 
 
-# The central evaluation's batch: the run's (fedsim.runner.lifecycle.CentralEvaluator), the
-# plain loop's (bench/reference.py) and per_class_accuracy.py's, so their figures agree
-# to the digit.
+# The central evaluation's batch: the run's (CentralEvaluator), the plain loop's
+# (bench/reference.py) and per_class_accuracy.py's, so their figures agree to the digit.
 CENTRAL_BATCH_SIZE = 500
 
 
@@ -222,3 +225,17 @@ def evaluate(
         correct += int((logits.argmax(1) == batch_labels).sum())
     count = max(len(labels), 1)
     return loss_sum / count, correct / count
+
+
+class CentralEvaluator:
+    """Evaluates the global model on the whole test split in the driver process."""
+
+    def __init__(self, cfg: RunConfig, dataset: DecodedDataset) -> None:
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = models.build_model(cfg.model, shape=dataset.shape).to(self.device)
+        self.images = torch.from_numpy(np.array(dataset.test_x)).to(self.device)
+        self.labels = torch.from_numpy(np.array(dataset.test_y)).to(self.device)
+
+    def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        return evaluate(self.model, self.images, self.labels, batch_size=CENTRAL_BATCH_SIZE)

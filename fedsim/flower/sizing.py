@@ -1,0 +1,112 @@
+"""How fedsim's clients fit into what Ray offers: the CPU and GPU share of each client's
+actor, and how many run at a time."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedsim.ground.config import RAY_RESOURCE_UNIT, RunConfig, flag
+from fedsim.ground.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What Ray offers and how fedsim's clients fit into it."""
+
+    cpus: float
+    gpus: float
+    started_here: bool
+    client_resources: dict[str, float]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "cpus": self.cpus,
+            "gpus": self.gpus,
+            "started_here": self.started_here,
+            "client_resources": self.client_resources,
+            "concurrent_clients": self.concurrent_clients,
+        }
+
+    @property
+    def concurrent_clients(self) -> int:
+        by_cpu = fits(self.cpus, self.client_resources["num_cpus"])
+        gpu_share = self.client_resources["num_gpus"]
+        return min(by_cpu, fits(self.gpus, gpu_share)) if gpu_share else by_cpu
+
+
+def fits(total: float, share: float) -> int:
+    """How many `share`s Ray places in `total`, counted as Ray does, in whole units:
+    ten 0.1-GPU actors fit on one GPU, although 1.0 // 0.1 is 9.0 in floating point."""
+    units = round(share / RAY_RESOURCE_UNIT)
+    return round(total / RAY_RESOURCE_UNIT) // units if units else 0
+
+
+def size_clients(cfg: RunConfig) -> Cluster:
+    """What Ray offers and how `cfg`'s clients fit into it; a CPU or GPU share the
+    cluster cannot give one client is refused (Ray would keep every actor pending)."""
+    import ray
+
+    from fedsim.flower.ray_instance import private_ray, ray_address
+
+    address = ray_address(cfg)
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    share = gpu_share(cfg, cpus, gpus, _gpu_memory_mib() if gpus else None)
+    if share > gpus:
+        where = "this machine" if private_ray(cfg) else f"the cluster at {address}"
+        raise ConfigError(
+            flag("gpus_per_client"),
+            f"got {share:g}, but Ray has {gpus:g} GPUs on {where}; use 0, or declare "
+            "GPUs on the cluster's nodes (ray start --num-gpus N)",
+        )
+    if cfg.cpus_per_client > cpus:
+        raise ConfigError(
+            flag("cpus_per_client"),
+            f"got {cfg.cpus_per_client:g}, but Ray has {cpus:g} CPUs; no client could run",
+        )
+    if cfg.gpus_per_client is None and share:
+        print(
+            f"fedsim: Ray has {gpus:g} GPUs and no --gpus-per-client was given: "
+            f"{share:g} GPU per client ({round(1 / share)} side by side on each GPU)",
+            flush=True,
+        )
+    return Cluster(
+        cpus=cpus,
+        gpus=gpus,
+        started_here=private_ray(cfg),
+        client_resources={"num_cpus": cfg.cpus_per_client, "num_gpus": share},
+    )
+
+
+# GPU memory one client actor holds: measured 826-894 MiB on an H200 for the CNN
+# (nvidia-smi per process; CUDA's context is ~750 of it), docs/performance.md
+ACTOR_GPU_MIB = 1024
+
+
+def gpu_share(cfg: RunConfig, cpus: float, gpus: float, gpu_memory_mib: float | None) -> float:
+    """--gpus-per-client if given; else 0 without GPUs, or the share that lets as many
+    clients run side by side on each GPU as the CPUs allow (no more than the run's
+    clients, nor than ACTOR_GPU_MIB each fit in `gpu_memory_mib`, the driver's GPU's
+    memory where it has one). On an H200 every smaller share was faster, down to the
+    smallest measured (docs/performance.md, GPU): the CPUs, not the GPU, are the limit.
+    The share is rounded down to Ray's unit, so that exactly that many fit."""
+    if cfg.gpus_per_client is not None:
+        return cfg.gpus_per_client
+    if not gpus:
+        return 0.0
+    side_by_side = fits(cpus, cfg.cpus_per_client) // int(gpus) if gpus >= 1 else 1
+    if gpu_memory_mib:
+        side_by_side = min(side_by_side, int(gpu_memory_mib // ACTOR_GPU_MIB))
+    count = max(1, min(cfg.clients, side_by_side))
+    return math.floor(1 / count / RAY_RESOURCE_UNIT) * RAY_RESOURCE_UNIT
+
+
+def _gpu_memory_mib() -> float | None:
+    """The memory of the GPU this process sees (one kind per machine assumed); None
+    where it sees none (a driver without a GPU, attached to a cluster that has some)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 2**20
