@@ -44,7 +44,10 @@ BAD_INPUT = [
     (["--fraction-evaluate", "1.5"], "--fraction-evaluate: got 1.5, must be in [0, 1]"),
     (["--lr", "0"], "--lr: got 0.0, must be > 0"),
     (["--alpha", "-1", "--partition", "dirichlet"], "--alpha: got -1.0, must be > 0"),
-    (["--classes-per-client", "11"], "--classes-per-client: got 11, but the data has 10 classes"),
+    (
+        ["--partition", "pathological", "--classes-per-client", "11"],
+        "--classes-per-client: got 11, but the data has 10 classes",
+    ),
     (["--model", "vgg"], "--model: unknown value 'vgg', choose from cnn, resnet18"),
     (["--strategy", "fedsgd"], "--strategy: unknown value 'fedsgd'"),
     (["--partition", "natural"], "--partition-column: names the column --partition natural"),

@@ -26,6 +26,11 @@ from fedsim.runner.options import make_config
 from tests.conftest import run_cli
 
 TOLERANCE = 1e-4  # the largest absolute difference of any weight, metric or memory
+# With --augment a crop's zero padding makes max-pool ties, which send a gradient to one
+# element or another by a rounding: on an AMD EPYC the clients of a bundle then differ
+# from themselves alone by up to 1.5e-3 (1e-4 on the Intel Xeon where it was written),
+# every other case by 2e-5 at most. A batch trained on other images would be 1e-2 off.
+AUGMENTED_TOLERANCE = 5e-3
 
 
 def _tasks(cfg, rng: np.random.Generator) -> list[ClientTask]:
@@ -91,6 +96,7 @@ def test_a_bundle_trained_together_replies_as_its_clients_alone(options, tiny_ci
     assert process.trains_together
     assert len(set(process.partitions.train_sizes)) > 3  # unequal clients
     tasks, info = _tasks(cfg, np.random.default_rng(0)), BundleInfo(server_round=1, deadline=0)
+    tolerance = AUGMENTED_TOLERANCE if cfg.augment else TOLERANCE
     alone = [client_app.run_client(process, MessageType.TRAIN, t, info) for t in tasks]
     together = client_app.train_together(process, tasks, info)
     assert together is not None
@@ -101,11 +107,11 @@ def test_a_bundle_trained_together_replies_as_its_clients_alone(options, tiny_ci
             assert a.keys() == b.keys()
             for name in a:
                 worst = max(float(np.abs(a[name][k] - b[name][k]).max()) for k in a[name])
-                assert worst <= TOLERANCE, (one.pid, part, name, worst)
+                assert worst <= tolerance, (one.pid, part, name, worst)
         metrics = one.content[messages.METRICS], other.content[messages.METRICS]
         assert metrics[0].keys() == metrics[1].keys()
         for key in metrics[0]:
-            assert metrics[1][key] == pytest.approx(metrics[0][key], abs=TOLERANCE), key
+            assert metrics[1][key] == pytest.approx(metrics[0][key], abs=tolerance), key
 
 
 # A user's algorithm that keeps its clients apart (Algorithm.trains_together)

@@ -26,6 +26,7 @@ from fedsim.front.summary import (
     read_csv,
     run_folders,
     setting_columns,
+    summarize,
     write_summary,
 )
 from fedsim.ground.errors import ConfigError
@@ -325,11 +326,12 @@ def report(folder: Path, target: float | None = None) -> None:
     (the time to `target` accuracy, else to each run's own --target-accuracy)."""
     if not folder.is_dir() or not run_folders(folder):
         raise ConfigError("--plot", f"{folder} holds no run folders, give results/<experiment>")
+    summary = summarize(folder, target)  # every file read (and refused) before any is written
     if not any(completed_rounds(run_dir) for run_dir in run_folders(folder)):
         raise ConfigError(
             "--plot", f"no run in {folder} has a round in its rounds.csv: nothing to plot"
         )
-    summary = write_summary(folder, target)
+    write_summary(folder, summary)
     print(f"fedsim: {folder / 'summary.csv'} ({len(summary)} runs)", flush=True)
     for path in draw_all(folder, summary):
         print(f"fedsim: {path}", flush=True)

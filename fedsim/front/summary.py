@@ -163,10 +163,8 @@ def summarize(folder: Path, target: float | None = None) -> pd.DataFrame:
     return frame.sort_values(settings, kind="stable", na_position="first", ignore_index=True)
 
 
-def write_summary(folder: Path, target: float | None = None) -> pd.DataFrame:
-    frame = summarize(folder, target)
-    frame.to_csv(folder / SUMMARY_CSV, index=False, float_format="%.6g")
-    return frame
+def write_summary(folder: Path, summary: pd.DataFrame) -> None:
+    summary.to_csv(folder / SUMMARY_CSV, index=False, float_format="%.6g")
 
 
 def setting_columns(summary: pd.DataFrame) -> list[str]:
