@@ -19,11 +19,12 @@ from functools import partial
 
 from flwr.app import MessageType
 
-from bench.swap import simulate_with
 from fedsim.flower import client_app
 from fedsim.flower.bundles import BundleInfo
+from fedsim.front import cli
 from fedsim.ground.config import RunConfig
 from fedsim.ground.messages import ClientOutcome, ClientTask
+from fedsim.runner.assembly import Seams
 
 
 def _misbehave(kind: str) -> None:
@@ -51,4 +52,4 @@ def build_client_app(fault: tuple[str, int, int], cfg: RunConfig, data):
 if __name__ == "__main__":
     kind, server_round, victim = sys.argv.pop(1).split(":")
     fault = (kind, int(server_round), int(victim))
-    simulate_with(partial(build_client_app, fault))
+    cli.entry(sys.argv[1:], Seams(client_app=partial(build_client_app, fault)))

@@ -163,9 +163,11 @@ def test_batch_with_fewer_labels_than_images_is_refused(batches, tmp_path) -> No
 # --- 4. an unwritable cache ---------------------------------------------------------
 
 
-def test_unwritable_cache_names_FEDSIM_CACHE_before_decoding(batches, tmp_path, monkeypatch):
+def test_unwritable_cache_names_FEDSIM_CACHE_before_decoding(batches, tmp_path) -> None:
+    """The cache is found unwritable before anything is decoded (a decode would have
+    said, first, that this data is damaged)."""
     (tmp_path / "afile").write_text("")
-    monkeypatch.setattr(data, "_read_batches", lambda folder: pytest.fail("decoded anyway"))
+    (batches / "data_batch_3").write_bytes(b"not a batch")
     with pytest.raises(ConfigError, match="cannot write the decoded data") as raised:
         load_images(str(batches), tmp_path / "afile" / "cache")
     assert raised.value.option == "FEDSIM_CACHE" and not isinstance(raised.value, DataError)
@@ -192,7 +194,7 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
-def test_damaged_cache_is_decoded_again(damage, batches, tmp_path, monkeypatch) -> None:
+def test_damaged_cache_is_decoded_again(damage, batches, tmp_path) -> None:
     cache = tmp_path / "cache"
     first = load_images(str(batches), cache)
     arrays = {name: np.array(getattr(first, name)) for name in ARRAYS}  # off the damaged map
@@ -202,8 +204,9 @@ def test_damaged_cache_is_decoded_again(damage, batches, tmp_path, monkeypatch) 
     for name in ARRAYS:
         assert np.array_equal(getattr(again, name), arrays[name]), name
     assert again.classes == first.classes and again.key == first.key
-    monkeypatch.setattr(data, "_read_batches", lambda folder: pytest.fail("decoded again"))
+    rebuilt = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
     load_images(str(batches), cache)  # the rebuilt cache verifies: no third decode
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()} == rebuilt
     assert [p.name for p in (cache / "decoded").iterdir()] == [folder.name]
 
 
