@@ -23,7 +23,7 @@ from fedsim.flower import client_app
 from fedsim.flower.bundles import BundleInfo
 from fedsim.front import cli
 from fedsim.ground.config import RunConfig
-from fedsim.ground.messages import ClientOutcome, ClientTask
+from fedsim.ground.messages import ClientTask
 from fedsim.runner.assembly import Seams
 
 
@@ -35,14 +35,14 @@ def _misbehave(kind: str) -> None:
 
 def faulty_client(
     fault: tuple[str, int, int], process, message_type: str, task: ClientTask, info: BundleInfo
-) -> ClientOutcome:
-    """fedsim's own client, but client `victim` misbehaves when it trains in `round`
-    (inside the bundle's watchdog, as a real fault)."""
+) -> None:
+    """Client `victim` misbehaves as its training in `round` begins (inside the bundle's
+    watchdog, as a real fault); every other client, and every other round, is fedsim's
+    own."""
     kind, server_round, victim = fault
     hit = message_type == MessageType.TRAIN and info.server_round == server_round
     if hit and task.pid == victim:
         _misbehave(kind)
-    return client_app.run_client(process, message_type, task, info)
 
 
 def build_client_app(fault: tuple[str, int, int], cfg: RunConfig, data):

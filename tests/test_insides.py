@@ -111,3 +111,17 @@ def test_rays_address_file_and_local_node() -> None:
     import logging
 
     assert logging.getLogger(insides.RAY_WORKER_LOGGER).name == worker.__name__
+
+
+def test_flowers_backend_hands_its_actors_to_fedsim(monkeypatch) -> None:
+    """share_actors: a simulation's end gives its own backend back (terminate, called as
+    Flower calls it, on the backend)."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    for name in ("build", "terminate"):  # put back after the test
+        monkeypatch.setattr(RayBackend, name, getattr(RayBackend, name))
+    given: list = []
+    insides.share_actors(lambda backend, capacity: [], given.append, [])
+    backend = object.__new__(RayBackend)
+    backend.terminate()
+    assert given == [backend]

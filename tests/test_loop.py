@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from flwr.app import MessageType
 
 from fedsim.flower import client_app
 from fedsim.flower.bundles import BundleInfo
@@ -44,7 +45,11 @@ class InProcessExchange:
             try:
                 process = client_app.process_for(self.cfg, LocalData(self.cfg))
                 info = BundleInfo(server_round, deadline=0)
-                return {t.pid: client_app.run_client(process, phase, t, info) for t in tasks}
+                if phase == MessageType.TRAIN:
+                    done = client_app.train_clients(process, tasks, info)
+                else:
+                    done = [client_app.evaluate_client(process, t, info) for t in tasks]
+                return {outcome.pid: outcome for outcome in done}
             finally:
                 torch.set_num_threads(threads)  # the driver's, for the central evaluation
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedsim.algorithms import privacy
 from fedsim.algorithms.feddyn import GRADIENT
@@ -21,7 +21,7 @@ from fedsim.flower.bundles import BundleInfo
 from fedsim.front.flower_app import LocalData
 from fedsim.ground import messages
 from fedsim.ground.messages import ClientTask
-from fedsim.learning import models
+from fedsim.learning import models, trainers
 from fedsim.runner.options import make_config
 from tests.conftest import run_cli
 
@@ -93,13 +93,12 @@ def test_a_bundle_trained_together_replies_as_its_clients_alone(options, tiny_ci
         **options,
     )
     process = client_app.ClientProcess(cfg, LocalData(cfg))
-    assert process.trains_together
+    assert isinstance(process.trainer, trainers.Together)
     assert len(set(process.partitions.train_sizes)) > 3  # unequal clients
     tasks, info = _tasks(cfg, np.random.default_rng(0)), BundleInfo(server_round=1, deadline=0)
     tolerance = AUGMENTED_TOLERANCE if cfg.augment else TOLERANCE
-    alone = [client_app.run_client(process, MessageType.TRAIN, t, info) for t in tasks]
-    together = client_app.train_together(process, tasks, info)
-    assert together is not None
+    alone = client_app.train_clients(process, tasks, info, trainers.OneAtATime(process.model))
+    together = client_app.train_clients(process, tasks, info, trainers.Together(process.model))
     for one, other in zip(alone, together, strict=True):
         assert (one.pid, one.status, other.status) == (other.pid, messages.OK, messages.OK)
         for part in ("content", "state"):
@@ -134,9 +133,10 @@ def test_what_cannot_train_together_trains_alone(tiny_cifar, alone) -> None:
     for options in ({"strategy": alone}, {"model": "resnet18"}):
         cfg = make_config(data=str(tiny_cifar), clients=2, vectorize="on", **options)
         process = client_app.ClientProcess(cfg, LocalData(cfg))
-        assert not process.trains_together, options
+        assert isinstance(process.trainer, trainers.OneAtATime), options
     cfg = make_config(data=str(tiny_cifar), clients=2)  # auto, on a CPU
-    assert not client_app.ClientProcess(cfg, LocalData(cfg)).trains_together
+    process = client_app.ClientProcess(cfg, LocalData(cfg))
+    assert isinstance(process.trainer, trainers.OneAtATime)
 
 
 def test_runs_together_and_alone_agree_through_the_engine(tiny_cifar, tmp_path: Path) -> None:

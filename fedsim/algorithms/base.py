@@ -11,8 +11,9 @@ An algorithm's file declares, on its class:
   how its updates arrive), `not_with_dp` (why --dp cannot wrap it), `source`,
   `trains_together` (whether a bundle's clients may train at once, --vectorize);
 - its server side (`strategy()`: a Flower Strategy, Flower's own class wherever one
-  exists) and what its clients do (`hooks`, `reply`, or `train` and `evaluate` whole),
-  with memory kept between a client's rounds in `ClientResult.state`.
+  exists) and what its clients do (`hooks`, `training_data`, `update`, `reply`, or
+  `train_group` and `evaluate` whole), with memory kept between a client's rounds in
+  `ClientResult.state`.
 
 The command line reads every algorithm's class to list its options, so an algorithm
 module imports torch and fedsim.learning inside its client-side methods, not at the
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from fedsim.learning.trainers import Trained, Trainer
     from fedsim.learning.training import LocalHooks, TrainResult, TrainSettings
 
 # fedsim samples clients itself (seeded, by partition id) and shows each strategy a
@@ -98,7 +100,7 @@ class Buffered:
 
 
 class Algorithm:
-    """Server side: `strategy()`, a Flower Strategy. Client side: `train()` and
+    """Server side: `strategy()`, a Flower Strategy. Client side: `train_group()` and
     `evaluate()`; the default is plain local SGD with the algorithm's `hooks()`, and a
     reply of the new weights (`update`)."""
 
@@ -154,58 +156,36 @@ class Algorithm:
             labels = attacks.flip_labels(labels, ctx.shape.classes)
         return images, labels
 
-    def train(self, ctx: ClientContext) -> ClientResult:
+    def train_group(self, ctxs: list[ClientContext], trainer: Trainer) -> list[Trained]:
+        """The generic client, for a group of clients (a bundle's): each one's model
+        loaded with what it was sent, its training data and hooks, local SGD by the
+        process's trainer (one at a time, or together: fedsim.learning.trainers), a
+        malicious client's weights poisoned, and its reply. An algorithm changes the
+        parts (`hooks`, `training_data`, `update`, `reply`), or this method to add to
+        the group's replies (qFedAvg); a client that fails, fails alone."""
         from fedsim.algorithms import attacks
-        from fedsim.learning import training
+        from fedsim.learning.trainers import LocalWork
 
-        model = ctx.load_model(ctx.content[messages.ARRAYS])
-        images, labels = self.training_data(ctx)
-        hooks = self.hooks(ctx, model)
-        result = training.train(model, images, labels, self.settings(), ctx.generator(), hooks)
-        attacks.poison(ctx, model)  # a malicious client's weights, before the reply is built
-        return self.reply(ctx, model, result, len(labels))
+        def start(ctx: ClientContext) -> LocalWork:
+            model = ctx.load_model(ctx.content[messages.ARRAYS])
+            images, labels = self.training_data(ctx)
+            hooks = self.hooks(ctx, model)
+            starting = ctx.tensors(ctx.content[messages.ARRAYS])
+            return LocalWork(starting, images, labels, ctx.generator(), hooks)
+
+        def finish(ctx: ClientContext, model: nn.Module, result, work: LocalWork) -> ClientResult:
+            attacks.poison(ctx, model)  # a malicious client's weights, before the reply
+            return self.reply(ctx, model, result, len(work.labels))
+
+        return trainer.train(ctxs, start, finish, self.settings())
 
     @classmethod
     def why_not_together(cls) -> str | None:
         """Why its clients train one at a time whatever --vectorize says (None: they
-        can train together)."""
+        can train together, where their hooks are said as data)."""
         if not cls.trains_together:
             return f"{cls.__name__}'s local training is not said as data"
-        if cls.train is not Algorithm.train and cls.train_together is Algorithm.train_together:
-            return f"{cls.__name__} trains its clients its own way (it overrides train)"
         return None
-
-    def train_together(self, ctxs: list[ClientContext]) -> list[ClientResult] | None:
-        """Train these clients at once (fedsim.learning.together), each as `train`
-        would but for float rounding; None where they cannot: see `why_not_together`,
-        a model with buffers, or a client's hooks that are callables."""
-        from fedsim.algorithms import attacks
-        from fedsim.learning import together
-
-        if self.why_not_together() is not None or not ctxs:
-            return None
-        model = ctxs[0].load_model(ctxs[0].content[messages.ARRAYS])  # the process's one model
-        if together.why_not(model) is not None:
-            return None
-        starts, data, hooks = [], [], []
-        for ctx in ctxs:
-            model = ctx.load_model(ctx.content[messages.ARRAYS])
-            local = self.hooks(ctx, model)
-            if not local.declarative:
-                return None
-            starts.append(ctx.tensors(ctx.content[messages.ARRAYS]))
-            data.append(self.training_data(ctx))
-            hooks.append(local)
-        generators = [ctx.generator() for ctx in ctxs]
-        trained, results = together.train_together(
-            model, starts, data, self.settings(), generators, hooks
-        )
-        replies = []
-        for ctx, weights, result, (_, labels) in zip(ctxs, trained, results, data, strict=True):
-            model.load_state_dict(weights)
-            attacks.poison(ctx, model)
-            replies.append(self.reply(ctx, model, result, len(labels)))
-        return replies
 
     def reply(
         self, ctx: ClientContext, model: nn.Module, result: TrainResult, examples: int

@@ -13,15 +13,19 @@ loss over the local steps, comparable with every other algorithm's.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp import strategy
 
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
-from fedsim.algorithms.context import ClientContext, ClientResult
+from fedsim.algorithms.context import ClientContext
 from fedsim.ground import messages
 from fedsim.ground.config import Option
+
+if TYPE_CHECKING:
+    from fedsim.learning.trainers import Trained, Trainer
 
 RECEIVED_LOSS = "received_loss"
 
@@ -56,18 +60,14 @@ class QFedAvg(Algorithm):
             **SAMPLE_ALL,
         )
 
-    def train(self, ctx: ClientContext) -> ClientResult:
-        received_loss = self._received_loss(ctx)
-        result = super().train(ctx)
-        result.content[messages.METRICS][RECEIVED_LOSS] = received_loss
-        return result
-
-    def train_together(self, ctxs: list[ClientContext]) -> list[ClientResult] | None:
+    def train_group(self, ctxs: list[ClientContext], trainer: Trainer) -> list[Trained]:
+        """Each client's loss on the model it was sent (q-FFL's F_k) goes with its reply."""
         received = [self._received_loss(ctx) for ctx in ctxs]
-        results = super().train_together(ctxs)
-        for result, received_loss in zip(results or [], received, strict=False):
-            result.content[messages.METRICS][RECEIVED_LOSS] = received_loss
-        return results
+        done = super().train_group(ctxs, trainer)
+        for trained, received_loss in zip(done, received, strict=True):
+            if trained.made is not None:
+                trained.made.content[messages.METRICS][RECEIVED_LOSS] = received_loss
+        return done
 
     def _received_loss(self, ctx: ClientContext) -> float:
         """The received model's loss on the client's training split (q-FFL's F_k)."""

@@ -43,6 +43,7 @@ from fedsim.ground.messages import ClientOutcome, ClientTask
 from fedsim.learning import models, together
 from fedsim.learning.data import DecodedDataset, Shape, read_cached
 from fedsim.learning.partition import Partitions
+from fedsim.learning.trainers import OneAtATime, Together, Trained, Trainer
 
 # This module is what actors import first: keep Flower's per-actor chatter (such as
 # "Manually terminating ClientAppActor" at shutdown) off the console; fedsim counts and
@@ -146,12 +147,14 @@ class ClientProcess:
         self.device = client_device(cfg)
         self.images, self.labels, self.partitions, self.shape = data.load()
         self.model = models.build_model(cfg.model, shape=self.shape).to(self.device)
-        # --vectorize: whether this process trains a bundle's clients at once
-        self.trains_together = (
+        # --vectorize: whether this process trains a bundle's clients at once; chosen
+        # once, for every bundle it trains
+        together_here = (
             together.wanted(cfg.vectorize, self.device)
             and self.algorithm.why_not_together() is None
             and together.why_not(self.model) is None
         )
+        self.trainer: Trainer = (Together if together_here else OneAtATime)(self.model)
         self._converted: OrderedDict[int, tuple[ArrayRecord, dict[str, torch.Tensor]]]
         self._converted = OrderedDict()
 
@@ -186,35 +189,18 @@ class ClientProcess:
         )
 
 
-def run_client(
-    process: ClientProcess, message_type: str, task_: ClientTask, info: BundleInfo
-) -> ClientOutcome:
-    """One client's task, in the process that serves it; never raises."""
-    if early := _before_training(process, message_type, task_, info):
-        return early
-    started = time.perf_counter()
-    ctx = _context(process, task_, info)
-    try:
-        if message_type == MessageType.TRAIN:
-            result: ClientResult = process.algorithm.train(ctx)
-            _protect(process.cfg, ctx, result)
-        else:
-            result = process.algorithm.evaluate(ctx)
-    except Exception as error:  # the client fails alone; the bundle goes on
-        seconds = time.perf_counter() - started
-        return ClientOutcome(
-            task_.pid, messages.FAILED, seconds, error=f"{type(error).__name__}: {error}"
-        )
-    return _succeeded(task_.pid, result, time.perf_counter() - started)
-
-
-def train_together(
-    process: ClientProcess, tasks: list[ClientTask], info: BundleInfo
-) -> list[ClientOutcome] | None:
-    """A bundle's training clients trained at once (Algorithm.train_together), each
-    timed at an equal share of the group's time; None where they cannot be (the
-    algorithm, the model or a client's hooks), or where the group fails: then each
-    client runs alone and fails alone."""
+def train_clients(
+    process: ClientProcess,
+    tasks: list[ClientTask],
+    info: BundleInfo,
+    trainer: Trainer | None = None,
+) -> list[ClientOutcome]:
+    """A bundle's training, its clients in one group (Algorithm.train_group) over the
+    process's trainer (or `trainer`): one outcome per task, in order; never raises. A
+    client that drops out or comes too late does not train; one that fails, fails
+    alone (should the algorithm fail the whole group, each client is trained again
+    alone)."""
+    trainer = trainer or process.trainer
     outcomes: dict[int, ClientOutcome] = {}
     live: list[tuple[int, ClientContext]] = []
     for position, task_ in enumerate(tasks):
@@ -222,18 +208,45 @@ def train_together(
             outcomes[position] = early
         else:
             live.append((position, _context(process, task_, info)))
+    try:
+        done = process.algorithm.train_group([ctx for _, ctx in live], trainer)
+    except Exception:
+        alone = OneAtATime(process.model)
+        done = [_train_alone(process, ctx, alone) for _, ctx in live]
+    for (position, ctx), trained in zip(live, done, strict=True):
+        if trained.error is not None:
+            error = f"{type(trained.error).__name__}: {trained.error}"
+            outcomes[position] = ClientOutcome(
+                ctx.pid, messages.FAILED, trained.seconds, error=error
+            )
+        else:
+            _protect(process.cfg, ctx, trained.made)
+            outcomes[position] = _succeeded(ctx.pid, trained.made, trained.seconds)
+    return [outcomes[position] for position in range(len(tasks))]
+
+
+def _train_alone(process: ClientProcess, ctx: ClientContext, alone: OneAtATime) -> Trained:
+    tick = time.perf_counter()
+    try:
+        (trained,) = process.algorithm.train_group([ctx], alone)
+    except Exception as error:
+        return Trained(None, error, time.perf_counter() - tick)
+    return trained
+
+
+def evaluate_client(process: ClientProcess, task_: ClientTask, info: BundleInfo) -> ClientOutcome:
+    """One client's evaluation, in the process that serves it; never raises."""
+    if early := _before_training(process, MessageType.EVALUATE, task_, info):
+        return early
     started = time.perf_counter()
     try:
-        results = process.algorithm.train_together([ctx for _, ctx in live]) if live else []
-    except Exception:
-        return None
-    if results is None:
-        return None
-    seconds = (time.perf_counter() - started) / max(len(live), 1)
-    for (position, ctx), result in zip(live, results, strict=True):
-        _protect(process.cfg, ctx, result)
-        outcomes[position] = _succeeded(ctx.pid, result, seconds)
-    return [outcomes[position] for position in range(len(tasks))]
+        result = process.algorithm.evaluate(_context(process, task_, info))
+    except Exception as error:  # the client fails alone; the bundle goes on
+        seconds = time.perf_counter() - started
+        return ClientOutcome(
+            task_.pid, messages.FAILED, seconds, error=f"{type(error).__name__}: {error}"
+        )
+    return _succeeded(task_.pid, result, time.perf_counter() - started)
 
 
 def _before_training(
@@ -317,33 +330,43 @@ def process_for(cfg: RunConfig, data: ClientData) -> ClientProcess:
     return _per_process(key, lambda: ClientProcess(cfg, data))
 
 
-# The per-client function a bundle's handler runs (tests put a misbehaving one here)
-RunClient = Callable[[ClientProcess, str, ClientTask, BundleInfo], ClientOutcome]
+# What a client does as its work begins, before fedsim's own (tests make one misbehave
+# there, in the bundle's watchdog, as a real fault would: tests/faulty_clients.py)
+BeforeClient = Callable[[ClientProcess, str, ClientTask, BundleInfo], None]
+
+
+def _nothing_first(
+    process: ClientProcess, message_type: str, task_: ClientTask, info: BundleInfo
+) -> None:
+    return None
 
 
 def handle_bundle(
-    cfg: RunConfig, data: ClientData, run: RunClient, msg: Message, context: Context
+    cfg: RunConfig, data: ClientData, before: BeforeClient, msg: Message, context: Context
 ) -> Message:
     process = process_for(cfg, data)
     tasks, info = bundles.unpack_tasks(msg.content)
     message_type = msg.metadata.message_type
     with _watchdog(info.deadline):
-        outcomes = None
-        if message_type == MessageType.TRAIN and process.trains_together:
-            outcomes = train_together(process, tasks, info)
-        if outcomes is None:
-            outcomes = [run(process, message_type, task_, info) for task_ in tasks]
+        for task_ in tasks:
+            before(process, message_type, task_, info)
+        if message_type == MessageType.TRAIN:
+            outcomes = train_clients(process, tasks, info)
+        else:
+            outcomes = [evaluate_client(process, task_, info) for task_ in tasks]
     return Message(content=bundles.pack_outcomes(outcomes), reply_to=msg)
 
 
-def build_client_app(cfg: RunConfig, data: ClientData, run: RunClient = run_client) -> ClientApp:
+def build_client_app(
+    cfg: RunConfig, data: ClientData, before: BeforeClient = _nothing_first
+) -> ClientApp:
     """The handlers bound to this run. They are module functions under `partial`, not
     closures: Flower pickles the app into every message it hands an actor, and a
     closure is pickled by value (2.5 ms of the driver's time per message), a module
     function by name (0.1 ms)."""
     app = ClientApp(mods=[log_calls])
-    app.train()(partial(handle_bundle, cfg, data, run))
-    app.evaluate()(partial(handle_bundle, cfg, data, run))
+    app.train()(partial(handle_bundle, cfg, data, before))
+    app.evaluate()(partial(handle_bundle, cfg, data, before))
     return app
 
 

@@ -90,8 +90,11 @@ def share_actors(
         self.pool, self.app_fn = pool, app_fn
         built.append(pool)
 
+    def terminate(self: RayBackend) -> None:
+        give_back(self)
+
     RayBackend.build = build
-    RayBackend.terminate = give_back
+    RayBackend.terminate = terminate
 
 
 def pool_actors(pool: Any) -> list:

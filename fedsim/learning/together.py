@@ -32,6 +32,7 @@ from fedsim.learning.training import (
     TrainSettings,
     batches,
     normalize,
+    sgd_direction,
     steps_of,
 )
 
@@ -236,13 +237,12 @@ class _Group:
         grads, losses = self.step_of(params, anchors, mu, linear, images, labels, mask)
         with torch.no_grad():
             for n in self.names:
-                weight, grad = params[n], grads[n]
-                if settings.weight_decay:
-                    grad = grad.add(weight, alpha=settings.weight_decay)
-                if settings.momentum:
-                    grad = _rows(self.momentum[n], index).mul(settings.momentum).add(grad)
-                    self.momentum[n] = _put(self.momentum[n], index, grad)
-                updated = weight.add(grad, alpha=-settings.lr)
+                weight, buffer = params[n], _rows(self.momentum[n], index)
+                direction, buffer = sgd_direction(
+                    weight, grads[n], buffer, settings.momentum, settings.weight_decay
+                )
+                self.momentum[n] = _put(self.momentum[n], index, buffer)
+                updated = weight.add(direction, alpha=-settings.lr)
                 if self.corrections is not None:
                     updated = updated - _rows(self.corrections[n], index)
                 self.params[n] = _put(self.params[n], index, updated)

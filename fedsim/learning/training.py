@@ -119,20 +119,35 @@ class SGD:
     def step(self) -> None:
         """Apply the gradients, then drop them (zero_grad(set_to_none=True))."""
         for index, param in enumerate(self.params):
-            grad = param.grad
-            if grad is None:
+            if param.grad is None:
                 continue
-            if self.weight_decay:
-                grad = grad.add(param, alpha=self.weight_decay)
-            if self.momentum:
-                buffer = self.buffers[index]
-                if buffer is None:
-                    buffer = self.buffers[index] = grad.clone()
-                else:
-                    buffer.mul_(self.momentum).add_(grad)
-                grad = buffer
-            param.add_(grad, alpha=-self.lr)
+            direction, self.buffers[index] = sgd_direction(
+                param, param.grad, self.buffers[index], self.momentum, self.weight_decay
+            )
+            param.add_(direction, alpha=-self.lr)
             param.grad = None
+
+
+def sgd_direction(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    buffer: torch.Tensor | None,
+    momentum: float,
+    weight_decay: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """torch.optim.SGD's step direction for one tensor (no dampening, no Nesterov): the
+    gradient with weight decay, through the momentum buffer, which is updated in place
+    (made on the first step); and that buffer. Clients trained together
+    (fedsim.learning.together) take the same step on their stacked weights."""
+    if weight_decay:
+        grad = grad.add(param, alpha=weight_decay)
+    if not momentum:
+        return grad, buffer
+    if buffer is None:
+        buffer = grad.clone()
+    else:
+        buffer.mul_(momentum).add_(grad)
+    return buffer, buffer
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
