@@ -445,7 +445,7 @@ def _table_rows(path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("page", ["docs/algorithms.md", "README.md"])
 def test_the_docs_tables_list_every_algorithm_with_its_options(page) -> None:
-    from fedsim.ground.config import flag
+    from fedsim.ground.option import flag
 
     rows = _table_rows(ROOT / page)
     assert set(rows) >= set(algorithms.ALGORITHMS), set(algorithms.ALGORITHMS) - set(rows)

@@ -225,6 +225,10 @@ class ServerSideRaises(FedAvg):
     def strategy(self):
         raise KeyError("momentum")
 
+class OldEntry(FedAvg):
+    def train(self, ctx):
+        raise AssertionError("never called")
+
 class Unsaveable(FedAvg):
     def strategy(self):
         import threading
@@ -242,9 +246,20 @@ class Unsaveable(FedAvg):
         ({"model": "{mod}:Rounding"}, "gives torch.int64 for the data's images, expected float"),
         ({"strategy": "{mod}:NoServerSide"}, "has no server side: define strategy()"),
         ({"strategy": "{mod}:ServerSideRaises"}, ".strategy() raises KeyError: 'momentum'"),
-        ({"strategy": "{mod}:Unsaveable"}, "cannot be saved in checkpoint.pt (Unsaveable.guard"),
+        (
+            {"strategy": "{mod}:Unsaveable"},
+            "cannot be saved in checkpoint.pt (FedAvg.guard: a _thread.lock)",
+        ),
+        ({"strategy": "{mod}:OldEntry"}, "defines train(), a client entry fedsim no longer"),
     ],
-    ids=["factory raises", "integer output", "no strategy()", "strategy() raises", "a lock"],
+    ids=[
+        "factory raises",
+        "integer output",
+        "no strategy()",
+        "strategy() raises",
+        "a lock",
+        "train()",
+    ],
 )
 def test_the_users_code_is_checked_before_anything_runs(
     options, message, tiny_cifar, tmp_path, monkeypatch

@@ -26,7 +26,7 @@ from fedsim.outputs.records import ClientRecord
 from fedsim.runner.options import make_config
 from fedsim.simulation.buffered import BufferedSchedule
 from fedsim.simulation.clock import ClockState, Flight, round_end, time_clients
-from fedsim.simulation.loop import PhaseResult, Population
+from fedsim.simulation.phase import PhaseResult, Population
 from fedsim.simulation.profiles import (
     MEDIAN_DOWN_MBPS,
     MEDIAN_UP_MBPS,

@@ -178,6 +178,7 @@ from pathlib import Path
 from torch import nn
 
 from fedsim import Option
+from fedsim.ground.option import Bounds
 from fedsim.algorithms.fedavg import FedAvg
 
 if os.environ.get("WHERE_IMPORTED"):
@@ -194,7 +195,7 @@ def tiny(num_classes=10, image_shape=(3, 32, 32)):
 
 
 class ScaledLr(FedAvg):
-    lr_scale = Option(1.0, "scales the clients' learning rate", bounds="(0, 1]")
+    lr_scale = Option(1.0, "scales the clients' learning rate", bounds=Bounds(0, 1, low_open=True))
 
     def settings(self):
         settings = super().settings()

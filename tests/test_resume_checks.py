@@ -9,7 +9,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 import fedsim
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 MODEL = """
 from torch import nn
@@ -34,15 +33,7 @@ STORE = "client_states.sqlite"
 
 def _cli(code: Path, *args: str) -> subprocess.CompletedProcess:
     """simulate.py with the user's module importable (as from its own folder)."""
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "simulate.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(*args, env={**os.environ, "PYTHONPATH": str(code)})
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +141,7 @@ def test_a_checkpoint_of_the_first_format_still_resumes(tiny_cifar, tmp_path) ->
     document = json.loads((run / "config.json").read_text())
     document["config"]["data"] = str(tiny_cifar)  # the same generated images, elsewhere
     (run / "config.json").write_text(json.dumps(document))
-    resumed = subprocess.run(
-        [sys.executable, str(ROOT / "simulate.py"), "--resume", str(run), "--rounds", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = run_cli("--resume", str(run), "--rounds", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rounds = pd.read_csv(run / "rounds.csv")
     assert rounds["round"].tolist() == [0, 1, 2] and rounds.central_loss.notna().all()

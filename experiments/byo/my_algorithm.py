@@ -11,7 +11,7 @@ damping 1 it sends its trained weights, exactly as FedAvg's clients do.
 
 from flwr.app import ArrayRecord
 
-from fedsim import Option
+from fedsim import Bounds, Option
 from fedsim.algorithms.context import ClientContext, record_of
 from fedsim.algorithms.fedavg import FedAvg
 from fedsim.ground import messages
@@ -19,7 +19,9 @@ from fedsim.ground import messages
 
 class DampedFedAvg(FedAvg):
     source = "an example of a user's algorithm (experiments/byo)"
-    damping = Option(1.0, "fraction of its local update a client sends", bounds="(0, 1]")
+    damping = Option(
+        1.0, "fraction of its local update a client sends", bounds=Bounds(0, 1, low_open=True)
+    )
 
     def update(self, ctx: ClientContext, model) -> ArrayRecord:
         if self.damping == 1.0:

@@ -58,7 +58,17 @@ def user_algorithm(path: str) -> type[Algorithm]:
         raise ConfigError(
             "--strategy", f"{path!r} is not a subclass of fedsim.Algorithm (fedsim.algorithms.base)"
         )
+    if old := [name for name in RETIRED if hasattr(found, name)]:
+        raise ConfigError(
+            "--strategy",
+            f"{path} defines {old[0]}(), a client entry fedsim no longer calls: write "
+            "train_group(ctxs, trainer) (docs/extending.md), or change hooks(), update() "
+            "or reply()",
+        )
     return found
+
+
+RETIRED = ("train", "train_together")  # client entries of earlier fedsims (now train_group)
 
 
 def build(cfg: RunConfig) -> Algorithm:

@@ -32,7 +32,8 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedsim.algorithms.context import ClientContext, ClientResult, record_of
 from fedsim.ground import insides, messages
-from fedsim.ground.config import Option, RunConfig
+from fedsim.ground.config import RunConfig
+from fedsim.ground.option import Option, at_least, greater_than
 
 if TYPE_CHECKING:
     import torch
@@ -216,7 +217,9 @@ class Algorithm:
 SERVER_LR = Option(
     None,
     "server learning rate (auto: Flower's for the algorithm; FedBuff's 1)",
-    bounds="(0, inf)",
+    bounds=greater_than(0),
     type=float,
 )
-NUM_MALICIOUS = Option(0, "malicious clients the aggregation must withstand (f)", bounds="[0, inf)")
+NUM_MALICIOUS = Option(
+    0, "malicious clients the aggregation must withstand (f)", bounds=at_least(0)
+)

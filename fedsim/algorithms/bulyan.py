@@ -4,20 +4,20 @@ median; it needs n >= 4f + 3 replies. Flower's Bulyan."""
 
 from __future__ import annotations
 
-from flwr.serverapp import strategy
+from flwr.serverapp import strategy as strategies
 
 from fedsim.algorithms.base import NUM_MALICIOUS, SAMPLE_ALL, Algorithm
 from fedsim.algorithms.krum import per_round
-from fedsim.ground.config import flag
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.option import flag
 
 
 class Bulyan(Algorithm):
     source = "El Mhamdi et al., ICML 2018"
     num_malicious = NUM_MALICIOUS
 
-    def strategy(self) -> strategy.Strategy:
-        return strategy.Bulyan(**SAMPLE_ALL, num_malicious_nodes=self.num_malicious)
+    def strategy(self) -> strategies.Strategy:
+        return strategies.Bulyan(**SAMPLE_ALL, num_malicious_nodes=self.num_malicious)
 
     def check(self) -> None:
         f, sampled = self.num_malicious, self.cfg.sampled_per_round

@@ -3,7 +3,7 @@ clients' example counts. Flower's FedAvg."""
 
 from __future__ import annotations
 
-from flwr.serverapp import strategy
+from flwr.serverapp import strategy as strategies
 
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
 
@@ -11,5 +11,5 @@ from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
 class FedAvg(Algorithm):
     source = "McMahan et al., AISTATS 2017"
 
-    def strategy(self) -> strategy.Strategy:
-        return strategy.FedAvg(**SAMPLE_ALL)
+    def strategy(self) -> strategies.Strategy:
+        return strategies.FedAvg(**SAMPLE_ALL)

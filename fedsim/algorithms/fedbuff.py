@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid, strategy
+from flwr.serverapp import Grid
+from flwr.serverapp import strategy as strategies
 
 from fedsim.algorithms.base import SAMPLE_ALL, SERVER_LR, Algorithm, Buffered
 from fedsim.algorithms.context import ClientContext
 from fedsim.ground import insides, messages
-from fedsim.ground.config import Option
+from fedsim.ground.option import Option, at_least
 
 if TYPE_CHECKING:
     from torch import nn
@@ -59,7 +60,7 @@ def buffered_update(
     }
 
 
-class FedBuffStrategy(strategy.FedAvg):
+class FedBuffStrategy(strategies.FedAvg):
     """Flower's FedAvg with FedBuff's server update. The model the updates apply to is
     the strategy's own (as in Flower's FedAvgM): the first one it sends, then each one
     it makes; it is pickled with the strategy into checkpoint.pt."""
@@ -107,9 +108,9 @@ class FedBuff(Algorithm):
         "clients, so the accountant's sampling model does not describe them"
     )
     buffer_size = Option(
-        10, "client updates the server waits for before each update (K)", "[1, inf)"
+        10, "client updates the server waits for before each update (K)", at_least(1)
     )
-    concurrency = Option(20, "clients training at once in simulated time (C)", "[1, inf)")
+    concurrency = Option(20, "clients training at once in simulated time (C)", at_least(1))
     server_lr = SERVER_LR
 
     def buffered(self) -> Buffered:

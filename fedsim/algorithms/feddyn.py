@@ -29,7 +29,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, FromTheSentModel
 from fedsim.algorithms.context import ClientContext, ClientResult
 from fedsim.ground import messages
-from fedsim.ground.config import Option
+from fedsim.ground.option import Option, greater_than
 
 if TYPE_CHECKING:
     from torch import nn
@@ -68,7 +68,7 @@ class FedDyn(Algorithm):
         "its server keeps a correction built from the clients' un-noised updates, which "
         "later rounds release: the accountant does not describe it"
     )
-    feddyn_alpha = Option(0.01, "FedDyn's regularisation weight α", "(0, inf)")
+    feddyn_alpha = Option(0.01, "FedDyn's regularisation weight α", greater_than(0))
 
     def strategy(self) -> FedDynStrategy:
         return FedDynStrategy(self.cfg.clients, self.feddyn_alpha, **SAMPLE_ALL)

@@ -3,7 +3,7 @@ robust to a minority of arbitrary replies. Flower's FedMedian."""
 
 from __future__ import annotations
 
-from flwr.serverapp import strategy
+from flwr.serverapp import strategy as strategies
 
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
 
@@ -11,5 +11,5 @@ from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
 class FedMedian(Algorithm):
     source = "Yin et al., ICML 2018"
 
-    def strategy(self) -> strategy.Strategy:
-        return strategy.FedMedian(**SAMPLE_ALL)
+    def strategy(self) -> strategies.Strategy:
+        return strategies.FedMedian(**SAMPLE_ALL)

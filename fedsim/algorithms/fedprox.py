@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flwr.serverapp import strategy
+from flwr.serverapp import strategy as strategies
 
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
 from fedsim.algorithms.context import ClientContext
 from fedsim.ground import messages
-from fedsim.ground.config import Option
+from fedsim.ground.option import Option, at_least
 
 if TYPE_CHECKING:
     from torch import nn
@@ -20,10 +20,10 @@ if TYPE_CHECKING:
 
 class FedProx(Algorithm):
     source = "Li et al., MLSys 2020"
-    proximal_mu = Option(0.0, "weight of the proximal term mu/2 · ||w - w_global||²", "[0, inf)")
+    proximal_mu = Option(0.0, "weight of the proximal term mu/2 · ||w - w_global||²", at_least(0))
 
-    def strategy(self) -> strategy.Strategy:
-        return strategy.FedProx(**SAMPLE_ALL, proximal_mu=self.proximal_mu)
+    def strategy(self) -> strategies.Strategy:
+        return strategies.FedProx(**SAMPLE_ALL, proximal_mu=self.proximal_mu)
 
     def hooks(self, ctx: ClientContext, model: nn.Module) -> LocalHooks:
         from fedsim.learning import training

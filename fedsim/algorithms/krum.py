@@ -5,11 +5,11 @@ withstands f malicious clients among n ≥ 2f + 3. Flower's Krum and MultiKrum."
 
 from __future__ import annotations
 
-from flwr.serverapp import strategy
+from flwr.serverapp import strategy as strategies
 
 from fedsim.algorithms.base import NUM_MALICIOUS, SAMPLE_ALL, Algorithm
-from fedsim.ground.config import Option, flag
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.option import Option, at_least, flag
 
 
 def per_round(sampled: int) -> str:
@@ -20,8 +20,8 @@ class Krum(Algorithm):
     source = "Blanchard et al., NeurIPS 2017"
     num_malicious = NUM_MALICIOUS
 
-    def strategy(self) -> strategy.Strategy:
-        return strategy.Krum(**SAMPLE_ALL, num_malicious_nodes=self.num_malicious)
+    def strategy(self) -> strategies.Strategy:
+        return strategies.Krum(**SAMPLE_ALL, num_malicious_nodes=self.num_malicious)
 
     def check(self) -> None:
         f, sampled = self.num_malicious, self.cfg.sampled_per_round
@@ -34,10 +34,10 @@ class Krum(Algorithm):
 
 
 class MultiKrum(Krum):
-    num_to_keep = Option(1, "replies MultiKrum selects and averages", "[1, inf)")
+    num_to_keep = Option(1, "replies MultiKrum selects and averages", at_least(1))
 
-    def strategy(self) -> strategy.Strategy:
-        return strategy.MultiKrum(
+    def strategy(self) -> strategies.Strategy:
+        return strategies.MultiKrum(
             **SAMPLE_ALL,
             num_malicious_nodes=self.num_malicious,
             num_nodes_to_select=self.num_to_keep,

@@ -41,8 +41,9 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
 
 from fedsim.ground import messages, streams
-from fedsim.ground.config import RunConfig, flag
+from fedsim.ground.config import CLIENT_FIXED, DP_OFF, SERVER_ADAPTIVE, SERVER_FIXED, RunConfig
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.option import flag
 
 
 class Accountant:
@@ -167,13 +168,12 @@ def _client_fixed(strategy: Strategy, z: float, norm: float, sampled: int) -> St
     return DifferentialPrivacyClientSideFixedClipping(strategy, z, norm, sampled)
 
 
-OFF = "off"
-WRAPPERS = {  # --dp's modes: Flower's wrapper for each
-    "server-fixed": _server_fixed,
-    "server-adaptive": _server_adaptive,
-    "client-fixed": _client_fixed,
+OFF = DP_OFF
+WRAPPERS = {  # --dp's modes (fedsim.ground.config.DP_MODES): Flower's wrapper for each
+    SERVER_FIXED: _server_fixed,
+    SERVER_ADAPTIVE: _server_adaptive,
+    CLIENT_FIXED: _client_fixed,
 }
-DP_MODES = (OFF, *WRAPPERS)
 
 
 def check(cfg: RunConfig) -> None:
@@ -186,7 +186,7 @@ def check(cfg: RunConfig) -> None:
     if reason:
         raise ConfigError(flag("dp"), f"{cfg.strategy}: {reason}")
     sampled = cfg.sampled_per_round
-    if cfg.dp == "server-adaptive" and cfg.dp_noise_multiplier * 10 >= sampled:
+    if cfg.dp == SERVER_ADAPTIVE and cfg.dp_noise_multiplier * 10 >= sampled:
         raise ConfigError(
             flag("dp_noise_multiplier"),
             f"server-adaptive clipping spends part of the noise on counting clipped updates "

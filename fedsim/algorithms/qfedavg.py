@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
-from flwr.serverapp import strategy
+from flwr.serverapp import strategy as strategies
 
 from fedsim.algorithms.base import SAMPLE_ALL, Algorithm
 from fedsim.algorithms.context import ClientContext
 from fedsim.ground import messages
-from fedsim.ground.config import Option
+from fedsim.ground.option import Option, at_least
 
 if TYPE_CHECKING:
     from fedsim.learning.trainers import Trained, Trainer
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 RECEIVED_LOSS = "received_loss"
 
 
-class QFedAvgStrategy(strategy.QFedAvg):
+class QFedAvgStrategy(strategies.QFedAvg):
     """Flower's QFedAvg, whose update comes back as float64 (np.float_power promotes it):
     cast back to the model's dtypes, or every later round would send twice the bytes."""
 
@@ -50,7 +50,7 @@ class QFedAvgStrategy(strategy.QFedAvg):
 
 class QFedAvg(Algorithm):
     source = "Li et al., ICLR 2020"
-    q = Option(0.1, "q-FFL fairness exponent (0 weighs every client's loss alike)", "[0, inf)")
+    q = Option(0.1, "q-FFL fairness exponent (0 weighs every client's loss alike)", at_least(0))
 
     def strategy(self) -> QFedAvgStrategy:
         return QFedAvgStrategy(

@@ -38,7 +38,7 @@ from fedsim.flower.actor_log import log_calls
 from fedsim.flower.bundles import BundleInfo
 from fedsim.flower.sizing import Cluster
 from fedsim.ground import messages, streams
-from fedsim.ground.config import RunConfig
+from fedsim.ground.config import CLIENT_FIXED, RunConfig
 from fedsim.ground.messages import ClientOutcome, ClientTask
 from fedsim.learning import models, together
 from fedsim.learning.data import DecodedDataset, Shape, read_cached
@@ -281,7 +281,7 @@ def _context(process: ClientProcess, task_: ClientTask, info: BundleInfo) -> Cli
 
 def _protect(cfg: RunConfig, ctx: ClientContext, result: ClientResult) -> None:
     """What the client does to its reply before it leaves (--dp client-fixed: clip)."""
-    if cfg.dp == "client-fixed":
+    if cfg.dp == CLIENT_FIXED:
         privacy.clip_reply(ctx.content, result.content)
 
 
@@ -321,7 +321,7 @@ def _watchdog(deadline: float):
 def process_for(cfg: RunConfig, data: ClientData) -> ClientProcess:
     """This run's `ClientProcess` in this process, keyed by everything that shapes it.
     An actor serves one run at a time and then the next run of the experiment
-    (fedsim.flower.engine's shelf): the previous run's model and data view are dropped,
+    (fedsim.flower.shelf): the previous run's model and data view are dropped,
     not kept for every run it served."""
     key = ("process", data.key, cfg)
     if key not in _PROCESS_CACHE:
@@ -362,8 +362,8 @@ def build_client_app(
 ) -> ClientApp:
     """The handlers bound to this run. They are module functions under `partial`, not
     closures: Flower pickles the app into every message it hands an actor, and a
-    closure is pickled by value (2.5 ms of the driver's time per message), a module
-    function by name (0.1 ms)."""
+    closure is pickled by value, its code with every message (milliseconds of the
+    driver's time each, docs/performance.md), a module function by name."""
     app = ClientApp(mods=[log_calls])
     app.train()(partial(handle_bundle, cfg, data, before))
     app.evaluate()(partial(handle_bundle, cfg, data, before))

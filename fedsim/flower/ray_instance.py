@@ -21,20 +21,11 @@ import threading
 from pathlib import Path
 
 from fedsim.flower import engine, node_watch, shelf
-from fedsim.flower.sizing import Cluster, size_clients
+from fedsim.flower.sizing import Cluster, private_ray, ray_address, size_clients
 from fedsim.ground import imports, insides, interrupts
-from fedsim.ground.config import RunConfig, flag
+from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
-
-
-def ray_address(cfg: RunConfig) -> str:
-    return cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
-
-
-def private_ray(cfg: RunConfig) -> bool:
-    """fedsim starts a Ray instance of its own on this machine (no cluster is named)."""
-    return ray_address(cfg) == "local"
-
+from fedsim.ground.option import flag
 
 PROBE_SECONDS = 3.0  # how long a cluster address may take to answer a TCP connect
 

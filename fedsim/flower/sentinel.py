@@ -3,7 +3,7 @@ should the driver be ended by Ray before it can.
 
 When the raylet of fedsim's private instance dies (killed, out of memory), Ray's core
 worker ends the driver within moments with status 1 and no word, often before the
-driver's own watcher thread (fedsim.flower.engine) can write the run's status and its
+driver's own watcher thread (fedsim.flower.node_watch) can write the run's status and its
 error line. This process, started with Ray's and watching both the raylet and the
 driver, finishes what the driver could not: it marks the run's config.json `failed`
 with the reason and prints the one `error:` line (on the driver's stderr, which it

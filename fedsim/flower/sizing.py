@@ -4,10 +4,12 @@ actor, and how many run at a time."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
-from fedsim.ground.config import RAY_RESOURCE_UNIT, RunConfig, flag
+from fedsim.ground.config import RAY_RESOURCE_UNIT, RunConfig
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.option import flag
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,15 @@ class Cluster:
         return min(by_cpu, fits(self.gpus, gpu_share)) if gpu_share else by_cpu
 
 
+def ray_address(cfg: RunConfig) -> str:
+    return cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def private_ray(cfg: RunConfig) -> bool:
+    """fedsim starts a Ray instance of its own on this machine (no cluster is named)."""
+    return ray_address(cfg) == "local"
+
+
 def fits(total: float, share: float) -> int:
     """How many `share`s Ray places in `total`, counted as Ray does, in whole units:
     ten 0.1-GPU actors fit on one GPU, although 1.0 // 0.1 is 9.0 in floating point."""
@@ -46,8 +57,6 @@ def size_clients(cfg: RunConfig) -> Cluster:
     """What Ray offers and how `cfg`'s clients fit into it; a CPU or GPU share the
     cluster cannot give one client is refused (Ray would keep every actor pending)."""
     import ray
-
-    from fedsim.flower.ray_instance import private_ray, ray_address
 
     address = ray_address(cfg)
     resources = ray.cluster_resources()
@@ -79,8 +88,8 @@ def size_clients(cfg: RunConfig) -> Cluster:
     )
 
 
-# GPU memory one client actor holds: measured 826-894 MiB on an H200 for the CNN
-# (nvidia-smi per process; CUDA's context is ~750 of it), docs/performance.md
+# GPU memory allowed for one client actor (CUDA's context is most of it; the measured
+# figure is in docs/performance.md, "On a GPU")
 ACTOR_GPU_MIB = 1024
 
 
@@ -88,8 +97,8 @@ def gpu_share(cfg: RunConfig, cpus: float, gpus: float, gpu_memory_mib: float | 
     """--gpus-per-client if given; else 0 without GPUs, or the share that lets as many
     clients run side by side on each GPU as the CPUs allow (no more than the run's
     clients, nor than ACTOR_GPU_MIB each fit in `gpu_memory_mib`, the driver's GPU's
-    memory where it has one). On an H200 every smaller share was faster, down to the
-    smallest measured (docs/performance.md, GPU): the CPUs, not the GPU, are the limit.
+    memory where it has one). Measured on a GPU, every smaller share was faster, down to
+    the smallest tried (docs/performance.md, "On a GPU"): the CPUs are the limit.
     The share is rounded down to Ray's unit, so that exactly that many fit."""
     if cfg.gpus_per_client is not None:
         return cfg.gpus_per_client

@@ -39,9 +39,9 @@ import pandas as pd
 
 from fedsim.front import sweep as grids
 from fedsim.ground import by_value, interrupts
-from fedsim.ground.config import flag
 from fedsim.ground.errors import ConfigError, RunEnded
 from fedsim.ground.files import CLIENTS_CSV, CONFIG_JSON, MODEL, ROUNDS_CSV, SUMMARY_CSV
+from fedsim.ground.option import flag
 from fedsim.runner import options as catalog
 
 if TYPE_CHECKING:

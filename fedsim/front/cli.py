@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from fedsim import algorithms
 from fedsim.flower.ray_instance import STOP_SIGNALS
 from fedsim.front import sweep
-from fedsim.ground.config import ALGORITHM, GROUPS, Option, flag
 from fedsim.ground.errors import ConfigError, ConsoleClosed, RunEnded
+from fedsim.ground.option import ALGORITHM, GROUPS, Option, flag
 from fedsim.runner import options
 from fedsim.simulation.profiles import check_profiles
 

@@ -23,9 +23,10 @@ from fedsim.front import plots
 from fedsim.front.summary import is_complete
 from fedsim.front.sweep import Experiment
 from fedsim.ground import interrupts
-from fedsim.ground.config import NOT_COMPARED, RunConfig, flag
+from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError, RunAborted, RunEnded
 from fedsim.ground.files import CONFIG_JSON, LABEL_COUNTS_CSV
+from fedsim.ground.option import NOT_COMPARED, flag
 from fedsim.learning.partition import label_counts
 from fedsim.runner import folders, lifecycle, options, resuming
 from fedsim.runner.assembly import Seams

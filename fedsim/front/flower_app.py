@@ -28,8 +28,9 @@ from fedsim.flower import engine
 from fedsim.flower.client_app import build_client_app
 from fedsim.flower.exchange import Transport
 from fedsim.front import cli, sweep
-from fedsim.ground.config import RunConfig, flag
+from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.option import flag
 from fedsim.learning.data import Shape
 from fedsim.learning.partition import Partitions
 from fedsim.runner import folders, options

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsim.ground.config import WHERE, RunConfig
+from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
 from fedsim.ground.files import CONFIG_JSON, ROUNDS_CSV, SUMMARY_CSV
+from fedsim.ground.option import WHERE
 from fedsim.runner import options
 
 ALWAYS_SHOWN = ("clients", "seed")  # the plots' axes, shown even when not swept

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsim.ground.config import FIXED, RunConfig, default_data
+from fedsim.ground.config import RunConfig, default_data
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.option import FIXED
 from fedsim.runner import options
 
 Grid = dict[str, list[Any]]  # option -> the values to sweep (one value: fixed)

@@ -76,7 +76,7 @@ def share_actors(
     """Replace Flower's RayBackend `build` and `terminate`: a simulation's actor pool
     starts with the actors `take(backend, capacity)` hands over (fresh ones for the
     rest) and is appended to `built`; at its end `give_back(backend)` keeps its actors
-    (fedsim.flower.engine's shelf) instead of killing them."""
+    (fedsim.flower.shelf) instead of killing them."""
     _checked()
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
     from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
@@ -154,8 +154,9 @@ _lean: list[bool] = []
 def lean_local_instance() -> None:
     """A private one-machine instance without the dashboard's API server, the
     autoscaler's monitor and the log monitor (Ray 2.55 starts all three even with
-    include_dashboard=False: about 1.4 s of start, 1.2 s of shutdown, 270 MB and 3 s of
-    CPU on two cores), whose processes are stopped at once (SIGKILL), not by a SIGTERM
+    include_dashboard=False, at a cost in start, shutdown and memory that
+    docs/performance.md measures), whose processes are stopped at once (SIGKILL), not
+    by a SIGTERM
     they block (`ray._private.node.Node`'s methods). Ray's two agents stay: the raylet
     dies without them. After a kill -9 of the driver they would wait 60 s for the dead
     GCS; 3 s is enough on one machine."""

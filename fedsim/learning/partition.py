@@ -6,8 +6,8 @@ IID included, differs between seeds and is the same for the same seed.
 
 IID needs no label table: flwr-datasets' IidPartitioner gives contiguous slices of the
 shuffled rows, which is `np.array_split` (tested against it), so an IID run imports
-neither `datasets` nor flwr-datasets (whose package imports seaborn and scipy: 3 s of a
-cold start on two cores).
+neither `datasets` nor flwr-datasets (whose package imports seaborn and scipy: seconds of a
+cold start).
 
 Any other partitioner's assignment is read once for all clients (flwr-datasets' own
 `load_partition` selects one client's rows from the table per call: 35 s for 50,000
@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from fedsim.ground import insides, streams
-from fedsim.ground.config import SPLITS, RunConfig, core_options, flag
+from fedsim.ground.config import RunConfig, core_options
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.option import SPLITS, flag
 
 _CACHE_VERSION = "2"
 
@@ -203,7 +204,7 @@ def partition_indices(
                 f"client {pid} got no data under --partition {cfg.partition}; "
                 "use fewer clients or a less skewed partition",
             )
-        if len(rows) > 1:  # (a generator per client costs 40 µs: 2 s for 50,000 of one row)
+        if len(rows) > 1:  # (a generator per client costs seconds for 50,000 of one row)
             rows = streams.client_rows_rng(cfg.seed, pid).permutation(rows)
         held_out = held_out_count(len(rows), cfg.val_fraction)
         val.append(rows[:held_out])

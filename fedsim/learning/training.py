@@ -107,7 +107,8 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 class SGD:
     """torch.optim.SGD's update (momentum, weight decay; no dampening, no Nesterov),
     written out because constructing any torch.optim optimizer imports torch._dynamo:
-    about 1.5 s and 170 MB in every fresh client process, for ten lines of arithmetic."""
+    seconds and a hundred-odd MB in every fresh client process (docs/performance.md),
+    for ten lines of arithmetic."""
 
     def __init__(
         self, params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float

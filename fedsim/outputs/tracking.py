@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from fedsim.ground.config import RunConfig, flag
+from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.option import flag
 from fedsim.outputs.callbacks import RoundCallback
 from fedsim.outputs.files import check_writable
 from fedsim.outputs.records import CSV_COLUMNS, RoundRecord

@@ -37,7 +37,8 @@ from fedsim.runner.checkpoint import Checkpointer
 from fedsim.runner.inputs import RunInputs
 from fedsim.simulation.buffered import BufferedSchedule
 from fedsim.simulation.client_states import ClientStates
-from fedsim.simulation.loop import CentralEvaluate, Population, RoundLoop
+from fedsim.simulation.loop import CentralEvaluate, RoundLoop
+from fedsim.simulation.phase import Population
 from fedsim.simulation.sampling import sample_size
 from fedsim.simulation.state import RunState
 

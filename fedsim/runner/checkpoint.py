@@ -57,19 +57,19 @@ class Checkpointer(RoundCallback):
             "model": arrays.to_torch_state_dict(),
             "strategy_kind": privacy.kind(self.state.strategy),
             "strategy": server_state.state_of(self.state.strategy),
-            "client_states": self.state.states.on_disk(),  # a resume needs the file
-            "client_memories": self.state.states.manifest(),  # ... holding exactly these
+            "client_states": self.state.memories.on_disk(),  # a resume needs the file
+            "client_memories": self.state.memories.manifest(),  # ... holding exactly these
             "clock": self.state.clock.to_dict(),
             "rng": rng_states(),
         }
         atomic_write(self.path, lambda handle: torch.save(saved, handle))
-        self.state.states.prune(record.round)
+        self.state.memories.prune(record.round)
 
     def on_run_end(self, arrays: ArrayRecord) -> None:
         if self.client_states == REMOVE:
-            self.state.states.remove()
+            self.state.memories.remove()
         else:
-            self.state.states.close()
+            self.state.memories.close()
 
 
 def rng_states() -> dict[str, Any]:
@@ -172,7 +172,7 @@ def open_memories(run_dir: Path, state: RunState, saved: Saved) -> None:
             "the run cannot train further without its clients' memories",
         )
     try:
-        state.states = ClientStates(store, state.completed, saved.memories)
+        state.memories = ClientStates(store, state.completed, saved.memories)
     except StoreMismatch as mismatch:
         raise ConfigError(
             "--resume",

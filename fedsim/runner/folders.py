@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsim.ground.config import RunConfig, flag
+from fedsim.ground.config import RunConfig
+from fedsim.ground.option import flag
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord

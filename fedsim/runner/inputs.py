@@ -19,10 +19,11 @@ from flwr.serverapp.strategy import Strategy
 from fedsim import algorithms
 from fedsim.algorithms import privacy
 from fedsim.algorithms.base import Algorithm
-from fedsim.flower import ray_instance
-from fedsim.ground.config import RunConfig, flag
+from fedsim.flower.sizing import private_ray
+from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
 from fedsim.ground.files import cache_root
+from fedsim.ground.option import flag
 from fedsim.learning import models
 from fedsim.learning.data import DecodedDataset, load_images, read_column
 from fedsim.learning.partition import NATURAL, Partitions, cached_partition_indices
@@ -63,7 +64,7 @@ def prepare(cfg: RunConfig, started: float | None = None) -> RunInputs:
     algorithm = algorithms.build(cfg)
     check_server_side(cfg, algorithm)
     check_driver_memory(cfg, algorithm, model)
-    if cfg.gpus_per_client and ray_instance.private_ray(cfg) and not torch.cuda.is_available():
+    if cfg.gpus_per_client and private_ray(cfg) and not torch.cuda.is_available():
         raise ConfigError(
             flag("gpus_per_client"),
             f"got {cfg.gpus_per_client:g}, but no GPU is visible here (PyTorch sees no CUDA "

@@ -18,7 +18,7 @@ from pathlib import Path
 from fedsim import algorithms
 from fedsim.algorithms import attacks, privacy
 from fedsim.flower import client_app, engine, node_watch, ray_instance
-from fedsim.flower.sizing import Cluster
+from fedsim.flower.sizing import Cluster, private_ray
 from fedsim.ground import interrupts
 from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
@@ -65,7 +65,7 @@ def run(
         with folders.claimed_run_dir(inputs.cfg) as run_dir:
             return execute(inputs, run_dir, started, cluster, None, seams)
     finally:
-        if owned and not (exiting and ray_instance.private_ray(cfg)):
+        if owned and not (exiting and private_ray(cfg)):
             ray.stop()
 
 

@@ -14,31 +14,27 @@ Choices come from the dispatch tables they select from (CHOICES); `--model` and
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
 from fedsim import algorithms
 from fedsim.algorithms import attacks, privacy
 from fedsim.ground import imports
-from fedsim.ground.config import (
-    SYNCHRONOUS,
-    Option,
-    RunConfig,
-    StrategyOptions,
-    check_core,
-    core_options,
-    flag,
-)
+from fedsim.ground.config import DP_MODES, RAY_RESOURCE_UNIT, RunConfig, core_options
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.option import SYNCHRONOUS, Option, StrategyOptions, flag
 from fedsim.learning import data, models, partition
 from fedsim.simulation import client_states
+
+MAX_NAME = 120  # characters of a run name: room for file names under any file system's limit
 
 # Options whose values select from a dispatch table: the table's keys are the choices
 CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "strategy": lambda: tuple(algorithms.ALGORITHMS),
     "partition": lambda: tuple(partition.PARTITIONERS),
     "model": lambda: tuple(models.MODELS),
-    "dp": lambda: privacy.DP_MODES,
+    "dp": lambda: DP_MODES,
     "attack": lambda: attacks.ATTACKS,
     "client_states": lambda: client_states.WHEN_COMPLETE,
     "normalize": lambda: data.NORMALIZATIONS,
@@ -168,6 +164,46 @@ def validate(cfg: RunConfig) -> RunConfig:
     algorithm.check()
     privacy.check(cfg)
     return cfg
+
+
+def check_core(cfg: RunConfig) -> RunConfig:
+    """Every RunConfig value against its option, and what no single option says: a GPU
+    share Ray can give, a run name that makes a folder name."""
+    for name, option in core_options().items():
+        option.check(getattr(cfg, name))
+    gpus = cfg.gpus_per_client
+    if gpus is not None and 0 < gpus < RAY_RESOURCE_UNIT:
+        raise ConfigError(
+            flag("gpus_per_client"), f"got {gpus:g}, Ray's smallest share is {RAY_RESOURCE_UNIT:g}"
+        )
+    if gpus is not None and gpus > 1 and not float(gpus).is_integer():
+        raise ConfigError(
+            flag("gpus_per_client"), f"must be a share in [0, 1] or a whole number, got {gpus}"
+        )
+    if not cfg.data:
+        raise ConfigError(flag("data"), "must not be empty")
+    if not cfg.name.isprintable():
+        raise ConfigError(
+            flag("name"), f"{cfg.name!r} must be printable (no newline or control characters)"
+        )
+    if cfg.name and not _is_plain_name(cfg.name):
+        raise ConfigError(
+            flag("name"),
+            f"{cfg.name!r} must be a plain folder name (no '/', '..' or leading '.')",
+        )
+    if len(cfg.name) > MAX_NAME:
+        raise ConfigError(flag("name"), f"has {len(cfg.name)} characters, at most {MAX_NAME}")
+    return cfg
+
+
+def _is_plain_name(name: str) -> bool:
+    return (
+        os.sep not in name
+        and "/" not in name
+        and not name.startswith(".")
+        and name.strip() == name
+        and name != ""
+    )
 
 
 def check_value(name: str, value: Any) -> None:

@@ -9,9 +9,10 @@ import json
 from pathlib import Path
 
 from fedsim.ground import imports
-from fedsim.ground.config import RunConfig, flag
+from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError, Diverged, RunAborted
 from fedsim.ground.files import CLIENTS_CSV, CONFIG_JSON, MODEL, ROUNDS_CSV
+from fedsim.ground.option import flag
 from fedsim.outputs.files import ModelSaver, truncate_rows
 from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, Timings
 from fedsim.runner import folders, options

@@ -26,7 +26,7 @@ from fedsim.ground import messages, streams
 from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import RunAborted
 from fedsim.simulation.clock import Flight, client_sim_seconds, time_clients
-from fedsim.simulation.loop import PhaseResult, Population, TrainPhase
+from fedsim.simulation.phase import PhaseResult, Population, TrainPhase
 from fedsim.simulation.state import RunState
 
 
@@ -87,7 +87,7 @@ class BufferedSchedule:
                 )
             )
             if flight.state is not None:
-                state.states.set(flight.pid, flight.state)
+                state.memories.set(flight.pid, flight.state)
         self._train_waiting(state, train, version)  # they started before the model changes
         return arrived
 

@@ -18,25 +18,31 @@ round by one buffered server update per row.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedsim.ground import messages, streams
 from fedsim.ground.config import RunConfig
-from fedsim.ground.errors import Diverged, RunAborted, RunEnded
+from fedsim.ground.errors import RunAborted
 from fedsim.ground.messages import ClientOutcome, ClientTask
 from fedsim.outputs.callbacks import RoundCallback
-from fedsim.outputs.records import ClientRecord, RoundRecord, Timings
+from fedsim.outputs.records import RoundRecord, Timings
 from fedsim.simulation.clock import round_end, time_clients
-from fedsim.simulation.profiles import Profiles
+from fedsim.simulation.phase import (
+    Measured,
+    PhaseResult,
+    Population,
+    TrainPhase,
+    check_finite,
+    client_record,
+    metric,
+    no_updates,
+)
 from fedsim.simulation.sampling import sample_clients, sample_size
 from fedsim.simulation.state import RunState
 
@@ -52,45 +58,6 @@ class Exchange(Protocol):
     def send(
         self, phase: str, server_round: int, tasks: list[ClientTask]
     ) -> Callable[[], dict[int, ClientOutcome]]: ...
-
-
-@dataclass(frozen=True)
-class Population:
-    """Who the clients are: each one's training and held-out examples, and device."""
-
-    train_sizes: np.ndarray
-    val_sizes: np.ndarray
-    profiles: Profiles
-
-
-@dataclass
-class PhaseResult:
-    """One phase of a round: every client's record, the replies of the ones that
-    succeeded (in partition order) as the strategy aggregates them, and training
-    clients' new memories, kept by the caller once their updates are."""
-
-    replies: list[Message] = field(default_factory=list)
-    clients: list[ClientRecord] = field(default_factory=list)
-    states: dict[int, RecordDict] = field(default_factory=dict)
-
-    def by_client(self) -> dict[int, Message]:
-        """The replies by partition id."""
-        ok = [c.client for c in self.clients if c.status == messages.OK]
-        return dict(zip(ok, self.replies, strict=True))
-
-    def discard(self, pids: Collection[int]) -> None:
-        """These clients' updates arrived too late: the strategy never sees them, their
-        memories are not kept, and clients.csv calls them stragglers."""
-        self.replies = [reply for pid, reply in self.by_client().items() if pid not in pids]
-        for client in self.clients:
-            if client.client in pids:
-                client.status = messages.STRAGGLER
-        for pid in pids:
-            self.states.pop(pid, None)
-
-
-# One training exchange of `pids`, as the seeds of round (or FedBuff draw) `server_round`
-TrainPhase = Callable[[int, list[int]], PhaseResult]
 
 
 @dataclass(frozen=True)
@@ -163,7 +130,7 @@ class RoundLoop:
             self.error = error
             raise
         finally:
-            self.state.states.close()  # however the rounds ended: the file alone is the store
+            self.state.memories.close()  # however the rounds ended: the file alone is the store
             self.finished.set()
 
     def _run(self, exchange: Exchange) -> None:
@@ -177,13 +144,13 @@ class RoundLoop:
         without: list[RoundRecord] = []  # the latest rounds in a row without an update
         for server_round in range((state.completed or 0) + 1, cfg.rounds + 1):
             record = self._round(exchange, server_round)
-            _check_finite(record)  # a diverged round is not kept: resume starts before it
+            check_finite(record)  # a diverged round is not kept: resume starts before it
             if record.clients_aggregated:
                 state.clock.updated_rounds += 1
                 without = []
             else:
                 without.append(record)
-            state.states.commit(server_round)  # before the checkpoint that names the round
+            state.memories.commit(server_round)  # before the checkpoint that names the round
             self._emit(record)
             if len(without) >= (most := cfg.max_failed_rounds):
                 where = f"{len(without)} rounds in a row (--max-failed-rounds {most})"
@@ -217,8 +184,8 @@ class RoundLoop:
             self.timings.aggregate += time.perf_counter() - tick
             if arrays is not None:
                 state.arrays = arrays
-            record.train_loss = _metric(metrics, messages.TRAIN_LOSS)
-            record.dp_epsilon = _metric(metrics, messages.DP_EPSILON)
+            record.train_loss = metric(metrics, messages.TRAIN_LOSS)
+            record.dp_epsilon = metric(metrics, messages.DP_EPSILON)
             if self.cfg.evaluates_on_clients:
                 self._evaluate_on_clients(exchange, server_round, record)
             self._send_ahead(exchange, server_round + 1)
@@ -242,7 +209,7 @@ class RoundLoop:
         end, late = round_end(finish, wanted, cfg.deadline)
         result.discard(late)
         for pid, memory in result.states.items():
-            self.state.states.set(pid, memory)
+            self.state.memories.set(pid, memory)
         clock.now = started.start + end
         return result
 
@@ -290,8 +257,8 @@ class RoundLoop:
         record.clients += evaluation.clients
         if evaluation.replies:
             metrics = self.state.strategy.aggregate_evaluate(server_round, evaluation.replies)
-            record.eval_loss = _metric(metrics, messages.EVAL_LOSS)
-            record.eval_accuracy = _metric(metrics, messages.EVAL_ACCURACY)
+            record.eval_loss = metric(metrics, messages.EVAL_LOSS)
+            record.eval_accuracy = metric(metrics, messages.EVAL_ACCURACY)
         self.timings.client_evaluate += time.perf_counter() - tick
 
     def _phase(
@@ -319,7 +286,7 @@ class RoundLoop:
             ClientTask(
                 pid,
                 sent[pid].content,
-                state.states.get(pid) if training else RecordDict(),
+                state.memories.get(pid) if training else RecordDict(),
                 work=float(sizes[pid]) * epochs,
             )
             for pid in sorted(sent)
@@ -334,7 +301,7 @@ class RoundLoop:
         outcomes = sent.outcomes()
         training = sent.message_type == MessageType.TRAIN
         sizes = self.population.train_sizes if training else self.population.val_sizes
-        result, down = PhaseResult(), _Measured()
+        result, down = PhaseResult(), Measured()
         for pid in sorted(sent.messages):
             message, outcome = sent.messages[pid], outcomes[pid]
             if outcome.status == messages.OK:
@@ -345,7 +312,7 @@ class RoundLoop:
             phase, examples = messages.PHASES[sent.message_type], int(sizes[pid])
             down_bytes = down.bytes(message.content)
             result.clients.append(
-                _client_record(sent.server_round, phase, pid, examples, outcome, down_bytes)
+                client_record(sent.server_round, phase, pid, examples, outcome, down_bytes)
             )
             self.timings.recording += time.perf_counter() - tick
             self.timings.recording_in_clients += outcome.measured_in
@@ -371,79 +338,3 @@ class _Sampled:
 
     def get_node_ids(self) -> list[int]:
         return self._node_ids
-
-
-class _Measured:
-    """Serialized sizes of what the strategy sends, measured once per distinct content
-    (a FedAvg round sends every client the same RecordDict)."""
-
-    def __init__(self) -> None:
-        self._sizes: dict[int, tuple[RecordDict, int]] = {}
-
-    def bytes(self, content: RecordDict) -> int:
-        if id(content) not in self._sizes:
-            self._sizes[id(content)] = (content, messages.recorddict_bytes(content))
-        return self._sizes[id(content)][1]
-
-
-def _client_record(
-    server_round: int, phase: str, pid: int, examples: int, outcome: ClientOutcome, down: int
-) -> ClientRecord:
-    metrics = {}
-    if outcome.content is not None:
-        metrics = next(iter(outcome.content.metric_records.values()), {})
-    loss_key = messages.TRAIN_LOSS if phase == "train" else messages.EVAL_LOSS
-    return ClientRecord(
-        round=server_round,
-        phase=phase,
-        client=pid,
-        examples=examples,
-        loss=_float(metrics.get(loss_key)),
-        accuracy=_float(metrics.get(messages.EVAL_ACCURACY)) if phase == "evaluate" else None,
-        status=outcome.status,
-        seconds=outcome.seconds,
-        bytes_down=down,
-        bytes_up=outcome.bytes_up,
-        error=outcome.error,
-    )
-
-
-def _float(value) -> float | None:
-    return None if value is None else float(value)
-
-
-def _metric(metrics, name: str) -> float | None:
-    if metrics is None or name not in metrics:
-        return None
-    return float(metrics[name])
-
-
-def no_updates(records: Sequence[RoundRecord], where: str, deadline: float | None) -> str:
-    """Why no update reached the server in `records`, in clients.csv's words: "every
-    sampled client failed" when they all failed, timed out or dropped out; else each
-    status with its count (stragglers came after --deadline, or were over-selected)."""
-    counts = Counter(c.status for r in records for c in r.clients if c.phase == "train")
-    if set(counts) <= set(messages.FAILURES):
-        return f"every sampled client failed in {where}"
-    said = ", ".join(f"{status} for {n}" for status, n in sorted(counts.items()))
-    hint = ""
-    if counts[messages.STRAGGLER] and deadline is not None:
-        hint = f"; --deadline {deadline:g} simulated seconds is shorter than their rounds"
-    return f"no update reached the server in {where}: clients.csv says {said}{hint}"
-
-
-def _check_finite(record: RoundRecord) -> None:
-    """A diverged model (NaN or infinite loss) cannot recover: stop at the first one.
-    The simulated clock and the privacy spent are finite by the options' bounds; should
-    one not be, the run says so rather than write it."""
-    for name in ("train_loss", "eval_loss", "central_loss"):
-        value = getattr(record, name)
-        if value is not None and not math.isfinite(value):
-            raise Diverged(
-                f"the model diverged in round {record.round}: {name} is {value} "
-                "(try a smaller --lr); the rounds before it are kept"
-            )
-    for name in ("sim_clock", "dp_epsilon"):
-        value = getattr(record, name)
-        if value is not None and not math.isfinite(value):
-            raise RunEnded(f"{name} is {value} in round {record.round}: it cannot be computed")

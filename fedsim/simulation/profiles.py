@@ -28,8 +28,9 @@ from typing import NamedTuple
 import numpy as np
 
 from fedsim.ground import streams
-from fedsim.ground.config import RunConfig, flag
+from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
+from fedsim.ground.option import flag
 
 MEDIAN_EXAMPLES_PER_SECOND = 1 / (0.005 * math.e)  # 73.6: FedScale's median device
 MEDIAN_DOWN_MBPS = 55.07  # Speedtest Global Index, mobile download, July 2021

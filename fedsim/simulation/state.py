@@ -20,6 +20,6 @@ class RunState:
 
     arrays: ArrayRecord
     strategy: Strategy
-    states: ClientStates = field(default_factory=ClientStates)
+    memories: ClientStates = field(default_factory=ClientStates)
     clock: ClockState = field(default_factory=ClockState)
     completed: int | None = None

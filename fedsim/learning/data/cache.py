@@ -1,0 +1,134 @@
+"""The decoded cache: a dataset's arrays as NCHW uint8 `.npy` files, keyed by the source
+and its content, written once (atomically) and memory-mapped by every later run and
+every client process; one that does not read back whole and consistent is decoded
+again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsim.ground.errors import ConfigError
+from fedsim.learning.data.dataset import DecodedDataset
+
+ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+CACHE_VERSION = "1"
+Decode = Callable[[], tuple[dict[str, np.ndarray], list[str]]]
+
+
+def read_cached(folder: Path, source: str = "") -> DecodedDataset:
+    """A decoded cache folder as written by `load_images`, memory-mapped: how a client
+    process on the same machine opens the very files the driver did."""
+    stored = _read_cache(folder)
+    if stored is None:
+        raise ConfigError("FEDSIM_CACHE", f"{folder} is not a complete decoded cache")
+    arrays, classes = stored
+    return DecodedDataset(
+        **arrays, classes=tuple(classes), key=folder.name, source=source, folder=folder
+    )
+
+
+def content_key(kind: str, files: list[Path], names: list[str] | None = None) -> str:
+    """The files' names (`names`: as given, else the file names) and contents."""
+    digest = hashlib.sha256(f"{CACHE_VERSION}:{kind}".encode())
+    for file, name in zip(files, names or [file.name for file in files], strict=True):
+        digest.update(name.encode())
+        with open(file, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:24]
+
+
+def cached(cache: Path, key: str, source: str, decode: Decode) -> DecodedDataset:
+    """The arrays from the cache, decoded (again) first when they are missing or do not
+    verify: a full disk or a killed copy leaves a truncated cache, which must cost one
+    decode, not a failed run or wrong data."""
+    folder = cache / "decoded" / key
+    if _read_cache(folder) is None:
+        _rebuild(folder, source, decode)
+    return read_cached(folder, source)
+
+
+def _describe(array: np.ndarray) -> dict[str, Any]:
+    return {"shape": list(array.shape), "dtype": str(array.dtype)}
+
+
+def _read_cache(folder: Path) -> tuple[dict[str, np.ndarray], list[str]] | None:
+    """The memory-mapped arrays and class names; None unless every array is there with
+    the shape and dtype meta.json records (caches written before it recorded them too)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+    except (OSError, ValueError, EOFError):  # missing, truncated or garbled
+        return None
+    described = {name: _describe(array) for name, array in arrays.items()}
+    if not isinstance(meta, dict) or meta.get("arrays") != described:
+        return None
+    if not isinstance(meta.get("classes"), list):
+        return None
+    return arrays, meta["classes"]
+
+
+def _rebuild(folder: Path, source: str, decode: Decode) -> None:
+    """Decode into a staging folder and move it into place in one rename. The staging
+    folder is made first, so an unwritable cache fails at once, not after the decode."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    except OSError as error:
+        raise _unwritable(folder, error) from None
+    try:
+        arrays, classes = decode()
+        arrays = _as_colour_where_either_is(arrays)
+        meta = {
+            "source": source,
+            "classes": list(classes),
+            "arrays": {name: _describe(arrays[name]) for name in ARRAYS},
+        }
+        try:
+            for name in ARRAYS:
+                np.save(tmp / f"{name}.npy", arrays[name])
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            _install(tmp, folder)
+        except OSError as error:
+            raise _unwritable(folder, error) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _install(tmp: Path, folder: Path) -> None:
+    """Replace a cache that does not verify (set aside first: a directory is renamed only
+    onto an empty one); keep one that another process installed meanwhile."""
+    if folder.exists() and _read_cache(folder) is None:
+        stale = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".stale-"))
+        os.replace(folder, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished the same cache first
+        if _read_cache(folder) is None:
+            raise
+
+
+def _as_colour_where_either_is(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One channel count for both splits: a grey split beside a colour one is made RGB
+    (its one channel three times, as decoding it as RGB does), so that one model takes
+    both; a split is grey only where every image of the data is."""
+    channels = {arrays[f"{split}_x"].shape[1] for split in ("train", "test")}
+    if channels != {1, 3}:
+        return arrays
+    return {
+        name: np.repeat(array, 3, axis=1) if name.endswith("_x") and array.shape[1] == 1 else array
+        for name, array in arrays.items()
+    }
+
+
+def _unwritable(folder: Path, error: OSError) -> ConfigError:
+    return ConfigError("FEDSIM_CACHE", f"cannot write the decoded data to {folder}: {error}")
