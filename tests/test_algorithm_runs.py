@@ -68,7 +68,8 @@ def _distance(model: dict[str, torch.Tensor]) -> float:
 
 
 def test_every_algorithm_trains_two_rounds(every) -> None:
-    assert set(ALGORITHMS) == {*TRAINED_HERE, *ELSEWHERE}
+    built_in = {name for name, path in ALGORITHMS.items() if path.startswith("fedsim.")}
+    assert built_in == {*TRAINED_HERE, *ELSEWHERE}  # (another test's own may be admitted)
     for name in TRAINED_HERE:
         run = every / f"{name}_seed-0"
         rounds = _rounds(run)

@@ -240,11 +240,13 @@ def test_a_full_disk_is_one_line_and_resume_goes_on_once_space_is_freed(
     """A file system that holds round 0's checkpoint but not round 1's (the new one is
     written beside the old), or, for SCAFFOLD, not round 1's clients' memories: the run
     stops with one line, says why in config.json and leaves no temporary file; with room
-    again, --resume gives an uninterrupted run's numbers. The file system is a tmpfs in
-    a mount namespace of the test's own."""
+    again, --resume goes on to the end (with an uninterrupted run's numbers, checked for
+    FedAvg). The file system is a tmpfs in a mount namespace of the test's own."""
     run = f"--clients 2 --rounds 3 --strategy {strategy}"
-    done, whole = simulate(tiny_cifar, tmp_path, "whole", run)
-    assert done.returncode == 0, done.stderr[-2000:]
+    whole = None
+    if strategy == "fedavg":  # the numbers an uninterrupted run gives (once is enough)
+        done, whole = simulate(tiny_cifar, tmp_path, "whole", run)
+        assert done.returncode == 0, done.stderr[-2000:]
     results, logs = tmp_path / "small", tmp_path / "logs"
     results.mkdir()
     logs.mkdir()
@@ -267,4 +269,6 @@ def test_a_full_disk_is_one_line_and_resume_goes_on_once_space_is_freed(
     assert not [f for f in (logs / "first.files").read_text().split() if f.endswith(".tmp")]
     assert (logs / "resumed.code").read_text().strip() == "0", (logs / "resumed.err").read_text()
     resumed = pd.read_csv(logs / "rounds.csv")
-    assert resumed.drop(columns="round_seconds").equals(whole.drop(columns="round_seconds"))
+    assert resumed["round"].tolist() == [0, 1, 2, 3]
+    if whole is not None:
+        assert resumed.drop(columns="round_seconds").equals(whole.drop(columns="round_seconds"))
