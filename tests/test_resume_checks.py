@@ -4,6 +4,7 @@ Through the real engine and the real command line; the refusals happen before Ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -64,7 +65,7 @@ def test_a_store_merges_its_log_and_a_resume_verifies_it(runs) -> None:
         assert (run / STORE).exists() and not Path(f"{run / STORE}-wal").exists()
     document = json.loads((runs["two"] / "config.json").read_text())
     assert document["status"] == "complete" and document["resumed_from_round"] == 1
-    with sqlite3.connect(runs["two"] / STORE) as db:
+    with contextlib.closing(sqlite3.connect(runs["two"] / STORE)) as db:
         assert db.execute("SELECT COUNT(*) FROM states").fetchone()[0] == 4  # every client
 
 
@@ -84,13 +85,17 @@ def test_a_store_that_is_not_the_checkpoints_is_refused(
         store.write_bytes(intact[:4096] + bytes(len(intact) - 4096))
     else:
         shutil.copy(runs["one"] / STORE, store)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = _files(run)
     with pytest.raises(fedsim.ConfigError) as refused:
         fedsim.resume(run, rounds=3)
     said = str(refused.value)
     assert said.startswith(f"--resume: {store} does not hold the clients' memories of round 2")
     assert "\n" not in said
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing changed
+    assert _files(run) == before  # nothing changed
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.iterdir()}
 
 
 def test_another_algorithms_checkpoint_is_said_to_be_foreign(runs, tmp_path, monkeypatch):
