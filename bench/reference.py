@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
-import torch.nn.functional as F
 
 from fedsim.front import cli, sweep
 from fedsim.ground import streams
@@ -29,6 +28,7 @@ from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
 from fedsim.ground.files import CLIENTS_CSV, ROUNDS_CSV
 from fedsim.learning import models, training
+from fedsim.learning.tasks import Task
 from fedsim.outputs.files import CsvRecorder
 from fedsim.outputs.records import ClientRecord, RoundRecord, Timings
 from fedsim.runner import folders
@@ -55,17 +55,20 @@ class ReferenceLoop:
         test: Split,
         timings: Timings,
         device: torch.device,
+        task: Task,
     ) -> None:
         self.cfg, self.train, self.val, self.test = cfg, train, val, test
-        self.timings = timings
+        self.timings, self.task = timings, task
         self.settings = training.train_settings(cfg)
-        self.model = models.build_model(cfg.model, seed=cfg.seed).to(device)
+        self.model = models.build_model(cfg.model, seed=cfg.seed, task=task).to(device)
         self.state: State = {k: v.clone() for k, v in self.model.state_dict().items()}
 
     def central(self) -> tuple[float, float]:
         tick = time.perf_counter()
         self.model.load_state_dict(self.state)
-        result = training.evaluate(self.model, *self.test, batch_size=training.CENTRAL_BATCH_SIZE)
+        result = training.evaluate(
+            self.model, self.task, *self.test, batch_size=training.CENTRAL_BATCH_SIZE
+        )
         self.timings.central_evaluate += time.perf_counter() - tick
         return result
 
@@ -82,7 +85,10 @@ class ReferenceLoop:
             seed = streams.client_seed(cfg.seed, server_round, pid, streams.LOCAL_TRAINING)
             generator = torch.Generator().manual_seed(seed)
             images, labels = self.train[pid]
-            losses.append(training.train(self.model, images, labels, self.settings, generator).loss)
+            trained = training.train(
+                self.model, self.task, images, labels, self.settings, generator
+            )
+            losses.append(trained.loss)
             states.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
             sizes.append(len(labels))
             seconds = time.perf_counter() - tick
@@ -115,7 +121,7 @@ class ReferenceLoop:
         stream = streams.EVALUATION_SAMPLE
         pids = sample_clients(cfg.seed, server_round, cfg.clients, cfg.fraction_evaluate, stream)
         self.model.load_state_dict(self.state)
-        results = [training.evaluate(self.model, *self.val[pid]) for pid in pids]
+        results = [training.evaluate(self.model, self.task, *self.val[pid]) for pid in pids]
         sizes = [len(self.val[pid][1]) for pid in pids]
         record.eval_loss = _weighted_mean([loss for loss, _ in results], sizes)
         record.eval_accuracy = _weighted_mean([accuracy for _, accuracy in results], sizes)
@@ -136,7 +142,7 @@ class CeilingLoop(ReferenceLoop):
         self.model.load_state_dict(self.state)
         self.model.train()
         optimizer = training.SGD(list(self.model.parameters()), self.cfg.lr, 0.0, 0.0)
-        loss = F.cross_entropy(self.model(training.normalize(images)), labels)
+        loss = self.task.loss(self.model(self.task.inputs(images)), labels)
         loss.backward()
         optimizer.step()
         self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -172,7 +178,9 @@ def run(cfg: RunConfig, device: torch.device = CPU, ceiling: bool = False) -> Pa
     timings.partition += time.perf_counter() - tick
 
     torch.set_num_threads(os.cpu_count() or 1)
-    loop = (CeilingLoop if ceiling else ReferenceLoop)(cfg, train, val, test, timings, device)
+    loop = (CeilingLoop if ceiling else ReferenceLoop)(
+        cfg, train, val, test, timings, device, dataset.task
+    )
     extra = {"engine": "compute ceiling" if ceiling else "plain loop", "device": str(device)}
     with folders.claimed_run_dir(cfg) as run_dir:
         recorder = CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV, timings)

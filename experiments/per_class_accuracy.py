@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 
 from fedsim.ground.files import CONFIG_JSON, LABEL_COUNTS_CSV, MODEL, cache_root
-from fedsim.learning import models, training
-from fedsim.learning.data import Shape, load_images
+from fedsim.learning import models, tasks, training
+from fedsim.learning.data import load_dataset
 
 
 def per_class(run: Path) -> tuple[float, pd.DataFrame]:
@@ -28,8 +28,9 @@ def per_class(run: Path) -> tuple[float, pd.DataFrame]:
     and `accuracy` (%), a column per class."""
     document = json.loads((run / CONFIG_JSON).read_text())
     cfg = document["config"]
-    data = load_images(cfg["data"], cache_root())
-    model = models.build_model(cfg["model"], shape=Shape.described(document.get("data_shape")))
+    data = load_dataset(cfg["data"], cache_root())
+    task = tasks.described(document.get("data_shape"))
+    model = models.build_model(cfg["model"], task=task)
     model.load_state_dict(torch.load(run / MODEL))
     images = torch.from_numpy(np.array(data.test_x))
     labels = torch.from_numpy(np.array(data.test_y))
@@ -37,9 +38,9 @@ def per_class(run: Path) -> tuple[float, pd.DataFrame]:
     # (fedsim.learning.training.CentralEvaluator),
     # once over the test split and once per class
     batch = training.CENTRAL_BATCH_SIZE
-    _, overall = training.evaluate(model, images, labels, batch_size=batch)
+    _, overall = training.evaluate(model, task, images, labels, batch_size=batch)
     accuracy = [
-        100 * training.evaluate(model, images[of], labels[of], batch_size=batch)[1]
+        100 * training.evaluate(model, task, images[of], labels[of], batch_size=batch)[1]
         for of in (labels == k for k in range(len(data.classes)))
     ]
     holders = (pd.read_csv(run / LABEL_COUNTS_CSV, index_col="client") > 0).sum()

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = Path(
     os.environ.get("FEDSIM_TEST_CIFAR", ROOT.parent / "shared" / "data" / "cifar10")
 )
+SHARED_HEART = ROOT.parent / "shared" / "data" / "heart_disease"  # UCI's four centres
 
 
 def write_cifar_batches(folder: Path, train: int, test: int, seed: int = 0) -> Path:
@@ -87,6 +88,13 @@ def shared_cifar() -> Path:
     if not (SHARED_CIFAR / "plain_text").is_dir():
         pytest.fail(f"real CIFAR-10 not found at {SHARED_CIFAR}; set FEDSIM_TEST_CIFAR")
     return SHARED_CIFAR
+
+
+@pytest.fixture
+def shared_heart() -> Path:
+    if not (SHARED_HEART / "processed.cleveland.data").is_file():
+        pytest.fail(f"UCI Heart Disease not found at {SHARED_HEART}")
+    return SHARED_HEART
 
 
 def client_state_rows(run: Path) -> list[tuple[int, int, bytes]]:

@@ -32,6 +32,7 @@ from fedsim.ground import messages
 from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
 from fedsim.ground.streams import client_seed
+from fedsim.learning.tasks import CIFAR10
 from fedsim.learning.trainers import OneAtATime
 from fedsim.runner.options import make_config
 from tests.conftest import ROOT
@@ -115,7 +116,7 @@ def _fedsim(cfg: RunConfig, rounds=ROUNDS, sizes: tuple[int, ...] = SIZES, after
                 load_model,
                 partial(lambda pid, split: data[pid], pid),
             )
-            (trained,) = algorithm.train_group([ctx], OneAtATime(model))
+            (trained,) = algorithm.train_group([ctx], OneAtATime(model, CIFAR10))
             assert trained.error is None, trained.error
             result = trained.made
             if cfg.dp == "client-fixed":  # as the client loop does

@@ -21,6 +21,7 @@ from fedsim.ground import messages
 from fedsim.ground.config import RunConfig
 from fedsim.ground.streams import sample as sample_from
 from fedsim.learning import models
+from fedsim.learning.tasks import CIFAR10
 from fedsim.learning.trainers import OneAtATime
 from fedsim.outputs.records import ClientRecord
 from fedsim.runner.options import make_config
@@ -228,7 +229,7 @@ def test_fedbuff_clients_send_the_change_they_made() -> None:
         load_model=lambda arrays: model,  # it holds `start`, and is trained in place
         load_data=lambda split: (images, torch.arange(8) % 10),
     )
-    (trained,) = algorithms.build(cfg).train_group([ctx], OneAtATime(model))
+    (trained,) = algorithms.build(cfg).train_group([ctx], OneAtATime(model, CIFAR10))
     sent = trained.made.content[messages.ARRAYS].to_torch_state_dict()
     before, after = start.to_torch_state_dict(), model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from fedsim.ground.errors import ConfigError
-from fedsim.learning import data, models
-from fedsim.learning.data import DataError, load_images
+from fedsim.learning import data, models, tasks
+from fedsim.learning.data import DataError, load_dataset
+from fedsim.learning.tasks import ImageClassification
 from tests.conftest import run_cli, write_cifar_batches
 
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
@@ -82,7 +83,7 @@ def batches(tmp_path: Path) -> Path:
 
 def test_parquet_folder_decodes_to_the_pixels_and_labels(tmp_path) -> None:
     root = _parquet_folder(tmp_path / "cifar", train=[3, 1, 4, 1], test=[5, 9])
-    loaded = load_images(str(root), tmp_path / "cache")
+    loaded = load_dataset(str(root), tmp_path / "cache")
     expected = _images(4, seed=len("train-00000-of-00001.parquet")).transpose(0, 3, 1, 2)
     assert np.array_equal(loaded.train_x, expected)
     assert loaded.train_y.tolist() == [3, 1, 4, 1] and loaded.test_y.tolist() == [5, 9]
@@ -94,7 +95,7 @@ def test_shards_of_one_split_are_concatenated(tmp_path) -> None:
     (folder / "train-00000-of-00001.parquet").unlink()
     _write_parquet(folder / "train-00000-of-00002.parquet", [0, 1, 2])
     _write_parquet(folder / "train-00001-of-00002.parquet", [7, 8])
-    loaded = load_images(str(folder.parent), tmp_path / "cache")
+    loaded = load_dataset(str(folder.parent), tmp_path / "cache")
     assert loaded.train_y.tolist() == [0, 1, 2, 7, 8] and len(loaded.train_x) == 5
 
 
@@ -102,7 +103,7 @@ def test_missing_shard_is_refused(tmp_path) -> None:
     folder = _parquet_folder(tmp_path / "cifar") / "plain_text"
     (folder / "train-00000-of-00001.parquet").rename(folder / "train-00000-of-00002.parquet")
     with pytest.raises(DataError, match="has 1 train shards, but their names say 2"):
-        load_images(str(folder.parent), tmp_path / "cache")
+        load_dataset(str(folder.parent), tmp_path / "cache")
 
 
 # --- 1. labels outside 0-9 ----------------------------------------------------------
@@ -111,13 +112,13 @@ def test_missing_shard_is_refused(tmp_path) -> None:
 def test_parquet_labels_outside_0_9_are_refused(tmp_path) -> None:
     root = _parquet_folder(tmp_path / "cifar", train=[0, 10, -1, 10])
     with pytest.raises(DataError, match=r"the train split has labels outside 0-9: -1, 10$"):
-        load_images(str(root), tmp_path / "cache")
+        load_dataset(str(root), tmp_path / "cache")
 
 
 def test_batches_labels_outside_0_9_are_refused(batches, tmp_path) -> None:
     _rewrite_batch(batches, "test_batch", labels=[12] + [0] * 9)
     with pytest.raises(DataError, match=r"test_batch has labels outside 0-9: 12$"):
-        load_images(str(batches), tmp_path / "cache")
+        load_dataset(str(batches), tmp_path / "cache")
 
 
 # --- 2. columns of the wrong type ---------------------------------------------------
@@ -132,7 +133,7 @@ def test_image_column_of_wrong_type_is_refused(column, type_name, tmp_path) -> N
     root = _parquet_folder(tmp_path / "cifar")
     _write_parquet(root / "plain_text" / "train-00000-of-00001.parquet", [0, 1, 2, 3], column)
     with pytest.raises(DataError, match=f"image column 'img' holds {type_name}, expected encoded"):
-        load_images(str(root), tmp_path / "cache")
+        load_dataset(str(root), tmp_path / "cache")
 
 
 def test_label_column_of_wrong_type_is_refused(tmp_path) -> None:
@@ -142,7 +143,7 @@ def test_label_column_of_wrong_type_is_refused(tmp_path) -> None:
     table = table.set_column(1, "label", pa.array(["cat", "dog"]))
     pq.write_table(table, file)
     with pytest.raises(DataError, match="label column 'label' holds string, expected integer"):
-        load_images(str(root), tmp_path / "cache")
+        load_dataset(str(root), tmp_path / "cache")
 
 
 # --- 3. batches of the wrong size ---------------------------------------------------
@@ -151,13 +152,13 @@ def test_label_column_of_wrong_type_is_refused(tmp_path) -> None:
 def test_batch_with_a_partial_image_is_refused(batches, tmp_path) -> None:
     _rewrite_batch(batches, "data_batch_3", data=np.zeros(10 * 3072 - 1, np.uint8))
     with pytest.raises(DataError, match=r"data_batch_3: data is uint8 of shape \(30719,\)"):
-        load_images(str(batches), tmp_path / "cache")
+        load_dataset(str(batches), tmp_path / "cache")
 
 
 def test_batch_with_fewer_labels_than_images_is_refused(batches, tmp_path) -> None:
     _rewrite_batch(batches, "data_batch_2", labels=[1] * 9)
     with pytest.raises(DataError, match="data_batch_2: 9 labels for 10 images"):
-        load_images(str(batches), tmp_path / "cache")
+        load_dataset(str(batches), tmp_path / "cache")
 
 
 # --- 4. an unwritable cache ---------------------------------------------------------
@@ -169,7 +170,7 @@ def test_unwritable_cache_names_FEDSIM_CACHE_before_decoding(batches, tmp_path) 
     (tmp_path / "afile").write_text("")
     (batches / "data_batch_3").write_bytes(b"not a batch")
     with pytest.raises(ConfigError, match="cannot write the decoded data") as raised:
-        load_images(str(batches), tmp_path / "afile" / "cache")
+        load_dataset(str(batches), tmp_path / "afile" / "cache")
     assert raised.value.option == "FEDSIM_CACHE" and not isinstance(raised.value, DataError)
 
 
@@ -196,16 +197,16 @@ DAMAGE = {
 @pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
 def test_damaged_cache_is_decoded_again(damage, batches, tmp_path) -> None:
     cache = tmp_path / "cache"
-    first = load_images(str(batches), cache)
+    first = load_dataset(str(batches), cache)
     arrays = {name: np.array(getattr(first, name)) for name in ARRAYS}  # off the damaged map
     (folder,) = (cache / "decoded").iterdir()
     damage(folder)
-    again = load_images(str(batches), cache)
+    again = load_dataset(str(batches), cache)
     for name in ARRAYS:
         assert np.array_equal(getattr(again, name), arrays[name]), name
     assert again.classes == first.classes and again.key == first.key
     rebuilt = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
-    load_images(str(batches), cache)  # the rebuilt cache verifies: no third decode
+    load_dataset(str(batches), cache)  # the rebuilt cache verifies: no third decode
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()} == rebuilt
     assert [p.name for p in (cache / "decoded").iterdir()] == [folder.name]
 
@@ -221,19 +222,19 @@ def test_two_parquet_copies_are_refused(tmp_path) -> None:
         rf"{root}/plain_text\); point --data at one of them"
     )
     with pytest.raises(DataError, match=message):
-        load_images(str(root), tmp_path / "cache")
+        load_dataset(str(root), tmp_path / "cache")
 
 
 def test_two_batches_copies_are_refused(batches, tmp_path) -> None:
     shutil.copytree(batches, tmp_path / "data" / "copy" / "cifar-10-batches-py")
     with pytest.raises(DataError, match="more than one copy of the dataset"):
-        load_images(str(tmp_path / "data"), tmp_path / "cache")
+        load_dataset(str(tmp_path / "data"), tmp_path / "cache")
 
 
 def test_batches_beside_parquet_are_refused(batches, tmp_path) -> None:
     _parquet_folder(tmp_path / "data")
     with pytest.raises(DataError, match=f"more than one copy of the dataset \\({batches}, "):
-        load_images(str(tmp_path / "data"), tmp_path / "cache")
+        load_dataset(str(tmp_path / "data"), tmp_path / "cache")
 
 
 # --- through the CLI ----------------------------------------------------------------
@@ -274,11 +275,11 @@ def _image_folder(root: Path, classes: int, per_class: tuple[int, int], size: in
 
 def test_an_image_folder_keeps_its_channels_size_and_classes(tmp_path) -> None:
     root = _image_folder(tmp_path / "digits", classes=3, per_class=(4, 2))
-    loaded = load_images(str(root), tmp_path / "cache")
+    loaded = load_dataset(str(root), tmp_path / "cache")
     assert loaded.train_x.shape == (12, 1, 28, 28) and loaded.test_x.shape == (6, 1, 28, 28)
     assert loaded.classes == ("digit0", "digit1", "digit2")
     assert loaded.train_y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    assert loaded.shape == data.Shape((1, 28, 28), 3)
+    assert loaded.task == ImageClassification((1, 28, 28), 3)
 
 
 def test_parquet_without_class_names_takes_its_classes_from_the_labels(tmp_path) -> None:
@@ -287,8 +288,8 @@ def test_parquet_without_class_names_takes_its_classes_from_the_labels(tmp_path)
         table = pa.table({"image": image_column, "label": pa.array(labels, pa.int64())})
         (tmp_path / "d").mkdir(exist_ok=True)
         pq.write_table(table, tmp_path / "d" / f"{split}.parquet")
-    loaded = load_images(str(tmp_path / "d"), tmp_path / "cache")
-    assert loaded.shape == data.Shape((3, 16, 16), 3) and loaded.classes == ("0", "1", "2")
+    loaded = load_dataset(str(tmp_path / "d"), tmp_path / "cache")
+    assert loaded.task == ImageClassification((3, 16, 16), 3) and loaded.classes == ("0", "1", "2")
 
 
 def test_pixel_statistics_are_the_whole_splits_per_channel(tmp_path) -> None:
@@ -299,15 +300,15 @@ def test_pixel_statistics_are_the_whole_splits_per_channel(tmp_path) -> None:
     assert stats.mean == pytest.approx(tuple(wide.mean(axis=(0, 2, 3))), abs=1e-12)
     assert stats.std[:2] == pytest.approx(tuple(wide.std(axis=(0, 2, 3))[:2]), abs=1e-9)
     assert stats.std[2] == 1.0
-    shape = data.Shape((3, 4, 5), 10, stats)
-    assert data.Shape.described(shape.describe()) == shape
+    task = ImageClassification((3, 4, 5), 10, stats)
+    assert tasks.described(task.describe()) == task
 
 
 def test_images_of_different_sizes_are_refused(tmp_path) -> None:
     root = _image_folder(tmp_path / "digits", classes=2, per_class=(2, 1))
     (root / "train" / "digit0" / "big.png").write_bytes(_png(np.zeros((30, 30), np.uint8)))
     with pytest.raises(DataError, match=r"the train images differ in size \(28x28x1, 30x30x1\)"):
-        load_images(str(root), tmp_path / "cache")
+        load_dataset(str(root), tmp_path / "cache")
 
 
 MODELS = """
@@ -326,7 +327,7 @@ def test_a_model_that_does_not_fit_the_data_is_refused(tmp_path, monkeypatch):
     made (the CLI prints it as its one `error:` line, as every ConfigError)."""
     (tmp_path / "digit_models.py").write_text(MODELS)
     monkeypatch.chdir(tmp_path)
-    grey = data.Shape((1, 28, 28), 4)
+    grey = ImageClassification((1, 28, 28), 4)
     with pytest.raises(ConfigError) as raised:
         models.check_model("digit_models:ten_classes", grey)
     assert str(raised.value) == (
@@ -336,7 +337,7 @@ def test_a_model_that_does_not_fit_the_data_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"--model: digit_models:not_a_model made a str"):
         models.check_model("digit_models:not_a_model", grey)
     with pytest.raises(ConfigError, match=r"--model: cnn fails on the data's images \(1x8x8\)"):
-        models.check_model("cnn", data.Shape((1, 8, 8), 4))
+        models.check_model("cnn", ImageClassification((1, 8, 8), 4))
 
 
 def _writers_parquet(folder: Path, writers: dict[str, int]) -> Path:
@@ -372,7 +373,7 @@ def test_grey_digits_by_writer_train_with_a_client_per_writer(tmp_path) -> None:
     done = run_cli(*options, "--rounds", "3", "--batch-size", "8", "--lr", "0.05")
     assert done.returncode == 0, done.stderr[-3000:]
     result = Result(results / "nat")
-    loaded = load_images(str(folder), tmp_path / "cache")
+    loaded = load_dataset(str(folder), tmp_path / "cache")
     train = np.asarray(loaded.train_x, dtype=np.float64)
     assert result.document["data_shape"] == {
         "image_shape": [1, 28, 28],
@@ -388,11 +389,11 @@ def test_grey_digits_by_writer_train_with_a_client_per_writer(tmp_path) -> None:
     assert last.central_accuracy > 0.5  # chance is 0.25
     test = torch.from_numpy(np.array(loaded.test_x)), torch.from_numpy(np.array(loaded.test_y))
     batch = training.CENTRAL_BATCH_SIZE
-    loss, accuracy = training.evaluate(result.model, *test, batch_size=batch)
+    loss, accuracy = training.evaluate(result.model, loaded.task, *test, batch_size=batch)
     assert (loss, accuracy) == (pytest.approx(last.central_loss), last.central_accuracy)
-    unstandardised = models.build_model("cnn", shape=loaded.shape)
+    unstandardised = models.build_model("cnn", task=loaded.task)
     unstandardised.load_state_dict(result.model.state_dict())
-    other = training.evaluate(unstandardised, *test, batch_size=batch)[0]
+    other = training.evaluate(unstandardised, loaded.task, *test, batch_size=batch)[0]
     assert other != pytest.approx(last.central_loss, rel=1e-3)
 
 
@@ -401,8 +402,8 @@ def test_a_natural_partition_needs_a_column_the_data_has(tmp_path) -> None:
     from fedsim.runner.options import make_config
 
     folder = _writers_parquet(tmp_path / "femnist", {"ann": 5, "bob": 5})
-    with pytest.raises(ConfigError, match="--partition-column: names the column"):
-        make_config(data=str(folder), partition="natural")
+    with pytest.raises(ConfigError, match=r"--partition: .* names no groups of its own"):
+        load_data(make_config(data=str(folder), partition="natural"))
     cfg = make_config(data=str(folder), partition="natural", partition_column="hand")
     with pytest.raises(ConfigError, match="no column 'hand' \\(image, label, writer\\)"):
         load_data(cfg)
@@ -430,7 +431,7 @@ def test_an_image_folder_reads_images_in_sub_folders_and_says_what_it_leaves_out
     (root / "train" / "digit0" / "notes.txt").write_text("not an image")
     (root / "train" / "stray.png").write_bytes(_png(_digit(0, rng)))  # outside a class
     (root / "train" / "digit0" / ".DS_Store").write_bytes(b"\0")  # hidden: neither
-    loaded = load_images(str(root), tmp_path / "cache")
+    loaded = load_dataset(str(root), tmp_path / "cache")
     assert loaded.train_y.tolist() == [0, 0, 1, 1, 1, 1]
     from torchvision.datasets import ImageFolder
 
@@ -442,7 +443,7 @@ def test_an_image_folder_reads_images_in_sub_folders_and_says_what_it_leaves_out
     assert "2 files of" in said and "train/stray.png" in said and "notes.txt" in said
     (root / "test" / "digit1" / "broken.png").write_bytes(b"no image here")
     with pytest.raises(DataError, match=r"test/digit1/broken.png is not an image fedsim can"):
-        load_images(str(root), tmp_path / "cache")
+        load_dataset(str(root), tmp_path / "cache")
 
 
 def test_a_grey_split_beside_a_colour_one_is_read_as_colour(tmp_path) -> None:
@@ -452,7 +453,7 @@ def test_a_grey_split_beside_a_colour_one_is_read_as_colour(tmp_path) -> None:
     for split, column in (("train", grey), ("test", colour)):
         table = pa.table({"image": column, "label": pa.array([0, 1] * (len(column) // 2))})
         pq.write_table(table, tmp_path / "d" / f"{split}.parquet")
-    loaded = load_images(str(tmp_path / "d"), tmp_path / "cache")
+    loaded = load_dataset(str(tmp_path / "d"), tmp_path / "cache")
     assert loaded.train_x.shape == (4, 3, 32, 32) and loaded.test_x.shape == (2, 3, 32, 32)
     assert np.array_equal(loaded.train_x[:, 0], loaded.train_x[:, 2])  # grey, three times
 
@@ -475,7 +476,7 @@ def test_parquet_without_labels_or_rows_is_one_error(
     table = table.select(list(columns)).slice(0, rows).replace_schema_metadata(metadata)
     pq.write_table(table, tmp_path / "plain_text" / "train-00000-of-00001.parquet")
     with pytest.raises(DataError, match=message):
-        load_images(str(tmp_path), tmp_path / "cache")
+        load_dataset(str(tmp_path), tmp_path / "cache")
 
 
 @pytest.mark.parametrize(

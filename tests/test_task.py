@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fedsim.learning import models, training
+from fedsim.learning.tasks import CIFAR10
 
 
 def _torch_sgd_train(model, images, labels, settings, generator) -> None:
@@ -21,7 +22,7 @@ def _torch_sgd_train(model, images, labels, settings, generator) -> None:
     order = torch.randperm(len(labels), generator=generator)
     for start in range(0, len(labels), settings.batch_size):
         index = order[start : start + settings.batch_size]
-        loss = F.cross_entropy(model(training.normalize(images[index])), labels[index])
+        loss = F.cross_entropy(model(CIFAR10.inputs(images[index])), labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -36,7 +37,7 @@ def test_sgd_matches_torch_optim(momentum: float, weight_decay: float) -> None:
         epochs=1, batch_size=16, lr=0.05, momentum=momentum, weight_decay=weight_decay
     )
     ours, theirs = models.build_model("cnn", seed=0), models.build_model("cnn", seed=0)
-    training.train(ours, images, labels, settings, torch.Generator().manual_seed(2))
+    training.train(ours, CIFAR10, images, labels, settings, torch.Generator().manual_seed(2))
     _torch_sgd_train(theirs, images, labels, settings, torch.Generator().manual_seed(2))
     for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

@@ -22,6 +22,7 @@ from fedsim.front.flower_app import LocalData
 from fedsim.ground import messages
 from fedsim.ground.messages import ClientTask
 from fedsim.learning import models, trainers
+from fedsim.learning.tasks import CIFAR10
 from fedsim.runner.options import make_config
 from tests.conftest import run_cli
 
@@ -97,8 +98,12 @@ def test_a_bundle_trained_together_replies_as_its_clients_alone(options, tiny_ci
     assert len(set(process.partitions.train_sizes)) > 3  # unequal clients
     tasks, info = _tasks(cfg, np.random.default_rng(0)), BundleInfo(server_round=1, deadline=0)
     tolerance = AUGMENTED_TOLERANCE if cfg.augment else TOLERANCE
-    alone = client_app.train_clients(process, tasks, info, trainers.OneAtATime(process.model))
-    together = client_app.train_clients(process, tasks, info, trainers.Together(process.model))
+    alone = client_app.train_clients(
+        process, tasks, info, trainers.OneAtATime(process.model, process.task)
+    )
+    together = client_app.train_clients(
+        process, tasks, info, trainers.Together(process.model, process.task)
+    )
     for one, other in zip(alone, together, strict=True):
         assert (one.pid, one.status, other.status) == (other.pid, messages.OK, messages.OK)
         for part in ("content", "state"):
@@ -164,7 +169,6 @@ def test_the_driver_says_why_clients_train_one_at_a_time(tiny_cifar, alone) -> N
     """What config.json records and the console says (assembly.clients_together)."""
     from fedsim import algorithms
     from fedsim.flower.sizing import Cluster
-    from fedsim.learning.data import CIFAR10
     from fedsim.runner.assembly import clients_together
 
     def cluster(gpus: float) -> Cluster:
@@ -211,15 +215,15 @@ def test_groups_are_as_large_as_the_memory_budget_holds() -> None:
     from fedsim.learning import together
 
     model, starts, data, settings, generators, hooks = _five_clients(torch.device("cpu"))
-    one = together.client_bytes(model, data[0][0][0], settings.batch_size)
+    one = together.client_bytes(model, CIFAR10, data[0][0][0], settings.batch_size)
     assert one > 6 * sum(p.numel() * 4 for p in model.parameters())  # activations count
-    assert together.group_size(model, data[0][0][0], 16, 2 * one + 1) == 2
-    assert together.group_size(model, data[0][0][0], 16, one - 1) == 1
+    assert together.group_size(model, CIFAR10, data[0][0][0], 16, 2 * one + 1) == 2
+    assert together.group_size(model, CIFAR10, data[0][0][0], 16, one - 1) == 1
     assert together.memory_budget(torch.device("cpu")) > 0
 
     def trained(budget: int):
         fresh = [torch.Generator().set_state(g.get_state()) for g in generators]
-        return together.train_together(model, starts, data, settings, fresh, hooks, budget)
+        return together.train_together(model, CIFAR10, starts, data, settings, fresh, hooks, budget)
 
     (in_pairs, pair_results), (at_once, results) = trained(2 * one + 1), trained(10**12)
     again, _ = trained(10**12)  # same inputs, same numbers
@@ -242,9 +246,9 @@ def test_a_groups_memory_on_a_gpu_stays_within_its_estimate() -> None:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
-    together.train_together(model, starts, data, settings, generators, hooks, 10**12)
+    together.train_together(model, CIFAR10, starts, data, settings, generators, hooks, 10**12)
     torch.cuda.synchronize()
     used = torch.cuda.max_memory_allocated() - before
-    estimate = 5 * together.client_bytes(model, data[0][0][0], settings.batch_size)
+    estimate = 5 * together.client_bytes(model, CIFAR10, data[0][0][0], settings.batch_size)
     print(f"group of 5: {used / 2**20:.1f} MiB allocated, estimated {estimate / 2**20:.1f} MiB")
     assert used <= estimate

@@ -152,10 +152,10 @@ class Algorithm:
         """The client's training split; a label-flipping attacker's labels are flipped."""
         from fedsim.algorithms import attacks
 
-        images, labels = ctx.load_data("train")
+        examples, labels = ctx.load_data("train")
         if attacks.attack_of(ctx.cfg, ctx.pid) == "label-flip":
-            labels = attacks.flip_labels(labels, ctx.shape.classes)
-        return images, labels
+            labels = attacks.flip_labels(labels, ctx.task.classes)
+        return examples, labels
 
     def train_group(self, ctxs: list[ClientContext], trainer: Trainer) -> list[Trained]:
         """The generic client, for a group of clients (a bundle's): each one's model
@@ -169,10 +169,10 @@ class Algorithm:
 
         def start(ctx: ClientContext) -> LocalWork:
             model = ctx.load_model(ctx.content[messages.ARRAYS])
-            images, labels = self.training_data(ctx)
+            examples, labels = self.training_data(ctx)
             hooks = self.hooks(ctx, model)
             starting = ctx.tensors(ctx.content[messages.ARRAYS])
-            return LocalWork(starting, images, labels, ctx.generator(), hooks)
+            return LocalWork(starting, examples, labels, ctx.generator(), hooks)
 
         def finish(ctx: ClientContext, model: nn.Module, result, work: LocalWork) -> ClientResult:
             attacks.poison(ctx, model)  # a malicious client's weights, before the reply
@@ -202,8 +202,8 @@ class Algorithm:
         from fedsim.learning import training
 
         model = ctx.load_model(ctx.content[messages.ARRAYS])
-        images, labels = ctx.load_data("val")
-        loss, accuracy = training.evaluate(model, images, labels)
+        examples, labels = ctx.load_data("val")
+        loss, accuracy = training.evaluate(model, ctx.task, examples, labels)
         metrics = {
             messages.EVAL_LOSS: loss,
             messages.EVAL_ACCURACY: accuracy,

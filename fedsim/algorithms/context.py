@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, RecordDict
 
 from fedsim.ground import messages, streams
 from fedsim.ground.config import RunConfig
-from fedsim.learning.data import CIFAR10, Shape
+from fedsim.learning.tasks import CIFAR10, Task
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +36,7 @@ class ClientContext:
     # A record's tensors, read-only: the client process converts a record once and
     # serves every client of its bundle the same tensors (the server's control variate)
     tensors: Callable[[ArrayRecord], dict[str, torch.Tensor]] = lambda record: tensors_of(record)
-    shape: Shape = CIFAR10  # the data's image shape and number of classes
+    task: Task = CIFAR10  # what the data's examples are, the loss and the metrics
 
     def generator(self, stream: int = streams.LOCAL_TRAINING) -> torch.Generator:
         """This client's torch generator for `stream` this round (fedsim.ground.streams)."""

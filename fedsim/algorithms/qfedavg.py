@@ -74,4 +74,4 @@ class QFedAvg(Algorithm):
         from fedsim.learning import training
 
         model = ctx.load_model(ctx.content[messages.ARRAYS])
-        return training.evaluate(model, *self.training_data(ctx))[0]
+        return training.evaluate(model, ctx.task, *self.training_data(ctx))[0]

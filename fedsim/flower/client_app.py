@@ -41,8 +41,9 @@ from fedsim.ground import messages, streams
 from fedsim.ground.config import CLIENT_FIXED, RunConfig
 from fedsim.ground.messages import ClientOutcome, ClientTask
 from fedsim.learning import models, together
-from fedsim.learning.data import DecodedDataset, Shape, read_cached
+from fedsim.learning.data import DecodedDataset, read_cached
 from fedsim.learning.partition import Partitions
+from fedsim.learning.tasks import Task
 from fedsim.learning.trainers import OneAtATime, Together, Trained, Trainer
 
 # This module is what actors import first: keep Flower's per-actor chatter (such as
@@ -59,9 +60,9 @@ class ClientData(Protocol):
 
     key: str
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Shape]:
-        """The training images (N, C, H, W) uint8, their labels, the partitions, and
-        the data's shape (what the model is built for)."""
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Task]:
+        """The training examples (the cache's arrays), their labels, the partitions,
+        and the data's task (what the model is built for)."""
         ...
 
 
@@ -70,35 +71,35 @@ class RayObjectData:
     """Data the driver put into Ray's object store once; actors read it zero-copy."""
 
     key: str
-    images: Any  # ray.ObjectRef to the uint8 training images
+    examples: Any  # ray.ObjectRef to the training examples
     labels: Any  # ray.ObjectRef to the labels
     partitions: Any  # ray.ObjectRef to Partitions
-    shape: Shape
+    task: Task
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Shape]:
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Task]:
         import ray
 
-        images, labels, partitions = ray.get([self.images, self.labels, self.partitions])
-        return images, labels, partitions, self.shape
+        examples, labels, partitions = ray.get([self.examples, self.labels, self.partitions])
+        return examples, labels, partitions, self.task
 
 
 @dataclass(frozen=True)
 class MappedData:
     """A one-machine run's data: each actor memory-maps the decoded cache's files, as
     the driver does, so the operating system keeps one copy for all of them (Ray's
-    object store would hold a second, and the driver would have read every image to
+    object store would hold a second, and the driver would have read every example to
     put it there). Only the partitions, small, go through the object store."""
 
     key: str
     folder: str  # the decoded cache folder (fedsim.learning.data)
     partitions: Any  # ray.ObjectRef to Partitions
-    shape: Shape  # the driver's, pixel statistics included (measured once)
+    task: Task  # the driver's, pixel statistics included (measured once)
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Shape]:
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Task]:
         import ray
 
         dataset = read_cached(Path(self.folder))
-        return dataset.train_x, dataset.train_y, ray.get(self.partitions), self.shape
+        return dataset.train_x, dataset.train_y, ray.get(self.partitions), self.task
 
 
 _PROCESS_CACHE: dict[tuple, Any] = {}
@@ -145,16 +146,16 @@ class ClientProcess:
         self.cfg = cfg
         self.algorithm: Algorithm = algorithms.build(cfg)
         self.device = client_device(cfg)
-        self.images, self.labels, self.partitions, self.shape = data.load()
-        self.model = models.build_model(cfg.model, shape=self.shape).to(self.device)
+        self.examples, self.labels, self.partitions, self.task = data.load()
+        self.model = models.build_model(cfg.model, task=self.task).to(self.device)
         # --vectorize: whether this process trains a bundle's clients at once; chosen
         # once, for every bundle it trains
         together_here = (
             together.wanted(cfg.vectorize, self.device)
             and self.algorithm.why_not_together() is None
-            and together.why_not(self.model) is None
+            and together.why_not(self.model, self.algorithm.settings()) is None
         )
-        self.trainer: Trainer = (Together if together_here else OneAtATime)(self.model)
+        self.trainer: Trainer = (Together if together_here else OneAtATime)(self.model, self.task)
         self._converted: OrderedDict[int, tuple[ArrayRecord, dict[str, torch.Tensor]]]
         self._converted = OrderedDict()
 
@@ -178,13 +179,13 @@ class ClientProcess:
         return self.model
 
     def load_data(self, pid: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """One client's split as (uint8 images, int64 labels) on the device, gathered on
+        """One client's split as (examples, int64 labels) on the device, gathered on
         each call from the process's zero-copy view of the data (tens of milliseconds
         for the seed job's 22,500 images). Keeping each client's copy would grow an
         actor by every client it ever serves."""
         rows = self.partitions.train(pid) if split == "train" else self.partitions.val(pid)
         return (
-            torch.from_numpy(self.images[rows]).to(self.device),
+            torch.from_numpy(self.examples[rows]).to(self.device),
             torch.from_numpy(np.asarray(self.labels[rows], dtype=np.int64)).to(self.device),
         )
 
@@ -275,7 +276,7 @@ def _context(process: ClientProcess, task_: ClientTask, info: BundleInfo) -> Cli
         load_model=process.load_model,
         load_data=partial(process.load_data, task_.pid),
         tensors=process.tensors,
-        shape=process.shape,
+        task=process.task,
     )
 
 
@@ -377,11 +378,11 @@ def data_for(dataset: DecodedDataset, partitions: Partitions, cluster: Cluster) 
 
     shared = ray.put(partitions)
     if cluster.started_here:
-        return MappedData(dataset.key, str(dataset.folder), shared, dataset.shape)
+        return MappedData(dataset.key, str(dataset.folder), shared, dataset.task)
     return RayObjectData(
         key=dataset.key,
-        images=ray.put(np.asarray(dataset.train_x)),
+        examples=ray.put(np.asarray(dataset.train_x)),
         labels=ray.put(np.asarray(dataset.train_y)),
         partitions=shared,
-        shape=dataset.shape,
+        task=dataset.task,
     )

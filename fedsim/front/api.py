@@ -92,11 +92,10 @@ class Result:
         """The final global model (model.pt), on the CPU, in eval mode."""
         import torch
 
-        from fedsim.learning import models
-        from fedsim.learning.data import Shape
+        from fedsim.learning import models, tasks
 
-        shape = Shape.described(self.document.get("data_shape"))
-        model = models.build_model(self.config["model"], shape=shape)
+        task = tasks.described(self.document.get("data_shape"))
+        model = models.build_model(self.config["model"], task=task)
         model.load_state_dict(torch.load(self.run_dir / MODEL, weights_only=True))
         return model.eval()
 

@@ -31,8 +31,8 @@ from fedsim.front import cli, sweep
 from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
 from fedsim.ground.option import flag
-from fedsim.learning.data import Shape
 from fedsim.learning.partition import Partitions
+from fedsim.learning.tasks import Task
 from fedsim.runner import folders, options
 from fedsim.runner.assembly import assemble, run_facts
 from fedsim.runner.inputs import load_data, prepare
@@ -74,9 +74,9 @@ class LocalData:
     def key(self) -> str:
         return f"local-{hash(self.cfg):x}"
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Shape]:
+    def load(self) -> tuple[np.ndarray, np.ndarray, Partitions, Task]:
         dataset, partitions = load_data(self.cfg)
-        return dataset.train_x, np.asarray(dataset.train_y), partitions, dataset.shape
+        return dataset.train_x, np.asarray(dataset.train_y), partitions, dataset.task
 
 
 @functools.cache

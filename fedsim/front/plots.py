@@ -149,9 +149,15 @@ def accuracy_vs_sim_hours(folder: Path, summary: pd.DataFrame) -> Path | None:
     return _accuracy_vs(folder, summary, "sim_clock", "simulated hours", PLOTS[6])
 
 
-def _versus_clients(folder: Path, summary: pd.DataFrame, column: str, ylabel: str, name: str):
+def _versus_clients(
+    folder: Path, summary: pd.DataFrame, column: str, ylabel: str, name: str
+) -> Path | None:
     """`column` against the client count (mean over seeds, min-max bars), a line per
-    combination of the other swept settings."""
+    combination of the other swept settings; the runs whose count --clients gave (not
+    the data's groups: a blank cell), None where no run's was."""
+    summary = summary[summary["clients"].notna()]
+    if summary.empty:
+        return None
     others = [c for c in setting_columns(summary) if c not in ("clients", "seed")]
     figure, axis = plt.subplots(figsize=(6, 4))
     for label, runs in _groups(summary, others):
@@ -172,11 +178,11 @@ def _versus_clients(folder: Path, summary: pd.DataFrame, column: str, ylabel: st
     return _save(figure, folder / name)
 
 
-def final_accuracy_vs_clients(folder: Path, summary: pd.DataFrame) -> Path:
+def final_accuracy_vs_clients(folder: Path, summary: pd.DataFrame) -> Path | None:
     return _versus_clients(folder, summary, "final_accuracy", "final central accuracy", PLOTS[1])
 
 
-def seconds_per_round_vs_clients(folder: Path, summary: pd.DataFrame) -> Path:
+def seconds_per_round_vs_clients(folder: Path, summary: pd.DataFrame) -> Path | None:
     return _versus_clients(folder, summary, "seconds_per_round", "seconds per round", PLOTS[2])
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from fedsim.ground.option import (
     ALGORITHM,
     CLOCK,
+    COUNTED,
     DATA,
     FAULTS,
     FEDERATION,
@@ -43,6 +44,7 @@ from fedsim.ground.option import (
 )
 
 HUB_CIFAR10 = "uoft-cs/cifar10"
+CLIENT_OPTIMIZERS = (SGD, ADAM) = ("sgd", "adam")  # --client-optimizer's choices
 MAX_SEED = 2**32 - 1  # numpy and torch both take it; a common bound users know
 # Beyond this a round spends no measurable privacy (ε rounds to 0) and dp-accounting's
 # Rényi accountant fails (a math domain error from about 3·10⁸)
@@ -72,6 +74,7 @@ class RunConfig:
         FEDERATION,
         roles=(SPLITS,),
         bounds=at_least(1),
+        applies=COUNTED,
     )
     rounds: int = declare(3, "number of federated rounds", FEDERATION, bounds=at_least(1))
     fraction_fit: float = declare(
@@ -225,10 +228,19 @@ class RunConfig:
     partition_column: str = declare(
         "",
         "the data's column naming each example's client (--partition natural: one client "
-        "per value, as a writer or a hospital; --clients then comes from the data)",
+        "per value, as a writer or a hospital; --clients then comes from the data; data "
+        "that names its own groups, as Heart Disease's centres, "
+        "needs none)",
         DATA,
         roles=(SPLITS,),
-        applies=("partition", "natural"),
+    )
+    only_group: str = declare(
+        "",
+        "train on one group's examples alone (a centre: one of the data's groups or "
+        "--partition-column's values), as one client: the local baseline of a "
+        "cross-silo table; every group is still evaluated",
+        DATA,
+        roles=(SPLITS,),
     )
     val_fraction: float = declare(
         0.1,
@@ -246,11 +258,31 @@ class RunConfig:
     )
     # Local training
     model: str = declare("cnn", "model to train", TRAINING)
-    local_epochs: int = declare(1, "local epochs per round", TRAINING, bounds=at_least(1))
+    local_epochs: int = declare(
+        1, "local epochs per round", TRAINING, bounds=at_least(1), applies=("local_steps", None)
+    )
+    local_steps: int | None = declare(
+        None,
+        "local batches per round instead of epochs (each epoch a new permutation of the "
+        "client's examples, as many as the steps need): FLamby's num_updates",
+        TRAINING,
+        bounds=at_least(1),
+        type=int,
+    )
     batch_size: int = declare(32, "local batch size", TRAINING, bounds=at_least(1))
-    lr: float = declare(0.01, "client learning rate (SGD)", TRAINING, bounds=greater_than(0))
+    client_optimizer: str = declare(
+        SGD,
+        "the clients' optimizer: sgd (with --momentum and --weight-decay) or adam "
+        "(torch's defaults but --lr; its moments restart every round)",
+        TRAINING,
+    )
+    lr: float = declare(0.01, "client learning rate", TRAINING, bounds=greater_than(0))
     momentum: float = declare(
-        0.9, "client SGD momentum", TRAINING, bounds=Bounds(0, 1, high_open=True)
+        0.9,
+        "client SGD momentum",
+        TRAINING,
+        bounds=Bounds(0, 1, high_open=True),
+        applies=("client_optimizer", SGD),
     )
     weight_decay: float = declare(0.0, "client SGD weight decay", TRAINING, bounds=at_least(0))
     augment: bool = declare(False, "random crop (padding 4) + horizontal flip on clients", TRAINING)

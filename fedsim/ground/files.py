@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROUNDS_CSV = "rounds.csv"  # a row per round
 CLIENTS_CSV = "clients.csv"  # a row per client per phase per round
+GROUPS_CSV = "groups.csv"  # a row per group of the test split per round (data with groups)
 CONFIG_JSON = "config.json"  # the options, versions, timings and the status
 MODEL = "model.pt"  # the final global model's state dict
 CHECKPOINT = "checkpoint.pt"  # the last completed round, for --resume

@@ -34,8 +34,10 @@ RESOURCES = "resources"
 OUTPUTS = "outputs"
 GROUPS = (FEDERATION, DATA, TRAINING, ALGORITHM, CLOCK, PRIVACY, FAULTS, RESOURCES, OUTPUTS)
 
-# An `applies` rule that no option value states: the algorithm runs synchronous rounds
+# `applies` rules that no option value states: the algorithm runs synchronous rounds;
+# the client count is --clients' (not the data's groups: --partition natural, --only-group)
 SYNCHRONOUS = "synchronous"
+COUNTED = "client count given"
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ def greater_than(low: float) -> Bounds:
 class Option:
     """One setting a run takes: its default, help, bounds or choices, roles, group and
     when it applies (None: always; (option, *values): when that option takes one of the
-    values; SYNCHRONOUS: with an algorithm that runs rounds).
+    values; SYNCHRONOUS: with an algorithm that runs rounds; COUNTED: where --clients
+    counts the clients).
 
     RunConfig's own options are its fields (declared with `_opt`). An algorithm declares
     its options as class attributes (fedsim.algorithms.base); there an Option is a

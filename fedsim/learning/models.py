@@ -5,9 +5,10 @@ that naming and checking a model imports nothing heavy (the networks themselves 
 fedsim.learning.nets, which imports torch). A user's model is named by its own path
 (`--model my_models:small_cnn`, a callable returning an nn.Module; fedsim.ground.imports)
 and registered under it once checked (fedsim.runner.options.admit). Every model is
-built for the data's image shape and classes (`Shape`), standardises its inputs by
-the training split's pixels when asked (--normalize train-split), and is tried on two
-of the data's images before a run starts (`check_model`).
+built for the data's task (fedsim.learning.tasks: its classes and examples), an image
+model standardises its inputs by the training split's pixels when asked (--normalize
+train-split), and every model is tried on two of the data's examples before a run
+starts (`check_model`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from fedsim.ground import imports, streams
 from fedsim.ground.errors import ConfigError
-from fedsim.learning.data import CIFAR10, PixelStats, Shape
+from fedsim.learning.tasks import CIFAR10, ImageClassification, PixelStats, Task
 
 if TYPE_CHECKING:
     from torch import nn
@@ -26,26 +27,29 @@ if TYPE_CHECKING:
 MODELS = {
     "cnn": "fedsim.learning.nets:Net",  # Flower's quickstart CNN, NIID-Bench's CIFAR-10 model
     "resnet18": "fedsim.learning.nets:resnet18",  # torchvision's, with the CIFAR stem
+    "logreg": "fedsim.learning.nets:LogisticRegression",  # a table's: FLamby's Heart baseline
+    "mlp": "fedsim.learning.nets:MLP",  # a table's: two hidden layers
 }
 
 
-def build_model(name: str, seed: int | None = None, shape: Shape = CIFAR10) -> nn.Module:
-    """Model `name` for data of `shape` (CIFAR-10's by default); with `seed`, its
-    initial weights are the run's (fedsim.ground.streams). A factory gets the number of
-    classes and the image shape where it takes them (`num_classes`, `image_shape`)."""
+def build_model(name: str, seed: int | None = None, task: Task = CIFAR10) -> nn.Module:
+    """Model `name` for `task` (CIFAR-10's by default); with `seed`, its initial weights
+    are the run's (fedsim.ground.streams). A factory gets the task's facts it takes by
+    name (`num_classes`, `image_shape`, `num_features`: Task.model_facts)."""
     # a name the table holds, or a user's in a process that has not registered it (a client's)
     make = imports.resolve(MODELS[name]) if name in MODELS else imports.load(name, "--model")
     if seed is not None:
         streams.seed_model_init(seed)
-    model = make(**_fitting(make, shape))
-    if shape.pixels is not None and hasattr(model, "register_forward_pre_hook"):
-        model.register_forward_pre_hook(_Standardize(shape.pixels))
+    model = make(**_fitting(make, task))
+    pixels = task.pixels if isinstance(task, ImageClassification) else None
+    if pixels is not None and hasattr(model, "register_forward_pre_hook"):
+        model.register_forward_pre_hook(_Standardize(pixels))
     return model
 
 
 class _Standardize:
     """A model's input hook for --normalize train-split: every loop feeds images scaled
-    to [-1, 1] (fedsim.learning.training.normalize); this turns them into (pixel -
+    to [-1, 1] (ImageClassification.inputs); this turns them into (pixel -
     mean) / std per channel of the training split. A hook, not a layer: the model's
     weights, their names and its state_dict stay what the factory made."""
 
@@ -64,9 +68,9 @@ class _Standardize:
         return ((images - shift) / scale, *rest)
 
 
-def _fitting(make: Callable[..., object], shape: Shape) -> dict[str, object]:
-    """The data's facts that factory `make` takes by name."""
-    facts = {"num_classes": shape.classes, "image_shape": shape.image}
+def _fitting(make: Callable[..., object], task: Task) -> dict[str, object]:
+    """The task's facts that factory `make` takes by name."""
+    facts = task.model_facts()
     try:
         parameters = inspect.signature(make).parameters
     except (TypeError, ValueError):  # a builtin or an extension: nothing to give it
@@ -82,14 +86,15 @@ def check_factory(path: str) -> Callable[..., object]:
     return make
 
 
-def check_model(name: str, shape: Shape) -> nn.Module:
-    """The model `name` builds for data of `shape`, refused (ConfigError) if it is not
-    an nn.Module, cannot take the data's images, or does not give one floating-point
-    score per class: said before anything runs, not as a failure of every client."""
+def check_model(name: str, task: Task) -> nn.Module:
+    """The model `name` builds for `task`, refused (ConfigError) if it is not an
+    nn.Module, cannot take the data's examples, or does not give the task's
+    floating-point scores per example: said before anything runs, not as a failure of
+    every client."""
     import torch
 
     try:
-        model = build_model(name, shape=shape)
+        model = build_model(name, task=task)
     except ConfigError:
         raise
     except Exception as error:  # the user's factory raised as it built the model
@@ -100,25 +105,25 @@ def check_model(name: str, shape: Shape) -> nn.Module:
         raise ConfigError("--model", f"{name} made a {type(model).__name__}, not a torch.nn.Module")
     try:
         with torch.no_grad():
-            scores = model.eval()(torch.zeros(2, *shape.image))
+            scores = model.eval()(task.inputs(task.example(2)))
     except Exception as error:
         raise ConfigError(
             "--model",
-            f"{name} fails on the data's images ({'x'.join(map(str, shape.image))}): "
-            f"{type(error).__name__}: {error}",
+            f"{name} fails on {task.example_text()}: {type(error).__name__}: {error}",
         ) from None
     if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
         kind = scores.dtype if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ConfigError(
             "--model",
-            f"{name} gives {kind} for the data's images, expected floating-point scores "
-            "(a loss cannot be differentiated through integers)",
+            f"{name} gives {kind} for {task.example_text()}, expected floating-point "
+            "scores (a loss cannot be differentiated through integers)",
         )
-    found = tuple(scores.shape)
-    if found != (2, shape.classes):
+    found, wanted = tuple(scores.shape), task.scores()
+    if found != (2, wanted):
+        what = "one score (a logit) per example" if wanted == 1 else "a score per class"
         raise ConfigError(
             "--model",
-            f"{name} gives {found} for 2 images, expected (2, {shape.classes}): "
-            "a score per class of the data",
+            f"{name} gives {found} for 2 {task.examples}, expected (2, {wanted}): {what} "
+            "of the data",
         )
     return model

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.learning.data import IMAGE_SHAPE, NUM_CLASSES
+from fedsim.learning.tasks import IMAGE_SHAPE, NUM_CLASSES
 
 
 class Net(nn.Module):
@@ -49,3 +49,32 @@ def resnet18(
     model.conv1 = nn.Conv2d(image_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
+
+
+class LogisticRegression(nn.Module):
+    """One linear layer: a logit per example for two classes (FLamby's Fed-Heart-Disease
+    baseline, whose sigmoid is in the task's loss), a score per class for more."""
+
+    def __init__(self, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class MLP(nn.Module):
+    """A table's small network: two hidden layers of 64 with ReLU."""
+
+    def __init__(self, num_features: int, num_classes: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(num_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

@@ -59,6 +59,12 @@ class Partitions:
     def clients(self) -> int:
         return len(self.train_offsets) - 1
 
+    def map(self, rows: np.ndarray) -> Partitions:
+        """These partitions of a subset of the data (`rows` of it), as rows of the whole."""
+        return Partitions(
+            rows[self.train_rows], self.train_offsets, rows[self.val_rows], self.val_offsets
+        )
+
     def train(self, pid: int) -> np.ndarray:
         return self.train_rows[self.train_offsets[pid] : self.train_offsets[pid + 1]]
 

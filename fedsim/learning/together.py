@@ -22,16 +22,15 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedsim.ground.config import AUTO, ON
+from fedsim.learning.tasks import Task
 from fedsim.learning.training import (
     LocalHooks,
     TrainResult,
     TrainSettings,
     batches,
-    normalize,
     sgd_direction,
     steps_of,
 )
@@ -72,7 +71,7 @@ def memory_budget(device: torch.device) -> int:
     return int(total * share * MEMORY_SHARE)
 
 
-def client_bytes(model: nn.Module, example: torch.Tensor, batch_size: int) -> int:
+def client_bytes(model: nn.Module, task: Task, example: torch.Tensor, batch_size: int) -> int:
     """What one client of a group holds at once: its copies of the parameters, and the
     activations of a batch (measured from one example's pass through every module)."""
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -85,7 +84,7 @@ def client_bytes(model: nn.Module, example: torch.Tensor, batch_size: int) -> in
     handles = [m.register_forward_hook(record) for m in model.modules()]
     try:
         with torch.no_grad():
-            model(normalize(example[None]))
+            model(task.inputs(example[None]))
     finally:
         for handle in handles:
             handle.remove()
@@ -93,20 +92,25 @@ def client_bytes(model: nn.Module, example: torch.Tensor, batch_size: int) -> in
     return parameters * COPIES_PER_PARAMETER + per_example * batch_size
 
 
-def group_size(model: nn.Module, example: torch.Tensor, batch_size: int, budget: int) -> int:
+def group_size(
+    model: nn.Module, task: Task, example: torch.Tensor, batch_size: int, budget: int
+) -> int:
     """How many clients train in one vectorised step: as many as `budget` bytes hold."""
-    return max(1, budget // client_bytes(model, example, batch_size))
+    return max(1, budget // client_bytes(model, task, example, batch_size))
 
 
-def why_not(model: nn.Module) -> str | None:
-    """Why this model cannot train clients together (None: it can)."""
+def why_not(model: nn.Module, settings: TrainSettings) -> str | None:
+    """Why this model, trained so, cannot train clients together (None: it can)."""
     if any(True for _ in model.buffers()):
         return "the model has buffers (BatchNorm's running statistics), kept per client"
+    if settings.adam:
+        return "--client-optimizer adam trains one client at a time (the vectorised step is SGD's)"
     return None
 
 
 def train_together(
     model: nn.Module,
+    task: Task,
     starts: list[dict[str, torch.Tensor]],
     data: list[tuple[torch.Tensor, torch.Tensor]],
     settings: TrainSettings,
@@ -123,10 +127,10 @@ def train_together(
         return trained, results
     device = next(model.parameters()).device
     budget = memory_budget(device) if budget is None else budget
-    size = group_size(model, data[0][0][0].to(device), settings.batch_size, budget)
+    size = group_size(model, task, data[0][0][0].to(device), settings.batch_size, budget)
     for first in range(0, len(starts), size):
         part = slice(first, first + size)
-        group = _Group(model, starts[part], hooks[part], settings)
+        group = _Group(model, task, starts[part], hooks[part], settings)
         weights, done = group.train(data[part], generators[part])
         trained += weights
         results += done
@@ -140,6 +144,7 @@ class _Group:
     def __init__(
         self,
         model: nn.Module,
+        task: Task,
         starts: list[dict[str, torch.Tensor]],
         hooks: list[LocalHooks],
         settings: TrainSettings,
@@ -164,11 +169,11 @@ class _Group:
             [[h.correction[n] for n in self.names] if h.correction else None for h in hooks]
         )
 
-        def loss_of(weights, anchor, mu, linear, images, labels, mask):
+        def loss_of(weights, anchor, mu, linear, examples, labels, mask):
             """One client's batch loss (padding weighs nothing), its proximal term added
             and its linear one (None: no client has one) subtracted."""
-            logits = functional_call(model, weights, (normalize(images),))
-            per_example = F.cross_entropy(logits, labels, reduction="none")
+            scores = functional_call(model, weights, (task.inputs(examples),))
+            per_example = task.loss(scores, labels, reduction="none")
             loss = (per_example * mask).sum() / mask.sum().clamp(min=1)
             drift = sum((weights[n] - anchor[n]).pow(2).sum() for n in self.names)
             loss = loss + mu / 2 * drift
@@ -224,17 +229,17 @@ class _Group:
         losses. torch.optim.SGD's update (training.SGD), then the step correction."""
         settings, size = self.settings, self.settings.batch_size
         first = batches_now[0][0]
-        images = first.new_zeros((len(batches_now), size, *first.shape[1:]))
+        examples = first.new_zeros((len(batches_now), size, *first.shape[1:]))
         labels = torch.zeros((len(batches_now), size), dtype=torch.long, device=self.device)
         mask = torch.zeros((len(batches_now), size), device=self.device)
         for row, (batch, batch_labels) in enumerate(batches_now):
-            images[row, : len(batch_labels)] = batch
+            examples[row, : len(batch_labels)] = batch
             labels[row, : len(batch_labels)] = batch_labels
             mask[row, : len(batch_labels)] = 1.0
         params, anchors = _take(self.params, index), _take(self.anchors, index)
         mu = _rows(self.mu, index)
         linear = None if self.linear is None else _take(self.linear, index)
-        grads, losses = self.step_of(params, anchors, mu, linear, images, labels, mask)
+        grads, losses = self.step_of(params, anchors, mu, linear, examples, labels, mask)
         with torch.no_grad():
             for n in self.names:
                 weight, buffer = params[n], _rows(self.momentum[n], index)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fedsim.learning import together
+from fedsim.learning.tasks import Task
 from fedsim.learning.training import LocalHooks, TrainResult, TrainSettings, train
 
 Item = TypeVar("Item")
@@ -32,7 +33,7 @@ class LocalWork:
     """One client's local training, as its algorithm sets it up."""
 
     start: dict[str, torch.Tensor]  # the weights it starts from
-    images: torch.Tensor
+    examples: torch.Tensor
     labels: torch.Tensor
     generator: torch.Generator  # its batches' order and augmentation
     hooks: LocalHooks
@@ -62,10 +63,10 @@ class Trainer(Protocol):
 
 
 class OneAtATime:
-    """Each client's local SGD in turn, in the process's model (training.train)."""
+    """Each client's local training in turn, in the process's model (training.train)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        self.model, self.task = model, task
 
     def train(self, items, start, finish, settings) -> list[Trained]:
         done = []
@@ -74,7 +75,13 @@ class OneAtATime:
             try:
                 work = start(item)  # the model holds the client's starting weights now
                 result = train(
-                    self.model, work.images, work.labels, settings, work.generator, work.hooks
+                    self.model,
+                    self.task,
+                    work.examples,
+                    work.labels,
+                    settings,
+                    work.generator,
+                    work.hooks,
                 )
                 done.append(Trained(finish(item, self.model, result, work), None, _since(tick)))
             except Exception as error:  # the client fails alone; the group goes on
@@ -87,9 +94,9 @@ class Together:
     share of the group's time; one at a time where they cannot be (a client's hooks
     are callables) or where the group fails, so that a client fails alone."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.alone = OneAtATime(model)
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        self.model, self.task = model, task
+        self.alone = OneAtATime(model, task)
 
     def train(self, items, start, finish, settings) -> list[Trained]:
         tick = time.perf_counter()
@@ -98,8 +105,9 @@ class Together:
             if works and all(work.hooks.declarative for work in works):
                 weights, results = together.train_together(
                     self.model,
+                    self.task,
                     [work.start for work in works],
-                    [(work.images, work.labels) for work in works],
+                    [(work.examples, work.labels) for work in works],
                     settings,
                     [work.generator for work in works],
                     [work.hooks for work in works],

@@ -1,8 +1,9 @@
-"""Local training and evaluation: the plain PyTorch loops every client runs.
+"""Local training and evaluation: the plain PyTorch loops every client runs, for any
+task (fedsim.learning.tasks: what enters the model, the loss, what is correct).
 
-Data arrives as uint8 NCHW tensors already in memory; batches are drawn by index with
-a seeded generator and normalised on the fly, so there is no DataLoader, no worker
-process and no image decoding in the loop.
+Data arrives as tensors already in memory (the cache's dtype); batches are drawn by
+index with a seeded generator and made the model's input on the fly, so there is no
+DataLoader, no worker process and no decoding in the loop.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord
 from torch import nn
 
-from fedsim.ground.config import RunConfig
+from fedsim.ground.config import ADAM, RunConfig
 from fedsim.learning import models
 from fedsim.learning.data import DecodedDataset
+from fedsim.learning.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,12 @@ class TrainSettings:
     momentum: float
     weight_decay: float = 0.0
     augment: bool = False
+    steps: int | None = None  # batches a round, instead of `epochs`
+    adam: bool = False  # Adam instead of SGD (momentum unused)
 
 
 def train_settings(cfg: RunConfig) -> TrainSettings:
-    """Local SGD as the options set it."""
+    """Local training as the options set it."""
     return TrainSettings(
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
@@ -40,6 +44,8 @@ def train_settings(cfg: RunConfig) -> TrainSettings:
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
         augment=cfg.augment,
+        steps=cfg.local_steps,
+        adam=cfg.client_optimizer == ADAM,
     )
 
 
@@ -99,11 +105,6 @@ class TrainResult:
     steps: int  # optimizer steps taken (FedNova and SCAFFOLD need it)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1], the quickstart's Normalize((0.5,)*3, (0.5,)*3)."""
-    return images.float().div_(127.5).sub_(1.0)
-
-
 class SGD:
     """torch.optim.SGD's update (momentum, weight decay; no dampening, no Nesterov),
     written out because constructing any torch.optim optimizer imports torch._dynamo:
@@ -127,6 +128,40 @@ class SGD:
             )
             param.add_(direction, alpha=-self.lr)
             param.grad = None
+
+
+class Adam:
+    """torch.optim.Adam's update (betas 0.9 and 0.999, eps 1e-8, L2 weight decay, no
+    amsgrad), written out for the reason SGD is; its moments start at zero each round."""
+
+    def __init__(self, params: list[nn.Parameter], lr: float, weight_decay: float) -> None:
+        self.params, self.lr, self.weight_decay = params, lr, weight_decay
+        self.betas, self.eps, self.count = (0.9, 0.999), 1e-8, 0
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.count += 1
+        (beta1, beta2), count = self.betas, self.count
+        step_size = self.lr / (1 - beta1**count)
+        root = (1 - beta2**count) ** 0.5
+        for param, (mean, square) in zip(self.params, self.moments, strict=True):
+            if param.grad is None:
+                continue
+            grad = param.grad
+            if self.weight_decay:
+                grad = grad.add(param, alpha=self.weight_decay)
+            mean.lerp_(grad, 1 - beta1)
+            square.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            param.addcdiv_(mean, (square.sqrt() / root).add_(self.eps), value=-step_size)
+            param.grad = None
+
+
+def optimizer(model: nn.Module, settings: TrainSettings) -> SGD | Adam:
+    params = list(model.parameters())
+    if settings.adam:
+        return Adam(params, settings.lr, settings.weight_decay)
+    return SGD(params, settings.lr, settings.momentum, settings.weight_decay)
 
 
 def sgd_direction(
@@ -168,23 +203,24 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 def train(
     model: nn.Module,
-    images: torch.Tensor,
+    task: Task,
+    examples: torch.Tensor,
     labels: torch.Tensor,
     settings: TrainSettings,
     generator: torch.Generator,
     hooks: LocalHooks = LocalHooks(),
 ) -> TrainResult:
-    """Local SGD, as the algorithm's hooks change it."""
+    """Local training, as the algorithm's hooks change it."""
     model.train()
-    optimizer = SGD(list(model.parameters()), settings.lr, settings.momentum, settings.weight_decay)
+    step = optimizer(model, settings)
     extra_loss, after_step = hooks.loss_term(), hooks.step_change(model)
-    total, steps = torch.zeros((), device=images.device), 0
-    for batch, batch_labels in batches(images, labels, settings, generator):
-        loss = F.cross_entropy(model(normalize(batch)), batch_labels)
+    total, steps = torch.zeros((), device=examples.device), 0
+    for batch, batch_labels in batches(examples, labels, settings, generator):
+        loss = task.loss(model(task.inputs(batch)), batch_labels)
         if extra_loss is not None:
             loss = loss + extra_loss(model)
         loss.backward()
-        optimizer.step()
+        step.step()
         if after_step is not None:
             after_step(model)
         total += loss.detach()
@@ -193,22 +229,34 @@ def train(
 
 
 def batches(
-    images: torch.Tensor, labels: torch.Tensor, settings: TrainSettings, generator: torch.Generator
+    examples: torch.Tensor,
+    labels: torch.Tensor,
+    settings: TrainSettings,
+    generator: torch.Generator,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A client's local batches: each epoch a permutation from its generator, then
-    (with --augment) each batch cropped and flipped with draws from the same generator."""
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(labels), generator=generator).to(images.device)
+    (with --augment) each batch cropped and flipped with draws from the same generator;
+    with `steps`, epochs until that many batches are drawn (the last epoch cut short)."""
+    left = steps_of(len(labels), settings)
+    while left:
+        order = torch.randperm(len(labels), generator=generator).to(examples.device)
         for start in range(0, len(labels), settings.batch_size):
             index = order[start : start + settings.batch_size]
-            batch = images[index]
+            batch = examples[index]
             if settings.augment:
                 batch = augment_batch(batch, generator)
             yield batch, labels[index]
+            left -= 1
+            if not left:
+                return
 
 
 def steps_of(examples: int, settings: TrainSettings) -> int:
     """How many optimizer steps `batches` gives a client of `examples`."""
+    if not examples:
+        return 0
+    if settings.steps is not None:
+        return settings.steps
     return settings.epochs * -(-examples // settings.batch_size)
 
 
@@ -229,29 +277,49 @@ CENTRAL_BATCH_SIZE = 500
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+    model: nn.Module,
+    task: Task,
+    examples: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 1000,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over the whole set."""
+    """The task's mean loss and accuracy over the whole set."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(labels), batch_size):
         batch_labels = labels[start : start + batch_size]
-        logits = model(normalize(images[start : start + batch_size]))
-        loss_sum += float(F.cross_entropy(logits, batch_labels, reduction="sum"))
-        correct += int((logits.argmax(1) == batch_labels).sum())
+        scores = model(task.inputs(examples[start : start + batch_size]))
+        loss_sum += float(task.loss(scores, batch_labels, reduction="sum"))
+        correct += int(task.correct(scores, batch_labels))
     count = max(len(labels), 1)
     return loss_sum / count, correct / count
 
 
 class CentralEvaluator:
-    """Evaluates the global model on the whole test split in the driver process."""
+    """Evaluates the global model on the whole test split in the driver process and,
+    where the data names groups, on each group's test examples."""
 
     def __init__(self, cfg: RunConfig, dataset: DecodedDataset) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = models.build_model(cfg.model, shape=dataset.shape).to(self.device)
-        self.images = torch.from_numpy(np.array(dataset.test_x)).to(self.device)
+        self.task = dataset.task
+        self.model = models.build_model(cfg.model, task=self.task).to(self.device)
+        self.examples = torch.from_numpy(np.array(dataset.test_x)).to(self.device)
         self.labels = torch.from_numpy(np.array(dataset.test_y)).to(self.device)
+        self.names = dataset.groups
+        self.test_groups = None if dataset.test_groups is None else np.asarray(dataset.test_groups)
 
-    def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
+    def __call__(self, arrays: ArrayRecord) -> tuple:
+        """Loss and accuracy; with groups, each group's (name, examples, loss, accuracy)."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        return evaluate(self.model, self.images, self.labels, batch_size=CENTRAL_BATCH_SIZE)
+        args = (self.model, self.task, self.examples, self.labels, CENTRAL_BATCH_SIZE)
+        loss, accuracy = evaluate(*args)
+        if self.test_groups is None:
+            return loss, accuracy
+        return loss, accuracy, [self._group(index, name) for index, name in enumerate(self.names)]
+
+    def _group(self, index: int, name: str) -> tuple[str, int, float, float]:
+        rows = torch.from_numpy(np.flatnonzero(self.test_groups == index)).to(self.device)
+        loss, accuracy = evaluate(
+            self.model, self.task, self.examples[rows], self.labels[rows], CENTRAL_BATCH_SIZE
+        )
+        return name, len(rows), loss, accuracy

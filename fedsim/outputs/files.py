@@ -1,7 +1,7 @@
 """Writing a run's files so that a crash never leaves half of one: atomic replacement,
 fsynced appends, and one line (OutputFailed) when the disk is full or the folder gone.
 
-rounds.csv and clients.csv (CsvRecorder), model.pt (ModelSaver) and config.json
+rounds.csv, clients.csv and groups.csv (CsvRecorder), model.pt (ModelSaver) and config.json
 (write_config_json) are written here; their names are fedsim.ground.files'.
 """
 
@@ -27,7 +27,13 @@ from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError, OutputFailed
 from fedsim.ground.files import temporary
 from fedsim.outputs.callbacks import RoundCallback
-from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, RoundRecord, Timings
+from fedsim.outputs.records import (
+    CLIENT_COLUMNS,
+    CSV_COLUMNS,
+    GROUP_COLUMNS,
+    RoundRecord,
+    Timings,
+)
 
 
 def atomic_write(path: Path, write: Callable[[IO], Any], text: bool = False) -> None:
@@ -93,25 +99,36 @@ class _CsvFile:
 
 class CsvRecorder(RoundCallback):
     """rounds.csv and clients.csv: a row per round, and a row per client and phase of
-    the round, both on disk (fsynced) before the next round starts; clients.csv first,
-    so a round in rounds.csv always has its client rows."""
+    the round, both on disk (fsynced) before the next round starts; clients.csv (and
+    groups.csv, made when a round first has group rows) first, so a round in
+    rounds.csv always has its other rows."""
 
     def __init__(
-        self, rounds_path: Path, clients_path: Path, timings: Timings | None = None
+        self,
+        rounds_path: Path,
+        clients_path: Path,
+        timings: Timings | None = None,
+        groups_path: Path | None = None,
     ) -> None:
         self._clients = _CsvFile(clients_path, CLIENT_COLUMNS)
         self._rounds = _CsvFile(rounds_path, CSV_COLUMNS)
         self._timings = timings or Timings()
+        self._groups_path, self._groups = groups_path, None
 
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
         tick = time.perf_counter()
         self._clients.write([client.row() for client in record.clients])
+        if record.groups and self._groups_path is not None:
+            self._groups = self._groups or _CsvFile(self._groups_path, GROUP_COLUMNS)
+            self._groups.write([group.row() for group in record.groups])
         self._rounds.write([record.row()])
         self._timings.recording += time.perf_counter() - tick
 
     def on_run_end(self, arrays: ArrayRecord) -> None:
         self._clients.close()
         self._rounds.close()
+        if self._groups is not None:
+            self._groups.close()
 
 
 class ModelSaver(RoundCallback):

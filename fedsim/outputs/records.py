@@ -1,5 +1,6 @@
-"""The rows a run writes: RoundRecord (rounds.csv) and ClientRecord (clients.csv), with
-their columns, and Timings (where the time went, for config.json).
+"""The rows a run writes: RoundRecord (rounds.csv), ClientRecord (clients.csv) and
+GroupRecord (groups.csv), with their columns, and Timings (where the time went, for
+config.json).
 
 docs/results.md defines every column.
 """
@@ -47,6 +48,8 @@ CLIENT_COLUMNS = (
     "sim_seconds",
 )
 
+GROUP_COLUMNS = ("round", "group", "examples", "loss", "accuracy")
+
 
 def _cells(values: Iterable[Any]) -> list[str]:
     return ["" if v is None else (f"{v:.8g}" if isinstance(v, float) else str(v)) for v in values]
@@ -75,6 +78,21 @@ class ClientRecord:
         return _cells(getattr(self, c) for c in CLIENT_COLUMNS)
 
 
+@dataclass(frozen=True)
+class GroupRecord:
+    """One row of groups.csv: the global model on one group's test examples (a
+    centre's), from the central evaluation of data that names groups."""
+
+    round: int
+    group: str
+    examples: int
+    loss: float
+    accuracy: float
+
+    def row(self) -> list[str]:
+        return _cells(getattr(self, c) for c in GROUP_COLUMNS)
+
+
 @dataclass
 class RoundRecord:
     """One row of rounds.csv (None is an empty cell), with its clients' rows."""
@@ -90,6 +108,7 @@ class RoundRecord:
     sim_clock: float | None = None  # simulated seconds since the run began
     dp_epsilon: float | None = None  # privacy spent so far at --dp-delta (None: --dp off)
     clients: list[ClientRecord] = field(default_factory=list)
+    groups: list[GroupRecord] = field(default_factory=list)  # data with groups only
 
     def _of(self, phase: str) -> list[ClientRecord]:
         return [c for c in self.clients if c.phase == phase]

@@ -25,9 +25,10 @@ from fedsim.flower.engine import LoopRun
 from fedsim.flower.sizing import Cluster
 from fedsim.ground import imports, messages
 from fedsim.ground.config import RunConfig, sample_count
-from fedsim.ground.files import CLIENT_STATES, CLIENTS_CSV, MODEL, ROUNDS_CSV
+from fedsim.ground.files import CLIENT_STATES, CLIENTS_CSV, GROUPS_CSV, MODEL, ROUNDS_CSV
 from fedsim.learning import models, together
-from fedsim.learning.data import DecodedDataset, Shape
+from fedsim.learning.data import DecodedDataset
+from fedsim.learning.tasks import Task
 from fedsim.learning.training import CentralEvaluator
 from fedsim.outputs import tracking
 from fedsim.outputs.console import LiveStatus, ProgressPrinter
@@ -93,14 +94,16 @@ def assemble(
     torch.set_num_threads(os.cpu_count() or 1)  # the driver evaluates while clients wait
     if state is None:
         strategy = privacy.wrap(cfg, algorithm.strategy())
-        model = models.build_model(cfg.model, seed=cfg.seed, shape=inputs.dataset.shape)
+        model = models.build_model(cfg.model, seed=cfg.seed, task=inputs.dataset.task)
         arrays = ArrayRecord(model.state_dict())
         state = RunState(arrays, strategy, ClientStates(run_dir / CLIENT_STATES))
     status = folders.RunStatus(run_dir, cfg, inputs.timings, facts)
     live = LiveStatus(cfg.rounds)  # on a terminal: the round's progress, in place
     trackers = tracking.trackers(cfg, run_dir)  # before any file: one may still refuse
     callbacks = [
-        CsvRecorder(run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV, inputs.timings),
+        CsvRecorder(
+            run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV, inputs.timings, run_dir / GROUPS_CSV
+        ),
         Checkpointer(run_dir, state, cfg.client_states),
         ProgressPrinter(cfg.rounds),
         status.failures,
@@ -143,7 +146,8 @@ def run_facts(inputs: RunInputs, run_dir: Path, resumed: int | None) -> dict[str
         "run_dir": str(run_dir),
         "data_cache_key": inputs.dataset.key,
         "partition_sizes": inputs.partitions.sizes,
-        "data_shape": inputs.dataset.shape.describe(),
+        "data_shape": inputs.dataset.task.describe(),
+        **({"groups": list(inputs.dataset.groups)} if inputs.dataset.groups else {}),
         "resumed_from_round": resumed,
         **attacks.describe(inputs.cfg),
         **_user_code(inputs.cfg),
@@ -158,7 +162,7 @@ def _user_code(cfg: RunConfig) -> dict[str, object]:
 
 
 def clients_together(
-    cfg: RunConfig, algorithm: Algorithm, shape: Shape, cluster: Cluster
+    cfg: RunConfig, algorithm: Algorithm, task: Task, cluster: Cluster
 ) -> dict[str, object]:
     """Whether a bundle's clients train at once (config.json's `clients_together`), and
     why not where --vectorize asks for it but the algorithm or the model cannot."""
@@ -166,5 +170,5 @@ def clients_together(
     if not together.wanted(cfg.vectorize, torch.device("cuda" if on_gpu else "cpu")):
         return {"clients_together": False}
     why = algorithm.why_not_together()
-    why = why or together.why_not(models.build_model(cfg.model, shape=shape))
+    why = why or together.why_not(models.build_model(cfg.model, task=task), algorithm.settings())
     return {"clients_together": why is None} | ({"one_at_a_time": why} if why else {})

@@ -25,7 +25,7 @@ from fedsim.ground.errors import ConfigError
 from fedsim.ground.files import cache_root
 from fedsim.ground.option import flag
 from fedsim.learning import models
-from fedsim.learning.data import DecodedDataset, load_images, read_column
+from fedsim.learning.data import DecodedDataset, load_dataset, read_column
 from fedsim.learning.partition import NATURAL, Partitions, cached_partition_indices
 from fedsim.outputs import tracking
 from fedsim.outputs.records import Timings
@@ -60,7 +60,11 @@ def prepare(cfg: RunConfig, started: float | None = None) -> RunInputs:
     if partitions.clients != cfg.clients:  # --partition natural: one client per value
         cfg = options.validate(cfg.replace(clients=partitions.clients))
     profiles = load_profiles(cfg)  # a profile per client, once their count is known to fit
-    model = models.check_model(cfg.model, dataset.shape)  # one that cannot fit: one line
+    model = models.check_model(cfg.model, dataset.task)  # one that cannot fit: one line
+    if cfg.augment and not dataset.task.augments():
+        raise ConfigError(
+            flag("augment"), f"crops and flips images; the data is {dataset.task.kind}"
+        )
     algorithm = algorithms.build(cfg)
     check_server_side(cfg, algorithm)
     check_driver_memory(cfg, algorithm, model)
@@ -130,11 +134,49 @@ def load_data(cfg: RunConfig, timings: Timings | None = None) -> tuple[DecodedDa
     Flower App's client process and in the benchmarks' plain loop."""
     timings = timings or Timings()
     tick = time.perf_counter()
-    dataset = load_images(cfg.data, cache_root()).normalized(cfg.normalize)
+    dataset = load_dataset(cfg.data, cache_root(), cfg.partition_column).normalized(cfg.normalize)
     timings.data_load = time.perf_counter() - tick
     tick = time.perf_counter()
     labels = np.asarray(dataset.train_y)
-    groups = read_column(cfg.data, cfg.partition_column) if cfg.partition == NATURAL else None
-    partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root(), groups)
+    groups = _groups(cfg, dataset)
+    if cfg.only_group:
+        rows = _group_rows(cfg, dataset, groups)
+        one = cfg.replace(clients=1, partition="iid", partition_column="")
+        key = f"{dataset.key}:{cfg.only_group}"
+        partitions = cached_partition_indices(labels[rows], one, key, cache_root()).map(rows)
+    else:
+        natural = groups if cfg.partition == NATURAL else None
+        partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root(), natural)
     timings.partition = time.perf_counter() - tick
     return dataset, partitions
+
+
+def _groups(cfg: RunConfig, dataset: DecodedDataset) -> np.ndarray | None:
+    """Each training example's group: the data's own (a table's, Heart Disease's
+    centres), else --partition-column's values where it is given."""
+    if dataset.train_groups is not None:
+        return np.asarray(dataset.train_groups)
+    if cfg.partition_column:
+        return read_column(cfg.data, cfg.partition_column)
+    if cfg.partition == NATURAL or cfg.only_group:
+        option = "partition" if cfg.partition == NATURAL else "only_group"
+        raise ConfigError(
+            flag(option),
+            f"{cfg.data} names no groups of its own: give --partition-column, the column "
+            "naming each example's client",
+        )
+    return None
+
+
+def _group_rows(cfg: RunConfig, dataset: DecodedDataset, groups: np.ndarray) -> np.ndarray:
+    """The training rows of --only-group's group (by the data's group name, or the
+    column's value as written)."""
+    names = dataset.groups or tuple(map(str, np.unique(groups)))
+    if cfg.only_group not in names:
+        raise ConfigError(
+            flag("only_group"),
+            f"{cfg.only_group!r} is not a group of the data ({', '.join(names)})",
+        )
+    wanted = names.index(cfg.only_group) if dataset.groups else cfg.only_group
+    found = groups if dataset.groups else groups.astype(str)
+    return np.flatnonzero(found == wanted)

@@ -137,7 +137,7 @@ def execute(
     cfg = inputs.cfg
     resumed = state.completed if state else None
     truncate_results(run_dir, resumed if resumed is not None else -1)
-    together_facts = clients_together(cfg, inputs.algorithm, inputs.dataset.shape, cluster)
+    together_facts = clients_together(cfg, inputs.algorithm, inputs.dataset.task, cluster)
     facts = {**run_facts(inputs, run_dir, resumed), "cluster": cluster.describe()}
     seams = seams or NO_SEAMS
     run = assemble(inputs, run_dir, state, facts | together_facts, seams)

@@ -21,9 +21,15 @@ from typing import Any
 from fedsim import algorithms
 from fedsim.algorithms import attacks, privacy
 from fedsim.ground import imports
-from fedsim.ground.config import DP_MODES, RAY_RESOURCE_UNIT, RunConfig, core_options
+from fedsim.ground.config import (
+    CLIENT_OPTIMIZERS,
+    DP_MODES,
+    RAY_RESOURCE_UNIT,
+    RunConfig,
+    core_options,
+)
 from fedsim.ground.errors import ConfigError
-from fedsim.ground.option import SYNCHRONOUS, Option, StrategyOptions, flag
+from fedsim.ground.option import COUNTED, SYNCHRONOUS, Option, StrategyOptions, flag
 from fedsim.learning import data, models, partition
 from fedsim.simulation import client_states
 
@@ -38,6 +44,7 @@ CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "attack": lambda: attacks.ATTACKS,
     "client_states": lambda: client_states.WHEN_COMPLETE,
     "normalize": lambda: data.NORMALIZATIONS,
+    "client_optimizer": lambda: CLIENT_OPTIMIZERS,
 }
 
 # Options whose value may be the user's own `module:attribute`: the table it joins, and
@@ -119,6 +126,8 @@ def applies(cfg: RunConfig, name: str) -> bool:
         return True
     if rule == SYNCHRONOUS:
         return not algorithms.algorithm_class(cfg.strategy).asynchronous
+    if rule == COUNTED:
+        return cfg.partition != partition.NATURAL and not cfg.only_group
     return getattr(cfg, rule[0]) in rule[1:]
 
 
@@ -151,9 +160,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     check_core(cfg)
     for name in CHOICES:
         _check_choice(name, getattr(cfg, name))
-    if cfg.partition == partition.NATURAL and not cfg.partition_column:
+    if cfg.local_steps is not None and cfg.local_epochs != 1:
         raise ConfigError(
-            flag("partition_column"), "names the column --partition natural splits by"
+            flag("local_steps"),
+            f"counts local work in batches; --local-epochs {cfg.local_epochs} counts it in "
+            "epochs: give one of them",
         )
     algorithm = algorithms.build(cfg)
     declared = {option.name: option for option in type(algorithm).options()}

@@ -11,10 +11,10 @@ from pathlib import Path
 from fedsim.ground import imports
 from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError, Diverged, RunAborted
-from fedsim.ground.files import CLIENTS_CSV, CONFIG_JSON, MODEL, ROUNDS_CSV
+from fedsim.ground.files import CLIENTS_CSV, CONFIG_JSON, GROUPS_CSV, MODEL, ROUNDS_CSV
 from fedsim.ground.option import flag
 from fedsim.outputs.files import ModelSaver, truncate_rows
-from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, Timings
+from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, GROUP_COLUMNS, Timings
 from fedsim.runner import folders, options
 from fedsim.runner.checkpoint import Checkpointer, Saved, open_memories
 from fedsim.simulation.state import RunState
@@ -93,6 +93,9 @@ def finish_bookkeeping(
 
 
 def truncate_results(run_dir: Path, last_round: int) -> None:
-    """rounds.csv and clients.csv as of `last_round` (the checkpoint's): later rows go."""
+    """rounds.csv, clients.csv and groups.csv as of `last_round` (the checkpoint's):
+    later rows go."""
     truncate_rows(run_dir / ROUNDS_CSV, last_round, CSV_COLUMNS)
     truncate_rows(run_dir / CLIENTS_CSV, last_round, CLIENT_COLUMNS)
+    if (run_dir / GROUPS_CSV).exists():
+        truncate_rows(run_dir / GROUPS_CSV, last_round, GROUP_COLUMNS)

@@ -31,7 +31,7 @@ from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import RunAborted
 from fedsim.ground.messages import ClientOutcome, ClientTask
 from fedsim.outputs.callbacks import RoundCallback
-from fedsim.outputs.records import RoundRecord, Timings
+from fedsim.outputs.records import GroupRecord, RoundRecord, Timings
 from fedsim.simulation.clock import round_end, time_clients
 from fedsim.simulation.phase import (
     Measured,
@@ -46,7 +46,9 @@ from fedsim.simulation.phase import (
 from fedsim.simulation.sampling import sample_clients, sample_size
 from fedsim.simulation.state import RunState
 
-CentralEvaluate = Callable[[ArrayRecord], tuple[float, float]]
+# The global model's loss and accuracy on the test split; where the data has groups, a
+# third item: each group's (name, examples, loss, accuracy)
+CentralEvaluate = Callable[[ArrayRecord], tuple]
 
 
 class Exchange(Protocol):
@@ -137,8 +139,8 @@ class RoundLoop:
         cfg, state = self.cfg, self.state
         if state.completed is None:
             self._send_ahead(exchange, 1)
-            loss, accuracy = self._central()
-            record = RoundRecord(0, central_loss=loss, central_accuracy=accuracy)
+            record = RoundRecord(0)
+            self._central(record)
             record.sim_clock = state.clock.now
             self._emit(record)
         without: list[RoundRecord] = []  # the latest rounds in a row without an update
@@ -189,7 +191,7 @@ class RoundLoop:
             if self.cfg.evaluates_on_clients:
                 self._evaluate_on_clients(exchange, server_round, record)
             self._send_ahead(exchange, server_round + 1)
-            record.central_loss, record.central_accuracy = self._central()
+            self._central(record)
         record.round_seconds = time.perf_counter() - started
         self.timings.per_round.append(record.round_seconds)
         self.timings.rounds += record.round_seconds
@@ -318,11 +320,13 @@ class RoundLoop:
             self.timings.recording_in_clients += outcome.measured_in
         return result
 
-    def _central(self) -> tuple[float, float]:
+    def _central(self, record: RoundRecord) -> None:
         tick = time.perf_counter()
-        result = self.central_evaluate(self.state.arrays)
+        record.central_loss, record.central_accuracy, *groups = self.central_evaluate(
+            self.state.arrays
+        )
+        record.groups = [GroupRecord(record.round, *group) for group in next(iter(groups), [])]
         self.timings.central_evaluate += time.perf_counter() - tick
-        return result
 
     def _emit(self, record: RoundRecord) -> None:
         for callback in self.callbacks:

@@ -1,11 +1,13 @@
-"""An image-classification dataset from a source (a Hugging Face Hub id, a folder of HF
-parquet files, torchvision's cifar-10-batches-py or ImageFolder layout) to uint8 arrays,
-one module per kind of source.
+"""A dataset from a source to arrays, one module per kind of source: images (a Hugging
+Face Hub id, a folder of HF parquet files, torchvision's cifar-10-batches-py or
+ImageFolder layout) and tables (UCI Heart Disease as FLamby prepares it; train and
+test CSV or parquet files).
 
-Images are decoded once, in the driver, and cached on disk (fedsim.learning.data.cache);
-later runs memory-map the cache and start in well under a second. Nothing decodes an
-image inside a training loop. CIFAR-10 is the default; any other dataset brings its own
-classes, image size and channels (grey or colour), which a model is built for (`Shape`).
+A source is read once, in the driver, and cached on disk (fedsim.learning.data.cache);
+later runs memory-map the cache and start in well under a second. Nothing decodes or
+parses inside a training loop. CIFAR-10 is the default; any other dataset brings its
+own task (fedsim.learning.tasks): its classes and the shape of its examples, which a
+model is built for.
 """
 
 from __future__ import annotations
@@ -21,48 +23,55 @@ from fedsim.ground.option import flag
 from fedsim.learning.data.batches import read_batches
 from fedsim.learning.data.cache import cached, content_key, read_cached
 from fedsim.learning.data.dataset import (
-    CIFAR10,
-    IMAGE_SHAPE,
     NORMALIZATIONS,
-    NUM_CLASSES,
     RANGE,
     TRAIN_SPLIT,
     DataError,
     DecodedDataset,
-    PixelStats,
-    Shape,
     pixel_stats,
 )
 from fedsim.learning.data.image_folder import IMAGE_SUFFIXES, ImageFolder
 from fedsim.learning.data.images import decode_images
 from fedsim.learning.data.parquet import load_hub, read_parquet
+from fedsim.learning.data.tables import (
+    csv_files,
+    heart_disease_files,
+    is_table,
+    read_heart_disease,
+    read_table,
+)
 
 __all__ = [
-    "CIFAR10",
-    "IMAGE_SHAPE",
     "IMAGE_SUFFIXES",
     "NORMALIZATIONS",
-    "NUM_CLASSES",
     "RANGE",
     "TRAIN_SPLIT",
     "DataError",
     "DecodedDataset",
-    "PixelStats",
-    "Shape",
     "decode_images",
-    "load_images",
+    "load_dataset",
     "pixel_stats",
     "read_cached",
     "read_column",
 ]
 
 
-def load_images(source: str, cache: Path | None = None) -> DecodedDataset:
-    """Resolve `source`, decode it once into the cache, and return memory-mapped arrays."""
+def load_dataset(source: str, cache: Path | None = None, group_column: str = "") -> DecodedDataset:
+    """Resolve `source`, read it once into the cache, and return memory-mapped arrays.
+    A table's `group_column` (--partition-column) names each row's group and is not
+    one of its features."""
     cache = cache or cache_root()
     path = Path(source).expanduser()
     if path.is_dir():
+        if heart := heart_disease_files(path):
+            return cached(
+                cache, content_key("heart", heart), source, lambda: read_heart_disease(heart)
+            )
         found = _locate(path)
+        if isinstance(found, dict) and ("csv" in found or is_table(found["train"])):
+            splits = {split: found[split] for split in ("train", "test")}
+            key = content_key(f"table:{group_column}", splits["train"] + splits["test"])
+            return cached(cache, key, source, lambda: read_table(splits, group_column))
         if isinstance(found, Path):
             files = sorted(p for p in found.iterdir() if p.is_file())
             key = content_key("batches", files)
@@ -92,7 +101,8 @@ def _looks_like_path(source: str) -> bool:
 
 def _locate(path: Path) -> Path | ImageFolder | dict[str, list[Path]]:
     """The one cifar-10-batches-py folder under `path`, else the parquet files of each
-    split, else an ImageFolder layout (train/ and test/, a folder of images per class).
+    split, else a table's train.csv and test.csv (with "csv" set), else an ImageFolder
+    layout (train/ and test/, a folder of images per class).
     Two copies of the dataset would be read as one with every image twice, so they are
     refused rather than concatenated."""
     batches = sorted({p.parent for p in path.rglob("data_batch_1") if p.is_file()})
@@ -102,13 +112,17 @@ def _locate(path: Path) -> Path | ImageFolder | dict[str, list[Path]]:
         raise _copies(path, batches + sorted(parquet))
     if batches:
         return batches[0]
+    if not splits["train"] and not splits["test"] and (table := csv_files(path)):
+        return {**table, "csv": []}
     if not splits["train"] and not splits["test"] and (path / "train").is_dir():
         return ImageFolder(path)
     if not splits["train"] or not splits["test"]:
         raise DataError(
             f"{path} is not a dataset: expected Hugging Face parquet files "
-            "(train-*.parquet and test-*.parquet), a cifar-10-batches-py folder, or "
-            "train/ and test/ folders with a folder of images per class (ImageFolder)"
+            "(train-*.parquet and test-*.parquet), a cifar-10-batches-py folder, "
+            "train/ and test/ folders with a folder of images per class (ImageFolder), "
+            "a table (train.csv and test.csv), or UCI Heart Disease's processed.*.data "
+            "files"
         )
     return splits
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.learning.data.dataset import IMAGE_SHAPE, DataError
+from fedsim.learning.data.dataset import DataError
 from fedsim.learning.data.images import check_labels
+from fedsim.learning.tasks import IMAGE_SHAPE
 
 
 def _unpickle(file: Path) -> Any:

@@ -1,5 +1,6 @@
-"""The decoded cache: a dataset's arrays as NCHW uint8 `.npy` files, keyed by the source
-and its content, written once (atomically) and memory-mapped by every later run and
+"""The decoded cache: a dataset's arrays as `.npy` files (NCHW uint8 images or float32
+rows; each example's group where the source names groups), keyed by the
+source and its content, written once (atomically) and memory-mapped by every later run and
 every client process; one that does not read back whole and consistent is decoded
 again."""
 
@@ -20,8 +21,10 @@ from fedsim.ground.errors import ConfigError
 from fedsim.learning.data.dataset import DecodedDataset
 
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+GROUP_ARRAYS = ("train_groups", "test_groups")  # where the source names groups
 CACHE_VERSION = "1"
-Decode = Callable[[], tuple[dict[str, np.ndarray], list[str]]]
+# A reader's arrays and class names, and the group names where it has groups
+Decode = Callable[[], tuple[dict[str, np.ndarray], list[str]] | tuple[dict, list[str], list[str]]]
 
 
 def read_cached(folder: Path, source: str = "") -> DecodedDataset:
@@ -30,9 +33,14 @@ def read_cached(folder: Path, source: str = "") -> DecodedDataset:
     stored = _read_cache(folder)
     if stored is None:
         raise ConfigError("FEDSIM_CACHE", f"{folder} is not a complete decoded cache")
-    arrays, classes = stored
+    arrays, classes, groups = stored
     return DecodedDataset(
-        **arrays, classes=tuple(classes), key=folder.name, source=source, folder=folder
+        **arrays,
+        classes=tuple(classes),
+        key=folder.name,
+        source=source,
+        folder=folder,
+        groups=tuple(groups),
     )
 
 
@@ -60,20 +68,22 @@ def _describe(array: np.ndarray) -> dict[str, Any]:
     return {"shape": list(array.shape), "dtype": str(array.dtype)}
 
 
-def _read_cache(folder: Path) -> tuple[dict[str, np.ndarray], list[str]] | None:
-    """The memory-mapped arrays and class names; None unless every array is there with
-    the shape and dtype meta.json records (caches written before it recorded them too)."""
+def _read_cache(folder: Path) -> tuple[dict[str, np.ndarray], list[str], list[str]] | None:
+    """The memory-mapped arrays, class names and group names; None unless every array
+    is there with the shape and dtype meta.json records (caches written before it
+    recorded them too)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-    except (OSError, ValueError, EOFError):  # missing, truncated or garbled
+        names = ARRAYS + (GROUP_ARRAYS if meta.get("groups") else ())
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}
+    except (OSError, ValueError, EOFError, AttributeError):  # missing, truncated or garbled
         return None
     described = {name: _describe(array) for name, array in arrays.items()}
     if not isinstance(meta, dict) or meta.get("arrays") != described:
         return None
     if not isinstance(meta.get("classes"), list):
         return None
-    return arrays, meta["classes"]
+    return arrays, meta["classes"], meta.get("groups", [])
 
 
 def _rebuild(folder: Path, source: str, decode: Decode) -> None:
@@ -85,15 +95,19 @@ def _rebuild(folder: Path, source: str, decode: Decode) -> None:
     except OSError as error:
         raise _unwritable(folder, error) from None
     try:
-        arrays, classes = decode()
+        arrays, classes, *named = decode()
+        groups = list(named[0]) if named else []
         arrays = _as_colour_where_either_is(arrays)
+        names = ARRAYS + (GROUP_ARRAYS if groups else ())
         meta = {
             "source": source,
             "classes": list(classes),
-            "arrays": {name: _describe(arrays[name]) for name in ARRAYS},
+            "arrays": {name: _describe(arrays[name]) for name in names},
         }
+        if groups:  # (an image cache's meta.json stays as it was)
+            meta["groups"] = groups
         try:
-            for name in ARRAYS:
+            for name in names:
                 np.save(tmp / f"{name}.npy", arrays[name])
             (tmp / "meta.json").write_text(json.dumps(meta))
             _install(tmp, folder)
@@ -121,6 +135,8 @@ def _as_colour_where_either_is(arrays: dict[str, np.ndarray]) -> dict[str, np.nd
     """One channel count for both splits: a grey split beside a colour one is made RGB
     (its one channel three times, as decoding it as RGB does), so that one model takes
     both; a split is grey only where every image of the data is."""
+    if arrays["train_x"].ndim != 4:  # not images
+        return arrays
     channels = {arrays[f"{split}_x"].shape[1] for split in ("train", "test")}
     if channels != {1, 3}:
         return arrays

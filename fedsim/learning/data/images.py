@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.learning.data.dataset import NUM_CLASSES, DataError
+from fedsim.learning.data.dataset import DataError
+from fedsim.learning.tasks import NUM_CLASSES
 
 
 def check_labels(labels: np.ndarray, where: str, classes: int = NUM_CLASSES) -> None:
