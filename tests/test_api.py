@@ -243,7 +243,10 @@ class Unsaveable(FedAvg):
     ("options", "message"),
     [
         ({"model": "{mod}:raises"}, "fails to build a model: RuntimeError: no weights file here"),
-        ({"model": "{mod}:Rounding"}, "gives torch.int64 for the data's images (3x32x32), expected float"),
+        (
+            {"model": "{mod}:Rounding"},
+            "gives torch.int64 for the data's images (3x32x32), expected float",
+        ),
         ({"strategy": "{mod}:NoServerSide"}, "has no server side: define strategy()"),
         ({"strategy": "{mod}:ServerSideRaises"}, ".strategy() raises KeyError: 'momentum'"),
         (

@@ -51,7 +51,7 @@ def test_the_binary_loss_is_flambys_sigmoid_and_bce() -> None:
     labels = torch.tensor([0, 1] * 5 + [1])
     expected = torch.nn.BCELoss()(torch.sigmoid(scores), labels[:, None].float())
     assert torch.allclose(task.loss(scores, labels), expected, atol=1e-6)
-    assert int(task.correct(scores, labels)) == int(((scores[:, 0] > 0).long() == labels).sum())
+    assert task.right(scores, labels).tolist() == ((scores[:, 0] > 0).long() == labels).tolist()
 
 
 def test_adam_trains_as_torch_optim_adam() -> None:

@@ -29,13 +29,14 @@ MODELS = {
     "resnet18": "fedsim.learning.nets:resnet18",  # torchvision's, with the CIFAR stem
     "logreg": "fedsim.learning.nets:LogisticRegression",  # a table's: FLamby's Heart baseline
     "mlp": "fedsim.learning.nets:MLP",  # a table's: two hidden layers
+    "lstm": "fedsim.learning.nets:CharLSTM",  # text: LEAF's Shakespeare model
 }
 
 
 def build_model(name: str, seed: int | None = None, task: Task = CIFAR10) -> nn.Module:
     """Model `name` for `task` (CIFAR-10's by default); with `seed`, its initial weights
     are the run's (fedsim.ground.streams). A factory gets the task's facts it takes by
-    name (`num_classes`, `image_shape`, `num_features`: Task.model_facts)."""
+    name (`num_classes`, `image_shape`, `num_features`, `vocabulary`: Task.model_facts)."""
     # a name the table holds, or a user's in a process that has not registered it (a client's)
     make = imports.resolve(MODELS[name]) if name in MODELS else imports.load(name, "--model")
     if seed is not None:

@@ -78,3 +78,19 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+class CharLSTM(nn.Module):
+    """LEAF's Shakespeare model (and the FedAvg paper's): an 8-dimensional embedding of
+    each character, two LSTM layers of 256, and a linear layer over the vocabulary,
+    read at the string's last character."""
+
+    def __init__(self, vocabulary: int, embedding: int = 8, hidden: int = 256) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, embedding)
+        self.lstm = nn.LSTM(embedding, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(hidden, vocabulary)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output, _ = self.lstm(self.embedding(x))
+        return self.head(output[:, -1])

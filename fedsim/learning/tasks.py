@@ -5,7 +5,7 @@ records (`describe`, read back by `described`).
 
 Everything under the runner (the Flower layer, the simulation, the algorithms) holds a
 Task and asks it; only this module and the data readers know what a pixel, a table row
-is. A dataset says which task it is (fedsim.learning.data); adding a
+or a character is. A dataset says which task it is (fedsim.learning.data); adding a
 kind of task is a class here and a reader there (docs/tasks.md).
 """
 
@@ -54,9 +54,9 @@ class Task:
 
         return F.cross_entropy(scores, labels, reduction=reduction)
 
-    def correct(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """How many of the batch's predictions are right (a 0-d tensor)."""
-        return (scores.argmax(1) == labels).sum()
+    def right(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Whether each of the batch's predictions is right (booleans)."""
+        return scores.argmax(1) == labels
 
     def example(self, count: int) -> torch.Tensor:
         """`count` examples of the stored kind (zeros), to try a model on."""
@@ -142,10 +142,10 @@ class TableClassification(Task):
             scores[:, 0], labels.to(scores.dtype), reduction=reduction
         )
 
-    def correct(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def right(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.classes != 2:
-            return super().correct(scores, labels)
-        return ((scores[:, 0] > 0).long() == labels).sum()
+            return super().right(scores, labels)
+        return (scores[:, 0] > 0).long() == labels
 
     def example(self, count: int) -> torch.Tensor:
         import torch
@@ -162,6 +162,34 @@ class TableClassification(Task):
         return {"task": self.kind, "features": self.features, "classes": self.classes}
 
 
+@dataclass(frozen=True)
+class NextCharacter(Task):
+    """Strings of `length` characters (indices into a vocabulary of `classes`, uint8)
+    and the character that follows: LEAF's Shakespeare task, scored per character."""
+
+    kind: ClassVar[str] = "next-character"
+    examples: ClassVar[str] = "strings"
+    length: int
+    classes: int
+
+    def inputs(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.long()
+
+    def example(self, count: int) -> torch.Tensor:
+        import torch
+
+        return torch.zeros((count, self.length), dtype=torch.uint8)
+
+    def example_text(self) -> str:
+        return f"the data's strings ({self.length} characters)"
+
+    def model_facts(self) -> dict[str, object]:
+        return {"num_classes": self.classes, "vocabulary": self.classes}
+
+    def describe(self) -> dict[str, object]:
+        return {"task": self.kind, "length": self.length, "classes": self.classes}
+
+
 CIFAR10 = ImageClassification()
 
 
@@ -172,6 +200,8 @@ def described(facts: dict[str, Any] | None) -> Task:
     kind = facts.get("task", ImageClassification.kind)
     if kind == TableClassification.kind:
         return TableClassification(int(facts["features"]), int(facts["classes"]))
+    if kind == NextCharacter.kind:
+        return NextCharacter(int(facts["length"]), int(facts["classes"]))
     pixels = None
     if "pixel_mean" in facts:
         pixels = PixelStats(tuple(facts["pixel_mean"]), tuple(facts["pixel_std"]))

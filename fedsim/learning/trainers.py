@@ -12,6 +12,8 @@ that client alone: a group that fails together is trained again one client at a 
 
 from __future__ import annotations
 
+import functools
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -118,9 +120,21 @@ class Together:
                     made.append(finish(item, self.model, result, work))
                 share = _since(tick) / len(items)
                 return [Trained(one, None, share) for one in made]
-        except Exception:  # the group failed as a whole: each client alone, failing alone
-            pass
+        except Exception as error:  # the group failed as a whole: each alone, failing alone
+            done = self.alone.train(items, start, finish, settings)
+            if all(one.error is None for one in done):  # not a client's own failure: say why
+                _say_once(
+                    f"clients could not train together ({type(error).__name__}: {error}); "
+                    "they train one at a time"
+                )
+            return done
         return self.alone.train(items, start, finish, settings)
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    """A fallback is said once per process and reason, not once per group."""
+    print(f"fedsim: {message}", file=sys.stderr, flush=True)
 
 
 def _since(tick: float) -> float:

@@ -290,7 +290,7 @@ def evaluate(
         batch_labels = labels[start : start + batch_size]
         scores = model(task.inputs(examples[start : start + batch_size]))
         loss_sum += float(task.loss(scores, batch_labels, reduction="sum"))
-        correct += int(task.correct(scores, batch_labels))
+        correct += int(task.right(scores, batch_labels).sum())
     count = max(len(labels), 1)
     return loss_sum / count, correct / count
 
@@ -309,17 +309,40 @@ class CentralEvaluator:
         self.test_groups = None if dataset.test_groups is None else np.asarray(dataset.test_groups)
 
     def __call__(self, arrays: ArrayRecord) -> tuple:
-        """Loss and accuracy; with groups, each group's (name, examples, loss, accuracy)."""
+        """Loss and accuracy; with groups, each group's (name, examples, loss, accuracy)
+        too, from the same pass over the test split."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        args = (self.model, self.task, self.examples, self.labels, CENTRAL_BATCH_SIZE)
-        loss, accuracy = evaluate(*args)
         if self.test_groups is None:
-            return loss, accuracy
-        return loss, accuracy, [self._group(index, name) for index, name in enumerate(self.names)]
+            args = (self.model, self.task, self.examples, self.labels, CENTRAL_BATCH_SIZE)
+            return evaluate(*args)
+        losses, rights = per_example(self.model, self.task, self.examples, self.labels)
+        count = max(len(losses), 1)
+        size = len(self.names)
+        examples = np.bincount(self.test_groups, minlength=size)
+        group_losses = np.bincount(self.test_groups, losses, minlength=size)
+        group_rights = np.bincount(self.test_groups, rights, minlength=size)
+        groups = [
+            (name, int(n), loss / max(n, 1), right / max(n, 1))
+            for name, n, loss, right in zip(
+                self.names, examples, group_losses, group_rights, strict=True
+            )
+        ]
+        return float(losses.sum()) / count, float(rights.sum()) / count, groups
 
-    def _group(self, index: int, name: str) -> tuple[str, int, float, float]:
-        rows = torch.from_numpy(np.flatnonzero(self.test_groups == index)).to(self.device)
-        loss, accuracy = evaluate(
-            self.model, self.task, self.examples[rows], self.labels[rows], CENTRAL_BATCH_SIZE
-        )
-        return name, len(rows), loss, accuracy
+
+@torch.no_grad()
+def per_example(
+    model: nn.Module, task: Task, examples: torch.Tensor, labels: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's loss (float64) and whether it is right (0 or 1), a batch of
+    CENTRAL_BATCH_SIZE at a time."""
+    model.eval()
+    losses, rights = [], []
+    for start in range(0, len(labels), CENTRAL_BATCH_SIZE):
+        batch_labels = labels[start : start + CENTRAL_BATCH_SIZE]
+        scores = model(task.inputs(examples[start : start + CENTRAL_BATCH_SIZE]))
+        losses.append(task.loss(scores, batch_labels, reduction="none").double().cpu().numpy())
+        rights.append(task.right(scores, batch_labels).double().cpu().numpy())
+    if not losses:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(losses), np.concatenate(rights)

@@ -148,6 +148,7 @@ def run_facts(inputs: RunInputs, run_dir: Path, resumed: int | None) -> dict[str
         "partition_sizes": inputs.partitions.sizes,
         "data_shape": inputs.dataset.task.describe(),
         **({"groups": list(inputs.dataset.groups)} if inputs.dataset.groups else {}),
+        **({"data_notes": inputs.dataset.notes} if inputs.dataset.notes else {}),
         "resumed_from_round": resumed,
         **attacks.describe(inputs.cfg),
         **_user_code(inputs.cfg),

@@ -1,7 +1,7 @@
 """A dataset from a source to arrays, one module per kind of source: images (a Hugging
 Face Hub id, a folder of HF parquet files, torchvision's cifar-10-batches-py or
-ImageFolder layout) and tables (UCI Heart Disease as FLamby prepares it; train and
-test CSV or parquet files).
+ImageFolder layout), tables (UCI Heart Disease as FLamby prepares it; train and test
+CSV or parquet files) and text (a play's speeches by speaker, LEAF's Shakespeare task).
 
 A source is read once, in the driver, and cached on disk (fedsim.learning.data.cache);
 later runs memory-map the cache and start in well under a second. Nothing decodes or
@@ -40,6 +40,7 @@ from fedsim.learning.data.tables import (
     read_heart_disease,
     read_table,
 )
+from fedsim.learning.data.text import read_play, text_file
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -63,6 +64,8 @@ def load_dataset(source: str, cache: Path | None = None, group_column: str = "")
     cache = cache or cache_root()
     path = Path(source).expanduser()
     if path.is_dir():
+        if play := text_file(path):
+            return cached(cache, content_key("play", [play]), source, lambda: read_play(play))
         if heart := heart_disease_files(path):
             return cached(
                 cache, content_key("heart", heart), source, lambda: read_heart_disease(heart)
@@ -121,8 +124,8 @@ def _locate(path: Path) -> Path | ImageFolder | dict[str, list[Path]]:
             f"{path} is not a dataset: expected Hugging Face parquet files "
             "(train-*.parquet and test-*.parquet), a cifar-10-batches-py folder, "
             "train/ and test/ folders with a folder of images per class (ImageFolder), "
-            "a table (train.csv and test.csv), or UCI Heart Disease's processed.*.data "
-            "files"
+            "a table (train.csv and test.csv), UCI Heart Disease's processed.*.data "
+            "files, or a play's text (input.txt)"
         )
     return splits
 

@@ -1,5 +1,5 @@
-"""The decoded cache: a dataset's arrays as `.npy` files (NCHW uint8 images or float32
-rows; each example's group where the source names groups), keyed by the
+"""The decoded cache: a dataset's arrays as `.npy` files (NCHW uint8 images, float32
+rows or uint8 strings; each example's group where the source names groups), keyed by the
 source and its content, written once (atomically) and memory-mapped by every later run and
 every client process; one that does not read back whole and consistent is decoded
 again."""
@@ -23,8 +23,9 @@ from fedsim.learning.data.dataset import DecodedDataset
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 GROUP_ARRAYS = ("train_groups", "test_groups")  # where the source names groups
 CACHE_VERSION = "1"
-# A reader's arrays and class names, and the group names where it has groups
-Decode = Callable[[], tuple[dict[str, np.ndarray], list[str]] | tuple[dict, list[str], list[str]]]
+# A reader's arrays and class names, then (where it has them) the group names and notes
+# (what it left out, by what rule: config.json says them)
+Decode = Callable[[], tuple]
 
 
 def read_cached(folder: Path, source: str = "") -> DecodedDataset:
@@ -33,7 +34,7 @@ def read_cached(folder: Path, source: str = "") -> DecodedDataset:
     stored = _read_cache(folder)
     if stored is None:
         raise ConfigError("FEDSIM_CACHE", f"{folder} is not a complete decoded cache")
-    arrays, classes, groups = stored
+    arrays, classes, groups, notes = stored
     return DecodedDataset(
         **arrays,
         classes=tuple(classes),
@@ -41,6 +42,7 @@ def read_cached(folder: Path, source: str = "") -> DecodedDataset:
         source=source,
         folder=folder,
         groups=tuple(groups),
+        notes=notes,
     )
 
 
@@ -68,9 +70,9 @@ def _describe(array: np.ndarray) -> dict[str, Any]:
     return {"shape": list(array.shape), "dtype": str(array.dtype)}
 
 
-def _read_cache(folder: Path) -> tuple[dict[str, np.ndarray], list[str], list[str]] | None:
-    """The memory-mapped arrays, class names and group names; None unless every array
-    is there with the shape and dtype meta.json records (caches written before it
+def _read_cache(folder: Path) -> tuple[dict[str, np.ndarray], list[str], list[str], dict] | None:
+    """The memory-mapped arrays, class names, group names and notes; None unless every
+    array is there with the shape and dtype meta.json records (caches written before it
     recorded them too)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
@@ -83,7 +85,7 @@ def _read_cache(folder: Path) -> tuple[dict[str, np.ndarray], list[str], list[st
         return None
     if not isinstance(meta.get("classes"), list):
         return None
-    return arrays, meta["classes"], meta.get("groups", [])
+    return arrays, meta["classes"], meta.get("groups", []), meta.get("notes", {})
 
 
 def _rebuild(folder: Path, source: str, decode: Decode) -> None:
@@ -97,6 +99,7 @@ def _rebuild(folder: Path, source: str, decode: Decode) -> None:
     try:
         arrays, classes, *named = decode()
         groups = list(named[0]) if named else []
+        notes = named[1] if len(named) > 1 else {}
         arrays = _as_colour_where_either_is(arrays)
         names = ARRAYS + (GROUP_ARRAYS if groups else ())
         meta = {
@@ -106,6 +109,8 @@ def _rebuild(folder: Path, source: str, decode: Decode) -> None:
         }
         if groups:  # (an image cache's meta.json stays as it was)
             meta["groups"] = groups
+        if notes:
+            meta["notes"] = notes
         try:
             for name in names:
                 np.save(tmp / f"{name}.npy", arrays[name])

@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.ground.errors import ConfigError
-from fedsim.learning.tasks import ImageClassification, PixelStats, TableClassification, Task
+from fedsim.learning.tasks import (
+    ImageClassification,
+    NextCharacter,
+    PixelStats,
+    TableClassification,
+    Task,
+)
 
 
 class DataError(ConfigError):
@@ -43,9 +49,10 @@ def pixel_stats(images: np.ndarray, chunk: int = 4096) -> PixelStats:
 @dataclass(frozen=True)
 class DecodedDataset:
     """Train and test examples and labels (memory-mapped from the cache): NCHW uint8
-    images or float32 table rows. A source whose examples belong to named groups (a
-    table's centres) gives each example's group; --partition natural makes each group
-    a client, and the central evaluation reports each group."""
+    images, float32 table rows or uint8 strings. A source whose examples belong to
+    named groups (a table's centres, a play's speakers) gives each example's group;
+    --partition natural makes each group a client, and the central evaluation reports
+    each group."""
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -59,14 +66,17 @@ class DecodedDataset:
     train_groups: np.ndarray | None = None  # each example's group (an index into `groups`)
     test_groups: np.ndarray | None = None
     groups: tuple[str, ...] = ()
+    notes: dict = dataclasses.field(default_factory=dict)  # what the reader left out, by what rule
 
     @property
     def task(self) -> Task:
-        """What the arrays are: 4-d images, or table rows."""
+        """What the arrays are: 4-d images, float rows, or strings of characters."""
         if self.train_x.ndim == 4:
             image = tuple(self.train_x.shape[1:])
             return ImageClassification(image, len(self.classes), self.pixels)  # type: ignore[arg-type]
-        return TableClassification(self.train_x.shape[1], len(self.classes))
+        if self.train_x.dtype.kind == "f":
+            return TableClassification(self.train_x.shape[1], len(self.classes))
+        return NextCharacter(self.train_x.shape[1], len(self.classes))
 
     def normalized(self, how: str) -> DecodedDataset:
         """The dataset whose models standardise their inputs as --normalize says:

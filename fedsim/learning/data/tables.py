@@ -33,54 +33,33 @@ def heart_disease_files(folder: Path) -> list[Path] | None:
     return files
 
 
-def read_heart_disease(files: list[Path]) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+def read_heart_disease(
+    files: list[Path], pooled: bool = False
+) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
     """FLamby's HeartDiseaseRaw, step for step: per centre, columns 10-12 dropped, rows
     with a missing value dropped, the label made binary, a stratified 66/34 split with
     scikit-learn's train_test_split(random_state=43) (stratified where both labels have
     more than two rows, as FLamby's); columns 2 and 6 one-hot encoded over all centres
     (first level dropped); each centre's features standardised by its own training
     rows' mean and (unbiased) standard deviation, + 1e-9, in float32 as torch computes
-    them. Rows keep their order within a centre; the centres come in FLamby's order."""
+    them (`pooled`: every row by all centres' training rows, as FLamby trains its pooled
+    baseline). Rows keep their order within a centre; the centres come in FLamby's order."""
     import pandas as pd
     import torch
-    from sklearn.model_selection import train_test_split
 
     frames, labels, centres, train = [], [], [], []
     for centre, file in enumerate(files):
-        try:
-            frame = pd.read_csv(file, header=None)
-        except (OSError, ValueError) as error:
-            raise DataError(f"{file}: not a readable table ({error})") from None
-        if frame.shape[1] != 14:
-            raise DataError(f"{file}: {frame.shape[1]} columns, expected UCI's 14")
-        frame = frame.replace("?", np.nan).drop([10, 11, 12], axis=1).dropna(axis=0)
-        try:
-            frame = frame.apply(pd.to_numeric)
-        except ValueError as error:
-            raise DataError(f"{file}: a value is not a number ({error})") from None
-        features, label = frame.iloc[:, :-1], (frame.iloc[:, -1] != 0).astype(np.int64)
-        rows = len(frame)
-        both = len(np.unique(label)) > 1 and all((label == v).sum() > 2 for v in np.unique(label))
-        picked, _ = train_test_split(
-            np.arange(rows),
-            test_size=1.0 - HEART_TRAIN_FRACTION,
-            train_size=HEART_TRAIN_FRACTION,
-            random_state=HEART_SPLIT_SEED,
-            shuffle=True,
-            stratify=label if both else None,
-        )
-        is_train = np.zeros(rows, dtype=bool)
-        is_train[picked] = True
+        features, label, is_train = _heart_centre(file)
         frames.append(features)
-        labels.append(label.to_numpy())
-        centres.append(np.full(rows, centre, dtype=np.int64))
+        labels.append(label)
+        centres.append(np.full(len(label), centre, dtype=np.int64))
         train.append(is_train)
     table = pd.get_dummies(pd.concat(frames, ignore_index=True), columns=[2, 6], drop_first=True)
     x = torch.from_numpy(table.to_numpy(dtype=np.float32))
     y, centre, is_train = np.concatenate(labels), np.concatenate(centres), np.concatenate(train)
     standardised = torch.empty_like(x)
     for index in range(len(files)):
-        rows = torch.from_numpy(centre == index)
+        rows = torch.from_numpy(centre == index) if not pooled else torch.ones(len(x), dtype=bool)
         fitted = x[rows & torch.from_numpy(is_train)]
         mean, std = fitted.mean(axis=0), fitted.std(axis=0)
         standardised[rows] = (x[rows] - mean) / (std + 1e-9)
@@ -94,6 +73,40 @@ def read_heart_disease(files: list[Path]) -> tuple[dict[str, np.ndarray], list[s
         "test_groups": centre[~is_train],
     }
     return arrays, ["no disease", "disease"], list(HEART_CENTRES)
+
+
+def _heart_centre(file: Path) -> tuple[Any, np.ndarray, np.ndarray]:
+    """One centre's features (a frame), binary labels and which rows train, as FLamby's
+    loop over the centres makes them."""
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    try:
+        frame = pd.read_csv(file, header=None)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{file}: not a readable table ({error})") from None
+    if frame.shape[1] != 14:
+        raise DataError(f"{file}: {frame.shape[1]} columns, expected UCI's 14")
+    frame = frame.replace("?", np.nan).drop([10, 11, 12], axis=1).dropna(axis=0)
+    try:
+        frame = frame.apply(pd.to_numeric)
+    except ValueError as error:
+        raise DataError(f"{file}: a value is not a number ({error})") from None
+    label = (frame.iloc[:, -1] != 0).astype(np.int64).to_numpy()
+    rows = len(frame)
+    levels = np.unique(label)
+    both = len(levels) > 1 and all((label == v).sum() > 2 for v in levels)
+    picked, _ = train_test_split(
+        np.arange(rows),
+        test_size=1.0 - HEART_TRAIN_FRACTION,
+        train_size=HEART_TRAIN_FRACTION,
+        random_state=HEART_SPLIT_SEED,
+        shuffle=True,
+        stratify=label if both else None,
+    )
+    is_train = np.zeros(rows, dtype=bool)
+    is_train[picked] = True
+    return frame.iloc[:, :-1], label, is_train
 
 
 def csv_files(folder: Path) -> dict[str, list[Path]] | None:
