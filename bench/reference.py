@@ -169,6 +169,7 @@ def run(cfg: RunConfig, device: torch.device = CPU, ceiling: bool = False) -> Pa
     started = time.perf_counter() - imports
     timings = Timings(imports=imports)
     dataset, parts = load_data(cfg, timings)
+    cfg = cfg.replace(clients=parts.clients)  # --partition natural: the data's groups
     tick = time.perf_counter()
     images = torch.from_numpy(np.array(dataset.train_x))
     labels = torch.from_numpy(np.array(dataset.train_y))

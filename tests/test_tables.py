@@ -113,15 +113,27 @@ def test_fedavg_on_the_four_centres_reports_each_centre(shared_heart, tmp_path) 
     pooled = (last["accuracy"] * last["examples"]).sum() / last["examples"].sum()
     assert rounds["central_accuracy"].iloc[-1] == pytest.approx(pooled, abs=1e-6)
 
-    local = run_cli(
-        *f"{HEART} --partition natural --only-group switzerland --rounds 1 --local-epochs 2"
-        " --client-optimizer adam --lr 0.001".split(),
-        *("--data", str(shared_heart), "--results-dir", str(tmp_path), "--name", "local"),
+    import fedsim  # the local baseline from Python: fedsim.run, the same options
+
+    local = fedsim.run(
+        data=str(shared_heart),
+        partition="natural",
+        only_group="switzerland",
+        model="logreg",
+        rounds=1,
+        local_epochs=2,
+        batch_size=4,
+        client_optimizer="adam",
+        lr=0.001,
+        val_fraction=0,
+        fraction_evaluate=0,
+        results_dir=str(tmp_path),
+        name="local",
     )
-    assert local.returncode == 0, local.stderr
-    document = json.loads((tmp_path / "local" / "config.json").read_text())
-    assert document["partition_sizes"] == [30] and document["config"]["clients"] == 1
-    assert len(pd.read_csv(tmp_path / "local" / "groups.csv")) == 8  # 4 centres, rounds 0-1
+    assert local.status == "complete"
+    assert local.document["partition_sizes"] == [30] and local.config["clients"] == 1
+    assert len(pd.read_csv(local.run_dir / "groups.csv")) == 8  # 4 centres, rounds 0-1
+    assert local.model(torch.zeros(3, 13)).shape == (3, 1)
 
 
 def _table(folder: Path, train: pd.DataFrame, test: pd.DataFrame) -> Path:

@@ -63,7 +63,7 @@ def buffered_update(
 class FedBuffStrategy(strategies.FedAvg):
     """Flower's FedAvg with FedBuff's server update. The model the updates apply to is
     the strategy's own (as in Flower's FedAvgM): the first one it sends, then each one
-    it makes; it is pickled with the strategy into checkpoint.pt."""
+    it makes; checkpoint.pt keeps it with the strategy's state (fedsim.runner.server_state)."""
 
     def __init__(self, server_lr: float = DEFAULT_SERVER_LR) -> None:
         super().__init__(**SAMPLE_ALL)

@@ -44,11 +44,12 @@ class BufferedSchedule:
         # not trained yet; always empty between two calls, so never checkpointed
         self.waiting: list[tuple[int, float]] = []
 
-    def train(self, server_round: int, state: RunState, train: TrainPhase) -> PhaseResult:
-        """Run the clock until K updates have arrived; hand them to the strategy with
-        their staleness (server updates applied since each one started)."""
+    def train(self, server_update: int, state: RunState, train: TrainPhase) -> PhaseResult:
+        """Run the clock until K updates have arrived for the server's `server_update`-th
+        model update (a row of rounds.csv); hand them to the strategy with their
+        staleness (server updates applied since each one started)."""
         clock, size = state.clock, self.buffer.size
-        version = server_round - 1  # server updates applied so far
+        version = server_update - 1  # server updates applied so far
         arrived = PhaseResult()
         failed_in_a_row = 0
         while len(arrived.replies) < size:
@@ -65,7 +66,7 @@ class BufferedSchedule:
             flight = min(clock.in_flight, key=lambda f: (f.finish, f.pid))
             clock.in_flight.remove(flight)
             clock.now = flight.finish
-            flight.record.round = server_round
+            flight.record.round = server_update
             arrived.clients.append(flight.record)
             if flight.content is None:
                 failed_in_a_row += 1
