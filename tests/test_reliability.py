@@ -50,7 +50,7 @@ BAD_INPUT = [
     ),
     (["--model", "vgg"], "--model: unknown value 'vgg', choose from cnn, resnet18"),
     (["--strategy", "fedsgd"], "--strategy: unknown value 'fedsgd'"),
-    (["--partition", "natural"], "--partition-column: names the column --partition natural"),
+    (["--partition", "natural"], "names no groups of its own: give --partition-column"),
     (["--name", "../escape"], "--name: '../escape' must be a plain folder name"),
     (["--gpus-per-client", "0.5"], "--gpus-per-client: got 0.5, but no GPU is visible"),
     (["--clients", "1001"], "--clients: must be ≤ 1000"),

@@ -180,3 +180,20 @@ def test_any_table_runs_split_by_its_column_and_bad_tables_are_one_line(tmp_path
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith("error: --data: ") and message in done.stderr
         assert not (tmp_path / "results").exists()
+
+
+def test_local_steps_are_batches_and_the_clock_charges_their_examples() -> None:
+    """--local-steps N draws N batches (epochs of fresh permutations, the last cut
+    short); the simulated clock charges the examples those batches hold."""
+    from fedsim.runner.options import make_config
+
+    cfg = make_config(local_steps=100, batch_size=4)
+    settings = training.train_settings(cfg)
+    for examples in (3, 30, 199):
+        rows = torch.arange(examples)
+        drawn = list(training.batches(rows, rows, settings, torch.Generator().manual_seed(0)))
+        assert len(drawn) == training.steps_of(examples, settings) == 100
+        assert sum(len(labels) for _, labels in drawn) == cfg.local_work(examples)
+    assert make_config(local_epochs=3).local_work(10) == 30
+    with pytest.raises(ConfigError, match=r"^--local-steps: counts local work in batches"):
+        make_config(local_steps=5, local_epochs=2)

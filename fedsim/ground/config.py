@@ -406,6 +406,18 @@ class RunConfig:
     def evaluates_on_clients(self) -> bool:
         return self.fraction_evaluate > 0 and self.val_fraction > 0
 
+    def local_work(self, examples: int) -> int:
+        """How many examples a client of `examples` trains on in a round: its epochs'
+        worth, or --local-steps batches (whole epochs of them, then full batches): the
+        simulated clock's compute and a bundle's share of work."""
+        if self.local_steps is None:
+            return examples * self.local_epochs
+        per_epoch = -(-examples // self.batch_size) if examples else 0
+        if not per_epoch:
+            return 0
+        epochs, batches = divmod(self.local_steps, per_epoch)
+        return epochs * examples + batches * self.batch_size
+
     @property
     def sampled_per_round(self) -> int:
         """How many clients a round samples to train (fedsim.simulation draws which)."""

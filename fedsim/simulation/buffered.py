@@ -117,9 +117,10 @@ class BufferedSchedule:
             return True
         next_arrival = min(f.finish for f in state.clock.in_flight)
         profiles, sizes = self.population.profiles, self.population.train_sizes
-        epochs = self.cfg.local_epochs
+        work = self.cfg.local_work
         return any(
-            start + client_sim_seconds(profiles.of(pid), 0, sizes[pid], epochs, 0) <= next_arrival
+            start + client_sim_seconds(profiles.of(pid), 0, work(int(sizes[pid])), 0)
+            <= next_arrival
             for pid, start in self.waiting
         )
 
@@ -132,7 +133,7 @@ class BufferedSchedule:
         starts, self.waiting = dict(self.waiting), []
         clock.batches += 1  # seeds the clients' shuffling and dropouts, like a round number
         batch = train(clock.batches, sorted(starts))
-        time_clients(self.population.profiles, batch.clients, self.cfg.local_epochs)
+        time_clients(self.population.profiles, batch.clients, self.cfg.local_work)
         replies = batch.by_client()
         for record in batch.clients:
             reply = replies.get(record.client)

@@ -14,7 +14,7 @@ same on any machine, however the clients are bundled, and after --resume.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,26 +25,29 @@ from fedsim.outputs.records import ClientRecord
 from fedsim.simulation.profiles import ClientProfile, Profiles
 
 
-def client_sim_seconds(
-    profile: ClientProfile, bytes_down: int, examples: int, epochs: int, bytes_up: int
-) -> float:
-    """Simulated seconds of one client's training: download, compute, upload."""
+def client_sim_seconds(profile: ClientProfile, bytes_down: int, work: int, bytes_up: int) -> float:
+    """Simulated seconds of one client's training: download, compute (`work`: the
+    examples it trains on, RunConfig.local_work), upload."""
     return (
         bytes_down * 8 / (profile.down_mbps * 1e6)
-        + examples * epochs / profile.examples_per_second
+        + work / profile.examples_per_second
         + bytes_up * 8 / (profile.up_mbps * 1e6)
     )
 
 
 def time_clients(
-    profiles: Profiles, records: Iterable[ClientRecord], epochs: int
+    profiles: Profiles, records: Iterable[ClientRecord], work: Callable[[int], int]
 ) -> dict[int, float]:
-    """Put each training record's simulated seconds on it; return those of the
-    clients whose update arrives (status ok), by partition id."""
+    """Put each training record's simulated seconds on it (`work`: the examples a
+    client of so many trains on); return those of the clients whose update arrives
+    (status ok), by partition id."""
     finished = {}
     for record in records:
         record.sim_seconds = client_sim_seconds(
-            profiles.of(record.client), record.bytes_down, record.examples, epochs, record.bytes_up
+            profiles.of(record.client),
+            record.bytes_down,
+            work(record.examples),
+            record.bytes_up,
         )
         if record.status == messages.OK:
             finished[record.client] = record.sim_seconds

@@ -206,7 +206,7 @@ class RoundLoop:
         if started is None:
             raise RunAborted(f"no client is online after simulated second {clock.now:g}")
         result = self._receive(started.sent)
-        finish = time_clients(profiles, result.clients, cfg.local_epochs)
+        finish = time_clients(profiles, result.clients, cfg.local_work)
         wanted = cfg.sampled_per_round if cfg.over_select else None
         end, late = round_end(finish, wanted, cfg.deadline)
         result.discard(late)
@@ -283,13 +283,12 @@ class RoundLoop:
         messages_ = configure(server_round, state.arrays, ConfigRecord(), _Sampled(pids))
         sent = {m.metadata.dst_node_id - 1: m for m in messages_}
         sizes = self.population.train_sizes if training else self.population.val_sizes
-        epochs = self.cfg.local_epochs if training else 1
         tasks = [
             ClientTask(
                 pid,
                 sent[pid].content,
                 state.memories.get(pid) if training else RecordDict(),
-                work=float(sizes[pid]) * epochs,
+                work=float(self.cfg.local_work(int(sizes[pid])) if training else sizes[pid]),
             )
             for pid in sorted(sent)
         ]
