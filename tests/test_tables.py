@@ -197,3 +197,30 @@ def test_local_steps_are_batches_and_the_clock_charges_their_examples() -> None:
     assert make_config(local_epochs=3).local_work(10) == 30
     with pytest.raises(ConfigError, match=r"^--local-steps: counts local work in batches"):
         make_config(local_steps=5, local_epochs=2)
+
+
+def test_clients_trained_together_match_one_at_a_time_on_a_table() -> None:
+    """The vectorised trainer takes the task's loss (one logit, binary cross-entropy)
+    and the same steps as one client after another (clients of unequal sizes)."""
+    from fedsim.learning import together
+
+    task = TableClassification(features=13, classes=2)
+    model = models.build_model("mlp", seed=0, task=task)
+    start = {name: value.clone() for name, value in model.state_dict().items()}
+    data = torch.Generator().manual_seed(3)
+    clients = [
+        (torch.randn(n, 13, generator=data), torch.randint(0, 2, (n,), generator=data))
+        for n in (30, 17)
+    ]
+    settings = training.TrainSettings(epochs=1, batch_size=4, lr=0.05, momentum=0.9, steps=12)
+    generators = [torch.Generator().manual_seed(k) for k in range(2)]
+    hooks = [training.LocalHooks()] * 2
+    trained, results = together.train_together(
+        model, task, [start, start], clients, settings, generators, hooks
+    )
+    for (x, y), weights, result, seed in zip(clients, trained, results, range(2), strict=True):
+        model.load_state_dict(start)
+        alone = training.train(model, task, x, y, settings, torch.Generator().manual_seed(seed))
+        assert result.steps == alone.steps == 12
+        for name, value in model.state_dict().items():
+            assert torch.allclose(weights[name], value, atol=1e-5), name
