@@ -124,7 +124,6 @@ def check_model(name: str, task: Task) -> nn.Module:
         what = "one score (a logit) per example" if wanted == 1 else "a score per class"
         raise ConfigError(
             "--model",
-            f"{name} gives {found} for 2 {task.examples}, expected (2, {wanted}): {what} "
-            "of the data",
+            f"{name} gives {found} for 2 {task.plural}, expected (2, {wanted}): {what} of the data",
         )
     return model

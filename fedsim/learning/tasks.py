@@ -36,7 +36,7 @@ class Task:
     score per class and the arg-max, unless a subclass says otherwise."""
 
     kind: ClassVar[str]  # config.json's name for it
-    examples: ClassVar[str]  # what an example is called in messages ("images")
+    plural: ClassVar[str]  # what its examples are called in messages ("images")
     classes: int
 
     def inputs(self, batch: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,7 @@ class ImageClassification(Task):
     by default."""
 
     kind: ClassVar[str] = "image-classification"
-    examples: ClassVar[str] = "images"
+    plural: ClassVar[str] = "images"
     image: tuple[int, int, int] = IMAGE_SHAPE
     classes: int = NUM_CLASSES
     pixels: PixelStats | None = None  # None: pixels scaled to [-1, 1], nothing measured
@@ -124,7 +124,7 @@ class TableClassification(Task):
     Fed-Heart-Disease); more are a score per class with cross-entropy."""
 
     kind: ClassVar[str] = "table-classification"
-    examples: ClassVar[str] = "rows"
+    plural: ClassVar[str] = "rows"
     features: int
     classes: int
 
@@ -168,7 +168,7 @@ class NextCharacter(Task):
     and the character that follows: LEAF's Shakespeare task, scored per character."""
 
     kind: ClassVar[str] = "next-character"
-    examples: ClassVar[str] = "strings"
+    plural: ClassVar[str] = "strings"
     length: int
     classes: int
 

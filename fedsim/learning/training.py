@@ -157,7 +157,8 @@ class Adam:
             param.grad = None
 
 
-def optimizer(model: nn.Module, settings: TrainSettings) -> SGD | Adam:
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> SGD | Adam:
+    """The clients' optimizer as --client-optimizer says, fresh for a round."""
     params = list(model.parameters())
     if settings.adam:
         return Adam(params, settings.lr, settings.weight_decay)
@@ -212,7 +213,7 @@ def train(
 ) -> TrainResult:
     """Local training, as the algorithm's hooks change it."""
     model.train()
-    step = optimizer(model, settings)
+    optimizer = make_optimizer(model, settings)
     extra_loss, after_step = hooks.loss_term(), hooks.step_change(model)
     total, steps = torch.zeros((), device=examples.device), 0
     for batch, batch_labels in batches(examples, labels, settings, generator):
@@ -220,7 +221,7 @@ def train(
         if extra_loss is not None:
             loss = loss + extra_loss(model)
         loss.backward()
-        step.step()
+        optimizer.step()
         if after_step is not None:
             after_step(model)
         total += loss.detach()
@@ -307,6 +308,8 @@ class CentralEvaluator:
         self.labels = torch.from_numpy(np.array(dataset.test_y)).to(self.device)
         self.names = dataset.groups
         self.test_groups = None if dataset.test_groups is None else np.asarray(dataset.test_groups)
+        if self.test_groups is not None:  # each group's test examples: counted once
+            self.group_sizes = np.bincount(self.test_groups, minlength=len(self.names))
 
     def __call__(self, arrays: ArrayRecord) -> tuple:
         """Loss and accuracy; with groups, each group's (name, examples, loss, accuracy)
@@ -316,15 +319,13 @@ class CentralEvaluator:
             args = (self.model, self.task, self.examples, self.labels, CENTRAL_BATCH_SIZE)
             return evaluate(*args)
         losses, rights = per_example(self.model, self.task, self.examples, self.labels)
-        count = max(len(losses), 1)
-        size = len(self.names)
-        examples = np.bincount(self.test_groups, minlength=size)
+        count, size = max(len(losses), 1), len(self.names)
         group_losses = np.bincount(self.test_groups, losses, minlength=size)
         group_rights = np.bincount(self.test_groups, rights, minlength=size)
         groups = [
             (name, int(n), loss / max(n, 1), right / max(n, 1))
             for name, n, loss, right in zip(
-                self.names, examples, group_losses, group_rights, strict=True
+                self.names, self.group_sizes, group_losses, group_rights, strict=True
             )
         ]
         return float(losses.sum()) / count, float(rights.sum()) / count, groups

@@ -138,34 +138,32 @@ def load_data(cfg: RunConfig, timings: Timings | None = None) -> tuple[DecodedDa
     timings.data_load = time.perf_counter() - tick
     tick = time.perf_counter()
     labels = np.asarray(dataset.train_y)
-    groups = _groups(cfg, dataset)
     if cfg.only_group:
+        groups = _groups(cfg, dataset)
         rows = _group_rows(cfg, dataset, groups)
         one = cfg.replace(clients=1, partition="iid", partition_column="")
         key = f"{dataset.key}:{cfg.only_group}"
         partitions = cached_partition_indices(labels[rows], one, key, cache_root()).map(rows)
     else:
-        natural = groups if cfg.partition == NATURAL else None
+        natural = _groups(cfg, dataset) if cfg.partition == NATURAL else None
         partitions = cached_partition_indices(labels, cfg, dataset.key, cache_root(), natural)
     timings.partition = time.perf_counter() - tick
     return dataset, partitions
 
 
-def _groups(cfg: RunConfig, dataset: DecodedDataset) -> np.ndarray | None:
-    """Each training example's group: the data's own (a table's, Heart Disease's
-    centres), else --partition-column's values where it is given."""
+def _groups(cfg: RunConfig, dataset: DecodedDataset) -> np.ndarray:
+    """Each training example's group, for --partition natural or --only-group: the
+    data's own (a table's, Heart Disease's centres), else --partition-column's values
+    (read only here, where a run needs them)."""
     if dataset.train_groups is not None:
         return np.asarray(dataset.train_groups)
     if cfg.partition_column:
         return read_column(cfg.data, cfg.partition_column)
-    if cfg.partition == NATURAL or cfg.only_group:
-        option = "partition" if cfg.partition == NATURAL else "only_group"
-        raise ConfigError(
-            flag(option),
-            f"{cfg.data} names no groups of its own: give --partition-column, the column "
-            "naming each example's client",
-        )
-    return None
+    raise ConfigError(
+        flag("partition" if cfg.partition == NATURAL else "only_group"),
+        f"{cfg.data} names no groups of its own: give --partition-column, the column "
+        "naming each example's client",
+    )
 
 
 def _group_rows(cfg: RunConfig, dataset: DecodedDataset, groups: np.ndarray) -> np.ndarray:

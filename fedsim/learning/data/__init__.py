@@ -71,10 +71,9 @@ def load_dataset(source: str, cache: Path | None = None, group_column: str = "")
                 cache, content_key("heart", heart), source, lambda: read_heart_disease(heart)
             )
         found = _locate(path)
-        if isinstance(found, dict) and ("csv" in found or is_table(found["train"])):
-            splits = {split: found[split] for split in ("train", "test")}
-            key = content_key(f"table:{group_column}", splits["train"] + splits["test"])
-            return cached(cache, key, source, lambda: read_table(splits, group_column))
+        if isinstance(found, dict) and is_table(found["train"]):
+            key = content_key(f"table:{group_column}", found["train"] + found["test"])
+            return cached(cache, key, source, lambda: read_table(found, group_column))
         if isinstance(found, Path):
             files = sorted(p for p in found.iterdir() if p.is_file())
             key = content_key("batches", files)
@@ -104,7 +103,7 @@ def _looks_like_path(source: str) -> bool:
 
 def _locate(path: Path) -> Path | ImageFolder | dict[str, list[Path]]:
     """The one cifar-10-batches-py folder under `path`, else the parquet files of each
-    split, else a table's train.csv and test.csv (with "csv" set), else an ImageFolder
+    split, else a table's train.csv and test.csv, else an ImageFolder
     layout (train/ and test/, a folder of images per class).
     Two copies of the dataset would be read as one with every image twice, so they are
     refused rather than concatenated."""
@@ -116,7 +115,7 @@ def _locate(path: Path) -> Path | ImageFolder | dict[str, list[Path]]:
     if batches:
         return batches[0]
     if not splits["train"] and not splits["test"] and (table := csv_files(path)):
-        return {**table, "csv": []}
+        return table
     if not splits["train"] and not splits["test"] and (path / "train").is_dir():
         return ImageFolder(path)
     if not splits["train"] or not splits["test"]:

@@ -116,8 +116,11 @@ def csv_files(folder: Path) -> dict[str, list[Path]] | None:
 
 
 def is_table(files: list[Path]) -> bool:
-    """Whether parquet `files` hold a table (no image column) rather than images."""
+    """Whether a split's `files` hold a table: CSV, or parquet without an image column."""
     import pyarrow.parquet as pq
+
+    if files[0].suffix == ".csv":
+        return True
 
     try:
         schema = pq.read_schema(files[0])
