@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = Path(
     os.environ.get("FEDSIM_TEST_CIFAR", ROOT.parent / "shared" / "data" / "cifar10")
 )
-SHARED_HEART = ROOT.parent / "shared" / "data" / "heart_disease"  # UCI's four centres
+SHARED_HEART = SHARED_CIFAR.parent / "heart_disease"  # UCI's four centres, beside it
 
 
 def write_cifar_batches(folder: Path, train: int, test: int, seed: int = 0) -> Path:
