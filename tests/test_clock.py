@@ -62,7 +62,7 @@ def test_three_clients_by_hand(tmp_path) -> None:
     """1 MB down, 200 examples × 2 epochs, 0.5 MB up (client 2 failed: nothing up)."""
     profiles = _profiles(tmp_path, "0,100,8,4,\n1,50,16,8,\n")  # client 2 is not listed
     records = [_train(0), _train(1), _train(2, "failed", up=0)]
-    finish = time_clients(profiles, records, lambda examples: 2 * examples)
+    finish = time_clients(profiles, records, make_config(local_epochs=2))
     # 8e6 bits / 8 Mbit/s = 1 s; 400 examples / 100 per s = 4 s; 4e6 bits / 4 Mbit/s = 1 s
     assert records[0].sim_seconds == pytest.approx(1 + 4 + 1)
     # 8e6 / 16e6 = 0.5 s; 400 / 50 = 8 s; 4e6 / 8e6 = 0.5 s

@@ -16,6 +16,7 @@ from fedsim.ground.errors import ConfigError
 from fedsim.learning import models, training
 from fedsim.learning.data import load_dataset
 from fedsim.learning.tasks import TableClassification
+from fedsim.simulation.clock import local_work
 from tests.conftest import run_cli
 
 HEART = "--model logreg --batch-size 4 --momentum 0 --val-fraction 0 --fraction-evaluate 0"
@@ -193,8 +194,8 @@ def test_local_steps_are_batches_and_the_clock_charges_their_examples() -> None:
         rows = torch.arange(examples)
         drawn = list(training.batches(rows, rows, settings, torch.Generator().manual_seed(0)))
         assert len(drawn) == training.steps_of(examples, settings) == 100
-        assert sum(len(labels) for _, labels in drawn) == cfg.local_work(examples)
-    assert make_config(local_epochs=3).local_work(10) == 30
+        assert sum(len(labels) for _, labels in drawn) == local_work(cfg, examples)
+    assert local_work(make_config(local_epochs=3), 10) == 30
     with pytest.raises(ConfigError, match=r"^--local-steps: counts local work in batches"):
         make_config(local_steps=5, local_epochs=2)
 

@@ -144,6 +144,38 @@ def test_what_cannot_train_together_trains_alone(tiny_cifar, alone) -> None:
     assert isinstance(process.trainer, trainers.OneAtATime)
 
 
+# A user's algorithm whose group step fails whenever it is given more than one client
+GROUP_FAILS = """
+from fedsim.algorithms.fedavg import FedAvg
+
+class GroupFails(FedAvg):
+    def train_group(self, ctxs, trainer):
+        if len(ctxs) > 1:
+            raise RuntimeError("only one client at a time")
+        return super().train_group(ctxs, trainer)
+"""
+
+
+def test_a_group_that_fails_as_a_whole_is_trained_one_client_at_a_time(
+    tiny_cifar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train_clients never raises: each client is trained again alone, and replies as
+    it does in a group of one."""
+    (tmp_path / "group_fails.py").write_text(GROUP_FAILS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = make_config(data=str(tiny_cifar), clients=3, strategy="group_fails:GroupFails")
+    process = client_app.ClientProcess(cfg, LocalData(cfg))
+    tasks, info = _tasks(cfg, np.random.default_rng(0)), BundleInfo(server_round=1, deadline=0)
+    outcomes = client_app.train_clients(process, tasks, info)
+    assert [one.status for one in outcomes] == [messages.OK] * 3
+    for task_, outcome in zip(tasks, outcomes, strict=True):
+        (single,) = client_app.train_clients(process, [task_], info)
+        alone, in_group = _arrays(single.content), _arrays(outcome.content)
+        assert alone.keys() == in_group.keys()
+        for name in alone:
+            assert all(np.array_equal(alone[name][k], in_group[name][k]) for k in alone[name])
+
+
 def test_runs_together_and_alone_agree_through_the_engine(tiny_cifar, tmp_path: Path) -> None:
     """SCAFFOLD on unequal clients for three rounds: central accuracy within 0.2 points
     and the final models within float rounding's drift; config.json says which path."""

@@ -41,7 +41,8 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
 
 from fedsim.ground import messages, streams
-from fedsim.ground.config import CLIENT_FIXED, DP_OFF, SERVER_ADAPTIVE, SERVER_FIXED, RunConfig
+from fedsim.ground.choices import CLIENT_FIXED, DP_OFF, SERVER_ADAPTIVE, SERVER_FIXED
+from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
 from fedsim.ground.option import flag
 
@@ -169,7 +170,7 @@ def _client_fixed(strategy: Strategy, z: float, norm: float, sampled: int) -> St
 
 
 OFF = DP_OFF
-WRAPPERS = {  # --dp's modes (fedsim.ground.config.DP_MODES): Flower's wrapper for each
+WRAPPERS = {  # --dp's modes (fedsim.ground.choices.DP_MODES): Flower's wrapper for each
     SERVER_FIXED: _server_fixed,
     SERVER_ADAPTIVE: _server_adaptive,
     CLIENT_FIXED: _client_fixed,

@@ -38,7 +38,8 @@ from fedsim.flower.actor_log import log_calls
 from fedsim.flower.bundles import BundleInfo
 from fedsim.flower.sizing import Cluster
 from fedsim.ground import messages, streams
-from fedsim.ground.config import CLIENT_FIXED, RunConfig
+from fedsim.ground.choices import CLIENT_FIXED
+from fedsim.ground.config import RunConfig
 from fedsim.ground.messages import ClientOutcome, ClientTask
 from fedsim.learning import models, together
 from fedsim.learning.data import DecodedDataset, read_cached
@@ -212,7 +213,7 @@ def train_clients(
     try:
         done = process.algorithm.train_group([ctx for _, ctx in live], trainer)
     except Exception:
-        alone = OneAtATime(process.model)
+        alone = OneAtATime(process.model, process.task)
         done = [_train_alone(process, ctx, alone) for _, ctx in live]
     for (position, ctx), trained in zip(live, done, strict=True):
         if trained.error is not None:

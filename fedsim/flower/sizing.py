@@ -7,7 +7,8 @@ import math
 import os
 from dataclasses import dataclass
 
-from fedsim.ground.config import RAY_RESOURCE_UNIT, RunConfig
+from fedsim.ground.choices import RAY_RESOURCE_UNIT
+from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
 from fedsim.ground.option import flag
 

@@ -1,23 +1,27 @@
-"""The run configuration: a frozen dataclass that flows one way, each of its settings
-declared once below (fedsim.ground.option's machinery: help, default, typed bounds,
-roles, and the concern it belongs to, the `--help` groups).
-
-The field order is the order of the words in a sweep's run names
-(`clients-8_dirichlet_seed-1`). The chosen algorithm's own options are declared in its
-file (fedsim.algorithms) and their values travel in `strategy_options`.
-fedsim.runner.options gathers both into one catalog: the command line, experiment
-files, the Flower App's run config, validation, the summary and the docs derive from
-it. Choices that a dispatch table holds (models, partitions,
-DP modes, attacks, algorithms) are checked there against that table, not listed here.
-"""
+"""The run configuration: a frozen dataclass that flows one way, each setting declared
+once below (fedsim.ground.option's machinery: help, default, typed bounds, roles, and
+the concern it belongs to, the `--help` groups); the values they take and their limits
+are in fedsim.ground.choices, or in the dispatch table that holds them (models,
+partitions, attacks, algorithms). The field order is the order of the words in a
+sweep's run names (`clients-8_dirichlet_seed-1`). An algorithm's own options are
+declared in its file (fedsim.algorithms); their values travel in `strategy_options`.
+fedsim.runner.options gathers both into one catalog, from which the command line,
+experiment files, the Flower App's run config, validation, the summary and the docs
+derive."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
+from fedsim.ground.choices import (
+    DP_MODES,
+    HUB_CIFAR10,
+    MAX_NOISE_MULTIPLIER,
+    MAX_SEED,
+    SGD,
+    VECTORIZE,
+)
 from fedsim.ground.option import (
     ALGORITHM,
     CLOCK,
@@ -35,6 +39,7 @@ from fedsim.ground.option import (
     TRAINING,
     WHERE,
     Bounds,
+    Declared,
     Option,
     StrategyOptions,
     at_least,
@@ -43,28 +48,9 @@ from fedsim.ground.option import (
     greater_than,
 )
 
-HUB_CIFAR10 = "uoft-cs/cifar10"
-CLIENT_OPTIMIZERS = (SGD, ADAM) = ("sgd", "adam")  # --client-optimizer's choices
-MAX_SEED = 2**32 - 1  # numpy and torch both take it; a common bound users know
-# Beyond this a round spends no measurable privacy (ε rounds to 0) and dp-accounting's
-# Rényi accountant fails (a math domain error from about 3·10⁸)
-MAX_NOISE_MULTIPLIER = 1e6
-RAY_RESOURCE_UNIT = 1e-4  # Ray counts CPUs and GPUs in units of 1/10,000 (its FixedPoint)
-
-# --vectorize: clients of a bundle trained at once (fedsim.learning.together)
-VECTORIZE = (AUTO, ON, OFF) = ("auto", "on", "off")
-
-# --dp's modes (fedsim.algorithms.privacy wraps the strategy for each but `off`)
-DP_MODES = (DP_OFF, SERVER_FIXED, SERVER_ADAPTIVE, CLIENT_FIXED) = (
-    "off",
-    "server-fixed",
-    "server-adaptive",
-    "client-fixed",
-)
-
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Declared):
     """Everything that decides what a run computes (and where it writes)."""
 
     # Federation
@@ -178,8 +164,9 @@ class RunConfig:
     # Data
     data: str = declare(
         HUB_CIFAR10,
-        "image classification data: a Hugging Face dataset id, a folder of HF parquet files, "
-        "a cifar-10-batches-py folder, or train/ and test/ folders of class folders (ImageFolder) "
+        "the data (docs/tasks.md): a Hugging Face dataset id, a folder of HF parquet files "
+        "(images or a table), train.csv and test.csv, a cifar-10-batches-py folder, train/ "
+        "and test/ folders of class folders, or a play's input.txt "
         "(default: $FEDSIM_DATA or uoft-cs/cifar10)",
         DATA,
         roles=(FIXED, NOT_COMPARED),  # compared by its content key instead
@@ -388,35 +375,9 @@ class RunConfig:
     # The chosen algorithm's own options, as it declares them (fedsim.runner.options)
     strategy_options: StrategyOptions = field(default_factory=StrategyOptions)
 
-    def replace(self, **changes: Any) -> RunConfig:
-        return dataclasses.replace(self, **changes)
-
-    def as_dict(self) -> dict[str, Any]:
-        """config.json's `config`: every option, the algorithm's under strategy_options."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {**values, "strategy_options": dict(self.strategy_options)}
-
-    def flat(self) -> dict[str, Any]:
-        """Every option by name, the algorithm's beside the others (as options are given)."""
-        values = self.as_dict()
-        own = values.pop("strategy_options")
-        return {**values, **own}
-
     @property
     def evaluates_on_clients(self) -> bool:
         return self.fraction_evaluate > 0 and self.val_fraction > 0
-
-    def local_work(self, examples: int) -> int:
-        """How many examples a client of `examples` trains on in a round: its epochs'
-        worth, or --local-steps batches (whole epochs of them, then full batches): the
-        simulated clock's compute and a bundle's share of work."""
-        if self.local_steps is None:
-            return examples * self.local_epochs
-        per_epoch = -(-examples // self.batch_size) if examples else 0
-        if not per_epoch:
-            return 0
-        epochs, batches = divmod(self.local_steps, per_epoch)
-        return epochs * examples + batches * self.batch_size
 
     @property
     def sampled_per_round(self) -> int:

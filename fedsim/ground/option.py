@@ -11,7 +11,7 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from fedsim.ground.errors import ConfigError
 
@@ -180,6 +180,27 @@ class StrategyOptions(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"StrategyOptions({dict(self._items)})"
+
+
+class Declared:
+    """What a frozen dataclass of declared options (RunConfig) does with its values:
+    a copy with some changed, and every value by name for config.json, the summary,
+    sweeps and trackers. The chosen algorithm's own options are in its field
+    `strategy_options` (a StrategyOptions)."""
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """config.json's `config`: every option, the algorithm's under strategy_options."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**values, "strategy_options": dict(values["strategy_options"])}
+
+    def flat(self) -> dict[str, Any]:
+        """Every option by name, the algorithm's beside the others (as options are given)."""
+        values = self.as_dict()
+        own = values.pop("strategy_options")
+        return {**values, **own}
 
 
 def declare(default: Any, help: str, group: str, roles: tuple[str, ...] = (), **extra: Any) -> Any:

@@ -24,7 +24,7 @@ import sys
 import torch
 from torch import nn
 
-from fedsim.ground.config import AUTO, ON
+from fedsim.ground.choices import AUTO, ON
 from fedsim.learning.tasks import Task
 from fedsim.learning.training import (
     LocalHooks,

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord
 from torch import nn
 
-from fedsim.ground.config import ADAM, RunConfig
+from fedsim.ground.choices import ADAM
+from fedsim.ground.config import RunConfig
 from fedsim.learning import models
 from fedsim.learning.data import DecodedDataset
 from fedsim.learning.tasks import Task

@@ -21,13 +21,8 @@ from typing import Any
 from fedsim import algorithms
 from fedsim.algorithms import attacks, privacy
 from fedsim.ground import imports
-from fedsim.ground.config import (
-    CLIENT_OPTIMIZERS,
-    DP_MODES,
-    RAY_RESOURCE_UNIT,
-    RunConfig,
-    core_options,
-)
+from fedsim.ground.choices import CLIENT_OPTIMIZERS, DP_MODES, RAY_RESOURCE_UNIT
+from fedsim.ground.config import RunConfig, core_options
 from fedsim.ground.errors import ConfigError
 from fedsim.ground.option import COUNTED, SYNCHRONOUS, Option, StrategyOptions, flag
 from fedsim.learning import data, models, partition

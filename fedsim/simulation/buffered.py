@@ -25,7 +25,7 @@ from fedsim.algorithms.base import Buffered
 from fedsim.ground import messages, streams
 from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import RunAborted
-from fedsim.simulation.clock import Flight, client_sim_seconds, time_clients
+from fedsim.simulation.clock import Flight, client_sim_seconds, local_work, time_clients
 from fedsim.simulation.phase import PhaseResult, Population, TrainPhase
 from fedsim.simulation.state import RunState
 
@@ -117,9 +117,9 @@ class BufferedSchedule:
             return True
         next_arrival = min(f.finish for f in state.clock.in_flight)
         profiles, sizes = self.population.profiles, self.population.train_sizes
-        work = self.cfg.local_work
         return any(
-            start + client_sim_seconds(profiles.of(pid), 0, work(int(sizes[pid])), 0)
+            start
+            + client_sim_seconds(profiles.of(pid), 0, local_work(self.cfg, int(sizes[pid])), 0)
             <= next_arrival
             for pid, start in self.waiting
         )
@@ -133,7 +133,7 @@ class BufferedSchedule:
         starts, self.waiting = dict(self.waiting), []
         clock.batches += 1  # seeds the clients' shuffling and dropouts, like a round number
         batch = train(clock.batches, sorted(starts))
-        time_clients(self.population.profiles, batch.clients, self.cfg.local_work)
+        time_clients(self.population.profiles, batch.clients, self.cfg)
         replies = batch.by_client()
         for record in batch.clients:
             reply = replies.get(record.client)

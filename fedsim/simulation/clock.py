@@ -14,20 +14,34 @@ same on any machine, however the clients are bundled, and after --resume.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flwr.app import RecordDict
 
 from fedsim.ground import messages
+from fedsim.ground.config import RunConfig
 from fedsim.outputs.records import ClientRecord
 from fedsim.simulation.profiles import ClientProfile, Profiles
 
 
+def local_work(cfg: RunConfig, examples: int) -> int:
+    """How many examples a client of `examples` trains on in a round: its epochs'
+    worth, or --local-steps batches (whole epochs of them, then full batches), as
+    fedsim.learning.training draws them: the clock's compute and a bundle's share."""
+    if cfg.local_steps is None:
+        return examples * cfg.local_epochs
+    per_epoch = -(-examples // cfg.batch_size) if examples else 0
+    if not per_epoch:
+        return 0
+    epochs, batches = divmod(cfg.local_steps, per_epoch)
+    return epochs * examples + batches * cfg.batch_size
+
+
 def client_sim_seconds(profile: ClientProfile, bytes_down: int, work: int, bytes_up: int) -> float:
     """Simulated seconds of one client's training: download, compute (`work`: the
-    examples it trains on, RunConfig.local_work), upload."""
+    examples it trains on, local_work), upload."""
     return (
         bytes_down * 8 / (profile.down_mbps * 1e6)
         + work / profile.examples_per_second
@@ -36,17 +50,16 @@ def client_sim_seconds(profile: ClientProfile, bytes_down: int, work: int, bytes
 
 
 def time_clients(
-    profiles: Profiles, records: Iterable[ClientRecord], work: Callable[[int], int]
+    profiles: Profiles, records: Iterable[ClientRecord], cfg: RunConfig
 ) -> dict[int, float]:
-    """Put each training record's simulated seconds on it (`work`: the examples a
-    client of so many trains on); return those of the clients whose update arrives
-    (status ok), by partition id."""
+    """Put each training record's simulated seconds on it; return those of the clients
+    whose update arrives (status ok), by partition id."""
     finished = {}
     for record in records:
         record.sim_seconds = client_sim_seconds(
             profiles.of(record.client),
             record.bytes_down,
-            work(record.examples),
+            local_work(cfg, record.examples),
             record.bytes_up,
         )
         if record.status == messages.OK:

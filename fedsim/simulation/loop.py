@@ -32,7 +32,7 @@ from fedsim.ground.errors import RunAborted
 from fedsim.ground.messages import ClientOutcome, ClientTask
 from fedsim.outputs.callbacks import RoundCallback
 from fedsim.outputs.records import GroupRecord, RoundRecord, Timings
-from fedsim.simulation.clock import round_end, time_clients
+from fedsim.simulation.clock import local_work, round_end, time_clients
 from fedsim.simulation.phase import (
     Measured,
     PhaseResult,
@@ -206,7 +206,7 @@ class RoundLoop:
         if started is None:
             raise RunAborted(f"no client is online after simulated second {clock.now:g}")
         result = self._receive(started.sent)
-        finish = time_clients(profiles, result.clients, cfg.local_work)
+        finish = time_clients(profiles, result.clients, cfg)
         wanted = cfg.sampled_per_round if cfg.over_select else None
         end, late = round_end(finish, wanted, cfg.deadline)
         result.discard(late)
@@ -288,7 +288,7 @@ class RoundLoop:
                 pid,
                 sent[pid].content,
                 state.memories.get(pid) if training else RecordDict(),
-                work=float(self.cfg.local_work(int(sizes[pid])) if training else sizes[pid]),
+                work=float(local_work(self.cfg, int(sizes[pid])) if training else sizes[pid]),
             )
             for pid in sorted(sent)
         ]
