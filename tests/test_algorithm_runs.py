@@ -34,6 +34,10 @@ ELSEWHERE = {
     "fedavgm": "test_strategies",
     "fedadam": "test_strategies",
     "fedbuff": "test_clock_engine",
+    **{
+        name: "test_personal"
+        for name in ("local", "fedavg-ft", "fedper", "fedrep", "lg-fedavg", "ditto")
+    },
 }
 TRAINED_HERE = [name for name in ALGORITHMS if name not in ELSEWHERE]
 

@@ -38,6 +38,13 @@ ALGORITHMS = {
     "multikrum": "fedsim.algorithms.krum:MultiKrum",
     "bulyan": "fedsim.algorithms.bulyan:Bulyan",
     "qfedavg": "fedsim.algorithms.qfedavg:QFedAvg",
+    # personal: each client ends with a model of its own (fedsim.algorithms.personal)
+    "local": "fedsim.algorithms.local:Local",
+    "fedavg-ft": "fedsim.algorithms.fedavg_ft:FedAvgFT",
+    "fedper": "fedsim.algorithms.fedper:FedPer",
+    "fedrep": "fedsim.algorithms.fedrep:FedRep",
+    "lg-fedavg": "fedsim.algorithms.lg_fedavg:LGFedAvg",
+    "ditto": "fedsim.algorithms.ditto:Ditto",
 }
 
 
@@ -69,6 +76,12 @@ def user_algorithm(path: str) -> type[Algorithm]:
 
 
 RETIRED = ("train", "train_together")  # client entries of earlier fedsims (now train_group)
+
+
+def is_personal(cfg: RunConfig) -> bool:
+    """Whether the run's clients end with models of their own (its files then carry
+    personal columns: fedsim.outputs.records)."""
+    return algorithm_class(cfg.strategy).personal
 
 
 def build(cfg: RunConfig) -> Algorithm:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from fedsim.learning.trainers import Trained, Trainer
+    from fedsim.learning.trainers import LocalWork, Trained, Trainer
     from fedsim.learning.training import LocalHooks, TrainResult, TrainSettings
 
 # fedsim samples clients itself (seeded, by partition id) and shows each strategy a
@@ -112,6 +112,9 @@ class Algorithm:
     # (training.LocalHooks), so a bundle's clients can train at once (--vectorize): an
     # algorithm that overrides `train` does not, nor one that sets this False
     trains_together: ClassVar[bool] = True
+    # Whether its clients end with models of their own (fedsim.algorithms.personal):
+    # evaluation then gets each client's memory and reports its personalised model too
+    personal: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -158,27 +161,38 @@ class Algorithm:
         return examples, labels
 
     def train_group(self, ctxs: list[ClientContext], trainer: Trainer) -> list[Trained]:
-        """The generic client, for a group of clients (a bundle's): each one's model
-        loaded with what it was sent, its training data and hooks, local SGD by the
-        process's trainer (one at a time, or together: fedsim.learning.trainers), a
-        malicious client's weights poisoned, and its reply. An algorithm changes the
-        parts (`hooks`, `training_data`, `update`, `reply`), or this method to add to
-        the group's replies (qFedAvg); a client that fails, fails alone."""
-        from fedsim.algorithms import attacks
+        """The generic client, for a group of clients (a bundle's): each one's local
+        work (`local_work`), local SGD by the process's trainer (one at a time, or
+        together: fedsim.learning.trainers), then its reply (`finish`). An algorithm
+        changes the parts (`starting_model`, `hooks`, `training_data`, `update`,
+        `reply`), or this method to train more than once (FedRep, Ditto) or add to the
+        group's replies (qFedAvg); a client that fails, fails alone."""
+        return trainer.train(ctxs, self.local_work, self.finish, self.settings())
+
+    def local_work(self, ctx: ClientContext) -> LocalWork:
+        """The client's local training: the process's model holds its starting weights
+        once this returns, with its training data and hooks."""
         from fedsim.learning.trainers import LocalWork
 
-        def start(ctx: ClientContext) -> LocalWork:
-            model = ctx.load_model(ctx.content[messages.ARRAYS])
-            examples, labels = self.training_data(ctx)
-            hooks = self.hooks(ctx, model)
-            starting = ctx.tensors(ctx.content[messages.ARRAYS])
-            return LocalWork(starting, examples, labels, ctx.generator(), hooks)
+        model, starting = self.starting_model(ctx)
+        examples, labels = self.training_data(ctx)
+        return LocalWork(starting, examples, labels, ctx.generator(), self.hooks(ctx, model))
 
-        def finish(ctx: ClientContext, model: nn.Module, result, work: LocalWork) -> ClientResult:
-            attacks.poison(ctx, model)  # a malicious client's weights, before the reply
-            return self.reply(ctx, model, result, len(work.labels))
+    def starting_model(self, ctx: ClientContext) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """The process's model holding the weights the client starts from, and those
+        weights: the model it was sent."""
+        arrays = ctx.content[messages.ARRAYS]
+        return ctx.load_model(arrays), ctx.tensors(arrays)
 
-        return trainer.train(ctxs, start, finish, self.settings())
+    def finish(
+        self, ctx: ClientContext, model: nn.Module, result: TrainResult, work: LocalWork
+    ) -> ClientResult:
+        """The client's reply from its trained model; a malicious client's weights are
+        poisoned first."""
+        from fedsim.algorithms import attacks
+
+        attacks.poison(ctx, model)
+        return self.reply(ctx, model, result, len(work.labels))
 
     @classmethod
     def why_not_together(cls) -> str | None:

@@ -29,6 +29,9 @@ PROXIMAL_MU = "proximal-mu"  # FedProx's configure_train sends it
 TRAIN_LOSS = "train_loss"
 EVAL_LOSS = "eval_loss"
 EVAL_ACCURACY = "eval_accuracy"
+# A personal algorithm's client: its personalised model on its held-out examples
+PERSONAL_LOSS = "personal_loss"
+PERSONAL_ACCURACY = "personal_accuracy"
 DP_EPSILON = "dp_epsilon"  # privacy spent so far (fedsim.algorithms.privacy reports it)
 PARTITION_ID = "partition-id"  # node config of a SuperNode with its own data
 

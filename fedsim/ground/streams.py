@@ -16,7 +16,10 @@ count of draws so far:
 A client's own streams, seeded by (seed, round, client, stream) through client_seed:
 - LOCAL_TRAINING: its batch order and augmentation (its torch.Generator);
 - DROPOUT: whether it drops out (--client-failure-rate);
-- ATTACK_NOISE: the gaussian attack's noise.
+- ATTACK_NOISE: the gaussian attack's noise;
+- ADAPTATION: a personal algorithm's adaptation before the client is judged (its
+  fine-tuning's batch order: fedsim.algorithms.personal);
+- PERSONAL_TRAINING: the batch order of a client's personal copy (Ditto's).
 
 The partitions, seeded by the seed (partition_order, the rows' order; flwr-datasets'
 partitioners get the seed itself) and by (seed, client) (client_rows_rng, which rows a
@@ -42,6 +45,8 @@ FEDBUFF_SAMPLE = 2
 LOCAL_TRAINING = 0
 DROPOUT = 1
 ATTACK_NOISE = 2
+ADAPTATION = 3
+PERSONAL_TRAINING = 4
 
 
 def run_rng(seed: int, stream: int) -> np.random.Generator:

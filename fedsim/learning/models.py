@@ -127,3 +127,17 @@ def check_model(name: str, task: Task) -> nn.Module:
             f"{name} gives {found} for 2 {task.plural}, expected (2, {wanted}): {what} of the data",
         )
     return model
+
+
+def head(model: nn.Module) -> list[str]:
+    """The names (state_dict keys) of the model's head: its last module with weights of
+    its own (the classifier: Net's fc3, a table MLP's last Linear, the LSTM's output
+    layer). Personal algorithms split a model there (fedsim.algorithms.personal)."""
+    weighted = [name for name, module in model.named_modules() if list(module.parameters(False))]
+    last = weighted[-1]
+    prefix = f"{last}." if last else ""
+    return [
+        key
+        for key in model.state_dict()
+        if key.startswith(prefix) and "." not in key[len(prefix) :]
+    ]

@@ -55,6 +55,8 @@ Finish = Callable[[Item, nn.Module, TrainResult, LocalWork], Made]
 
 
 class Trainer(Protocol):
+    model: nn.Module  # the process's model, which `start` loads
+
     def train(
         self,
         items: Sequence[Item],

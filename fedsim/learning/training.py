@@ -8,7 +8,8 @@ DataLoader, no worker process and no decoding in the loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -278,6 +279,21 @@ CENTRAL_BATCH_SIZE = 500
 
 
 @torch.no_grad()
+@contextmanager
+def only_trained(model: nn.Module, names: Collection[str]) -> Iterator[None]:
+    """Train only the parameters named (the others get no gradient, so the optimizer
+    leaves them as they are: FedRep's head epochs, then its body epochs); every
+    parameter is trained again afterwards, whatever happened."""
+    frozen = [p for name, p in model.named_parameters() if name not in names]
+    try:
+        for param in frozen:
+            param.requires_grad_(False)
+        yield
+    finally:
+        for param in frozen:
+            param.requires_grad_(True)
+
+
 def evaluate(
     model: nn.Module,
     task: Task,

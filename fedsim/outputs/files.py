@@ -28,11 +28,12 @@ from fedsim.ground.errors import ConfigError, OutputFailed
 from fedsim.ground.files import temporary
 from fedsim.outputs.callbacks import RoundCallback
 from fedsim.outputs.records import (
-    CLIENT_COLUMNS,
     CSV_COLUMNS,
     GROUP_COLUMNS,
     RoundRecord,
     Timings,
+    client_columns,
+    round_columns,
 )
 
 
@@ -109,19 +110,24 @@ class CsvRecorder(RoundCallback):
         clients_path: Path,
         timings: Timings | None = None,
         groups_path: Path | None = None,
+        personal: bool = False,
     ) -> None:
-        self._clients = _CsvFile(clients_path, CLIENT_COLUMNS)
-        self._rounds = _CsvFile(rounds_path, CSV_COLUMNS)
+        self._client_columns, self._round_columns = (
+            client_columns(personal),
+            round_columns(personal),
+        )
+        self._clients = _CsvFile(clients_path, self._client_columns)
+        self._rounds = _CsvFile(rounds_path, self._round_columns)
         self._timings = timings or Timings()
         self._groups_path, self._groups = groups_path, None
 
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
         tick = time.perf_counter()
-        self._clients.write([client.row() for client in record.clients])
+        self._clients.write([client.row(self._client_columns) for client in record.clients])
         if record.groups and self._groups_path is not None:
             self._groups = self._groups or _CsvFile(self._groups_path, GROUP_COLUMNS)
             self._groups.write([group.row() for group in record.groups])
-        self._rounds.write([record.row()])
+        self._rounds.write([record.row(self._round_columns)])
         self._timings.recording += time.perf_counter() - tick
 
     def on_run_end(self, arrays: ArrayRecord) -> None:
@@ -164,13 +170,18 @@ def _hardware() -> dict[str, Any]:
 
 
 def write_config_json(
-    path: Path, cfg: RunConfig, timings: Timings, status: str, extra: dict[str, Any]
+    path: Path,
+    cfg: RunConfig,
+    timings: Timings,
+    status: str,
+    extra: dict[str, Any],
+    columns: Sequence[str] = CSV_COLUMNS,
 ) -> None:
     """The resolved config, versions, hardware and the timing breakdown, atomically."""
     document = {
         "status": status,
         "config": cfg.as_dict(),
-        "csv_columns": list(CSV_COLUMNS),
+        "csv_columns": list(columns),  # rounds.csv's
         "versions": _versions(),
         "hardware": _hardware(),
         "timings_seconds": {

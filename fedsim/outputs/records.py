@@ -49,6 +49,25 @@ CLIENT_COLUMNS = (
 )
 
 GROUP_COLUMNS = ("round", "group", "examples", "loss", "accuracy")
+# Appended where the algorithm is personal (fedsim.algorithms.personal): each evaluated
+# client's personalised model on its own held-out examples, and the round's view of them
+PERSONAL_CLIENT_COLUMNS = ("personal_loss", "personal_accuracy")
+PERSONAL_ROUND_COLUMNS = (
+    "personal_loss",
+    "personal_accuracy",
+    "personal_accuracy_p10",
+    "personal_accuracy_std",
+)
+
+
+def round_columns(personal: bool) -> tuple[str, ...]:
+    """rounds.csv's columns."""
+    return CSV_COLUMNS + PERSONAL_ROUND_COLUMNS if personal else CSV_COLUMNS
+
+
+def client_columns(personal: bool) -> tuple[str, ...]:
+    """clients.csv's columns."""
+    return CLIENT_COLUMNS + PERSONAL_CLIENT_COLUMNS if personal else CLIENT_COLUMNS
 
 
 def _cells(values: Iterable[Any]) -> list[str]:
@@ -73,9 +92,11 @@ class ClientRecord:
     sim_seconds: float | None = (
         None  # its training on the simulated clock (fedsim.simulation.clock)
     )
+    personal_loss: float | None = None  # its personalised model's (evaluate, personal)
+    personal_accuracy: float | None = None
 
-    def row(self) -> list[str]:
-        return _cells(getattr(self, c) for c in CLIENT_COLUMNS)
+    def row(self, columns: tuple[str, ...] = CLIENT_COLUMNS) -> list[str]:
+        return _cells(getattr(self, c) for c in columns)
 
 
 @dataclass(frozen=True)
@@ -138,10 +159,9 @@ class RoundRecord:
     def bytes_up(self) -> int:
         return sum(c.bytes_up for c in self.clients)
 
-    def _accuracies(self) -> np.ndarray:
-        return np.array(
-            [c.accuracy for c in self._of("evaluate") if c.accuracy is not None], dtype=float
-        )
+    def _accuracies(self, name: str = "accuracy") -> np.ndarray:
+        values = [getattr(c, name) for c in self._of("evaluate")]
+        return np.array([v for v in values if v is not None], dtype=float)
 
     @property
     def eval_accuracy_p10(self) -> float | None:
@@ -153,8 +173,37 @@ class RoundRecord:
         accuracies = self._accuracies()
         return float(accuracies.std()) if len(accuracies) else None
 
-    def row(self) -> list[str]:
-        return _cells(getattr(self, c) for c in CSV_COLUMNS)
+    def _personal(self) -> list[ClientRecord]:
+        return [c for c in self._of("evaluate") if c.personal_accuracy is not None]
+
+    def _weighted(self, name: str) -> float | None:
+        """The evaluated clients' example-weighted mean of a personal metric."""
+        judged = self._personal()
+        examples = sum(c.examples for c in judged)
+        if not examples:
+            return None
+        return sum(c.examples * getattr(c, name) for c in judged) / examples
+
+    @property
+    def personal_loss(self) -> float | None:
+        return self._weighted("personal_loss")
+
+    @property
+    def personal_accuracy(self) -> float | None:
+        return self._weighted("personal_accuracy")
+
+    @property
+    def personal_accuracy_p10(self) -> float | None:
+        accuracies = self._accuracies("personal_accuracy")
+        return float(np.percentile(accuracies, 10)) if len(accuracies) else None
+
+    @property
+    def personal_accuracy_std(self) -> float | None:
+        accuracies = self._accuracies("personal_accuracy")
+        return float(accuracies.std()) if len(accuracies) else None
+
+    def row(self, columns: tuple[str, ...] = CSV_COLUMNS) -> list[str]:
+        return _cells(getattr(self, c) for c in columns)
 
 
 @dataclass

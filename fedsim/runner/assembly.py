@@ -102,7 +102,11 @@ def assemble(
     trackers = tracking.trackers(cfg, run_dir)  # before any file: one may still refuse
     callbacks = [
         CsvRecorder(
-            run_dir / ROUNDS_CSV, run_dir / CLIENTS_CSV, inputs.timings, run_dir / GROUPS_CSV
+            run_dir / ROUNDS_CSV,
+            run_dir / CLIENTS_CSV,
+            inputs.timings,
+            run_dir / GROUPS_CSV,
+            personal=algorithm.personal,
         ),
         Checkpointer(run_dir, state, cfg.client_states),
         ProgressPrinter(cfg.rounds),
@@ -117,7 +121,9 @@ def assemble(
     buffered = algorithm.buffered()
     schedule = BufferedSchedule(buffered, cfg, population) if buffered else None
     central = seams.evaluator(cfg, inputs.dataset)
-    loop = RoundLoop(cfg, state, population, central, callbacks, inputs.timings, schedule)
+    loop = RoundLoop(
+        cfg, state, population, central, callbacks, inputs.timings, schedule, algorithm.personal
+    )
     return Assembled(loop, status, live)
 
 

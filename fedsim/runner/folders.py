@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedsim import algorithms
 from fedsim.ground.config import RunConfig
 from fedsim.ground.option import flag
 
@@ -32,7 +33,7 @@ from fedsim.ground.files import CONFIG_JSON, is_temporary
 from fedsim.outputs.callbacks import RoundCallback
 from fedsim.outputs.console import FailureReporter
 from fedsim.outputs.files import check_writable, write_config_json
-from fedsim.outputs.records import RoundRecord, Timings
+from fedsim.outputs.records import RoundRecord, Timings, round_columns
 
 # what write_config_json and RunStatus put into config.json themselves
 STATUS_KEYS = ("status", "config", "csv_columns", "versions", "hardware", "timings_seconds")
@@ -164,6 +165,7 @@ class RunStatus(RoundCallback):
             self.timings,
             status,
             {**self.extra, **self.failures.summary(), **more},
+            round_columns(algorithms.is_personal(self.cfg)),
         )
 
     def fail(self, reason: str) -> None:

@@ -136,7 +136,7 @@ def execute(
     the start, with config.json's status around them."""
     cfg = inputs.cfg
     resumed = state.completed if state else None
-    truncate_results(run_dir, resumed if resumed is not None else -1)
+    truncate_results(run_dir, cfg, resumed if resumed is not None else -1)
     together_facts = clients_together(cfg, inputs.algorithm, inputs.dataset.task, cluster)
     facts = {**run_facts(inputs, run_dir, resumed), "cluster": cluster.describe()}
     seams = seams or NO_SEAMS

@@ -8,13 +8,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+from fedsim import algorithms
 from fedsim.ground import imports
 from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError, Diverged, RunAborted
 from fedsim.ground.files import CLIENTS_CSV, CONFIG_JSON, GROUPS_CSV, MODEL, ROUNDS_CSV
 from fedsim.ground.option import flag
 from fedsim.outputs.files import ModelSaver, truncate_rows
-from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, GROUP_COLUMNS, Timings
+from fedsim.outputs.records import GROUP_COLUMNS, Timings, client_columns, round_columns
 from fedsim.runner import folders, options
 from fedsim.runner.checkpoint import Checkpointer, Saved, open_memories
 from fedsim.simulation.state import RunState
@@ -77,7 +78,7 @@ def finish_bookkeeping(
         print(f"fedsim: {run_dir} is already complete ({done} rounds)")
         return
     open_memories(run_dir, state, saved)
-    truncate_results(run_dir, done)
+    truncate_results(run_dir, cfg, done)
     ModelSaver(run_dir / MODEL).on_run_end(state.arrays)
     Checkpointer(run_dir, state, cfg.client_states).on_run_end(state.arrays)
     known = {f.name for f in dataclasses.fields(Timings)}
@@ -92,10 +93,11 @@ def finish_bookkeeping(
     )
 
 
-def truncate_results(run_dir: Path, last_round: int) -> None:
+def truncate_results(run_dir: Path, cfg: RunConfig, last_round: int) -> None:
     """rounds.csv, clients.csv and groups.csv as of `last_round` (the checkpoint's):
     later rows go."""
-    truncate_rows(run_dir / ROUNDS_CSV, last_round, CSV_COLUMNS)
-    truncate_rows(run_dir / CLIENTS_CSV, last_round, CLIENT_COLUMNS)
+    personal = algorithms.is_personal(cfg)
+    truncate_rows(run_dir / ROUNDS_CSV, last_round, round_columns(personal))
+    truncate_rows(run_dir / CLIENTS_CSV, last_round, client_columns(personal))
     if (run_dir / GROUPS_CSV).exists():
         truncate_rows(run_dir / GROUPS_CSV, last_round, GROUP_COLUMNS)

@@ -114,8 +114,11 @@ class RoundLoop:
         callbacks: Iterable[RoundCallback],
         timings: Timings,
         schedule: Schedule | None = None,
+        personal: bool = False,
     ) -> None:
         self.cfg, self.state, self.population = cfg, state, population
+        # A personal algorithm's clients are judged with their memory (their own model)
+        self.personal = personal
         self.central_evaluate = central_evaluate
         self.callbacks = list(callbacks)
         self.timings = timings
@@ -273,7 +276,8 @@ class RoundLoop:
         self, exchange: Exchange, message_type: str, server_round: int, pids: list[int]
     ) -> _Sent:
         """Let the strategy build its messages for `pids` and have the exchange carry
-        them, each with the client's memory (training) and its work for the bundles."""
+        them, each with the client's memory (training; evaluation too where the
+        algorithm is personal) and its work for the bundles."""
         if not pids:
             return _Sent(message_type, server_round, {}, dict)
         state, training = self.state, message_type == MessageType.TRAIN
@@ -287,7 +291,7 @@ class RoundLoop:
             ClientTask(
                 pid,
                 sent[pid].content,
-                state.memories.get(pid) if training else RecordDict(),
+                state.memories.get(pid) if training or self.personal else RecordDict(),
                 work=float(local_work(self.cfg, int(sizes[pid])) if training else sizes[pid]),
             )
             for pid in sorted(sent)

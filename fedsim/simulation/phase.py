@@ -91,6 +91,8 @@ def client_record(
         bytes_down=down,
         bytes_up=outcome.bytes_up,
         error=outcome.error,
+        personal_loss=_float(metrics.get(messages.PERSONAL_LOSS)),
+        personal_accuracy=_float(metrics.get(messages.PERSONAL_ACCURACY)),
     )
 
 

@@ -1,0 +1,64 @@
+"""Ditto (Li et al., ICML 2021): FedAvg's training of the global model, and beside it
+each client's own copy of the whole model, trained on its data with
+λ/2 · ||v - w_global||² pulling it toward the model it was sent; the copy is judged."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedsim.algorithms.base import Algorithm
+from fedsim.algorithms.context import ClientContext
+from fedsim.algorithms.personal import Personal
+from fedsim.ground import messages, streams
+from fedsim.ground.option import Option, at_least
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from fedsim.learning.trainers import LocalWork, Trained, Trainer
+
+
+class Ditto(Personal):
+    source = "Li et al., ICML 2021"
+    ditto_lambda = Option(
+        0.1, "λ: how strongly a client's own copy is pulled toward the global model", at_least(0)
+    )
+
+    def own(self, model: nn.Module) -> list[str]:
+        return list(model.state_dict())
+
+    def starting_model(self, ctx: ClientContext) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """The global model's training starts from the model sent."""
+        return Algorithm.starting_model(self, ctx)
+
+    def train_group(self, ctxs: list[ClientContext], trainer: Trainer) -> list[Trained]:
+        """FedAvg's local training, then each client's copy (a client whose copy
+        fails, fails)."""
+        done = super().train_group(ctxs, trainer)
+        ready = [ctx for ctx, one in zip(ctxs, done, strict=True) if one.error is None]
+        copies = iter(trainer.train(ready, self._copy_work, self._kept, self.settings()))
+        for position, one in enumerate(done):
+            if one.error is None:
+                copy = next(copies)
+                if copy.error is not None:
+                    done[position] = copy
+                else:
+                    one.made.state = copy.made
+        return done
+
+    def _copy_work(self, ctx: ClientContext) -> LocalWork:
+        from fedsim.learning.trainers import LocalWork
+        from fedsim.learning.training import LocalHooks
+
+        model, start = self.personalised(ctx)
+        sent = ctx.tensors(ctx.content[messages.ARRAYS])
+        anchor = [sent[name].to(p.device) for name, p in model.named_parameters()]
+        hooks = (
+            LocalHooks(proximal=(self.ditto_lambda, anchor)) if self.ditto_lambda else LocalHooks()
+        )
+        generator = ctx.generator(streams.PERSONAL_TRAINING)
+        return LocalWork(start, *self.training_data(ctx), generator, hooks)
+
+    def _kept(self, ctx, model, result, work):
+        return self.memory(model)

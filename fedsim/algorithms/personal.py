@@ -1,0 +1,115 @@
+"""Personal models: the base of an algorithm whose clients each end with a model of
+their own, judged on their own held-out examples (FL-bench's pattern: a personal
+algorithm is FedAvg plus what a client keeps and how it adapts before it is judged).
+
+A personal algorithm says, each in a short method:
+- `own(model)`: which weights are the client's own (none, the head, the body, all);
+  they live in the client's memory (fedsim.simulation.client_states: crash-safe,
+  resumed exactly, the client's own part only), never in the driver. The rest is
+  shared: the client starts from the model it was sent, and the server averages what
+  the clients send back as FedAvg does (the global model, judged centrally, is the
+  average of everything they trained, their own parts included);
+- how a client trains: the generic local SGD from the sent model with its own parts
+  put in, unless `train_group` says otherwise (FedRep's two phases, Ditto's copy);
+- `adapt`: what a client does to its personalised model before it is judged
+  (fine-tune it, or nothing).
+
+Every evaluated client reports, beside the global model's loss and accuracy on its
+held-out examples, its personalised model's (messages.PERSONAL_LOSS, PERSONAL_ACCURACY):
+clients.csv and rounds.csv carry them (fedsim.outputs.records).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, ClassVar
+
+from flwr.app import MetricRecord, RecordDict
+
+from fedsim.algorithms.context import ClientContext, ClientResult, record_of
+from fedsim.algorithms.fedavg import FedAvg
+from fedsim.ground import messages, streams
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from fedsim.learning.training import TrainResult
+
+OWN = "own"  # the client's memory: its own weights
+
+
+class Personal(FedAvg):
+    """FedAvg whose clients keep `own(model)` weights and adapt before being judged."""
+
+    personal: ClassVar[bool] = True
+
+    def own(self, model: nn.Module) -> list[str]:
+        """The names (state_dict keys) of the weights that are each client's own."""
+        return []
+
+    def adapt(self, ctx: ClientContext, model: nn.Module) -> None:
+        """Change the personalised model before it is judged (default: nothing)."""
+
+    # ---- what the generic client does with them -------------------------------------
+
+    def starting_model(self, ctx: ClientContext) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """A client trains its personalised model."""
+        return self.personalised(ctx)
+
+    def personalised(self, ctx: ClientContext) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """The process's model holding the sent model with the client's own weights put
+        in (the sent ones until it has trained once), and those weights."""
+        model, sent = super().starting_model(ctx)
+        if OWN not in ctx.state:
+            return model, sent
+        kept = ctx.tensors(ctx.state[OWN])
+        model.load_state_dict(kept, strict=False)
+        return model, {**sent, **kept}
+
+    def reply(
+        self, ctx: ClientContext, model: nn.Module, result: TrainResult, examples: int
+    ) -> ClientResult:
+        """FedAvg's reply, and the client's own weights as its new memory."""
+        made = super().reply(ctx, model, result, examples)
+        made.state = self.memory(model)
+        return made
+
+    def memory(self, model: nn.Module) -> RecordDict | None:
+        """What the client keeps: its own weights (None: nothing to keep)."""
+        names = self.own(model)
+        if not names:
+            return None
+        weights = model.state_dict()
+        return RecordDict({OWN: record_of({name: weights[name] for name in names})})
+
+    def evaluate(self, ctx: ClientContext) -> ClientResult:
+        """The global model on the client's held-out examples, and its personalised
+        model (its own weights in, then `adapt`) on the same examples."""
+        from fedsim.learning import training
+
+        judged = super().evaluate(ctx)
+        model, _ = self.personalised(ctx)
+        self.adapt(ctx, model)
+        loss, accuracy = training.evaluate(model, ctx.task, *ctx.load_data("val"))
+        metrics = dict(judged.content[messages.METRICS])
+        metrics |= {messages.PERSONAL_LOSS: loss, messages.PERSONAL_ACCURACY: accuracy}
+        return ClientResult(RecordDict({messages.METRICS: MetricRecord(metrics)}))
+
+    def fine_tune(self, ctx: ClientContext, model: nn.Module, epochs: int) -> None:
+        """`epochs` of local SGD on the client's training split, its batches drawn from
+        the adaptation stream (so judging a client never changes what it trains on)."""
+        from fedsim.learning import training
+
+        settings = dataclasses.replace(self.settings(), epochs=epochs, steps=None)
+        generator = ctx.generator(streams.ADAPTATION)
+        training.train(model, ctx.task, *self.training_data(ctx), settings, generator)
+
+
+class OwnHead(Personal):
+    """The model's head (fedsim.learning.models.head) is each client's own."""
+
+    def own(self, model: nn.Module) -> list[str]:
+        from fedsim.learning import models
+
+        return models.head(model)

@@ -1,0 +1,137 @@
+"""Personal models through the real engine (fedsim.algorithms.personal): each client's
+personalised model judged on its own held-out examples beside the global model, the
+columns only personal runs have, and a client's own weights across --resume.
+
+One experiment process runs every personal algorithm (and FedAvg) for four rounds on
+two clients holding different halves of the labels (one label-sorted shard each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fedsim.algorithms import ALGORITHMS, algorithm_class
+from fedsim.algorithms.personal import OWN
+from fedsim.ground.messages import from_bytes
+from fedsim.learning import models, training
+from fedsim.learning.tasks import TableClassification
+from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, client_columns, round_columns
+from tests.conftest import client_state_rows, run_cli, simulate
+
+PERSONAL = [name for name, path in ALGORITHMS.items() if algorithm_class(name).personal]
+# FedRep's momentum (0.9 makes its head-then-body rounds diverge on these two clients)
+OPTIONS = "--clients 2 --partition shard --shards-per-client 1 --val-fraction 0.2 --rounds 4"
+OPTIONS += " --lr 0.05 --momentum 0.5 --batch-size 16 --head-epochs 2 --finetune-epochs 2 --cpus-per-client 1.5"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("personal-runs")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_cifar, results) -> Path:
+    strategies = ",".join([*PERSONAL, "fedavg"])
+    done, _ = simulate(tiny_cifar, results, "personal", f"{OPTIONS} --strategy {strategies}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return results / "personal"
+
+
+def test_the_personal_algorithms_are_the_issues() -> None:
+    assert sorted(PERSONAL) == sorted(
+        ["local", "fedavg-ft", "fedper", "fedrep", "lg-fedavg", "ditto"]
+    )
+
+
+def test_each_client_is_better_served_by_its_own_model(runs) -> None:
+    """The two clients hold different labels: each one's personalised model beats the
+    global model on its own held-out examples, in every personal algorithm; rounds.csv
+    has the example-weighted mean, the 10th percentile and the spread of them."""
+    for name in PERSONAL:
+        run = runs / f"{name}_seed-0"
+        clients, rounds = pd.read_csv(run / "clients.csv"), pd.read_csv(run / "rounds.csv")
+        assert tuple(clients.columns) == client_columns(True), name
+        assert tuple(rounds.columns) == round_columns(True), name
+        judged = clients[(clients["phase"] == "evaluate") & (clients["round"] == 4)]
+        assert sorted(judged["client"]) == [0, 1], name
+        for _, client in judged.iterrows():
+            assert client["personal_accuracy"] > client["accuracy"] + 0.1, (name, client.to_dict())
+        last = rounds.iloc[-1]
+        weighted = np.average(judged["personal_accuracy"], weights=judged["examples"])
+        assert last["personal_accuracy"] == pytest.approx(weighted, abs=1e-6), name
+        assert last["personal_accuracy_p10"] <= last["personal_accuracy"] + 1e-9, name
+        assert last["personal_accuracy_std"] == pytest.approx(
+            judged["personal_accuracy"].std(ddof=0), abs=1e-6
+        )
+        document = json.loads((run / "config.json").read_text())
+        assert document["csv_columns"] == list(round_columns(True)), name
+
+
+def test_runs_of_other_algorithms_keep_their_columns(runs) -> None:
+    run = runs / "fedavg_seed-0"
+    assert tuple(pd.read_csv(run / "clients.csv").columns) == CLIENT_COLUMNS
+    assert tuple(pd.read_csv(run / "rounds.csv").columns) == CSV_COLUMNS
+
+
+def test_what_a_client_keeps_is_its_own_part(runs) -> None:
+    """FedPer and FedRep keep the head, LG-FedAvg the body, Local and Ditto the whole
+    model, FedAvg-FT nothing; the global model is not any client's own."""
+    net = models.build_model("cnn", seed=0)
+    head = models.head(net)
+    assert head == ["fc3.weight", "fc3.bias"]
+    kept = {
+        "fedper": head,
+        "fedrep": head,
+        "local": list(net.state_dict()),
+        "ditto": list(net.state_dict()),
+    }
+    kept["lg-fedavg"] = [name for name in net.state_dict() if name not in head]
+    for name, names in kept.items():
+        rows = client_state_rows(runs / f"{name}_seed-0")
+        assert [pid for pid, _, _ in rows] == [0, 1], name
+        own = from_bytes(rows[0][2])[OWN]
+        assert sorted(own.keys()) == sorted(names), name
+    assert not (runs / "fedavg-ft_seed-0" / "client_states.sqlite").exists()
+
+
+def test_a_resumed_personal_run_equals_an_uninterrupted_one(runs, tiny_cifar, results) -> None:
+    """FedRep: three rounds, a new process, a fourth: the clients' heads, the model
+    and the CSVs (personal columns included) bit for bit."""
+    done, _ = simulate(
+        tiny_cifar, results, "fedrep-part", f"{OPTIONS} --strategy fedrep --rounds 3"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli("--resume", str(results / "fedrep-part"), "--rounds", "4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole, resumed = runs / "fedrep_seed-0", results / "fedrep-part"
+    assert client_state_rows(resumed) == client_state_rows(whole)
+    whole_model, resumed_model = (torch.load(run / "model.pt") for run in (whole, resumed))
+    assert all(torch.equal(whole_model[k], resumed_model[k]) for k in whole_model)
+    for csv, timing in (("rounds.csv", "round_seconds"), ("clients.csv", "seconds")):
+        frames = [pd.read_csv(run / csv).drop(columns=[timing]) for run in (whole, resumed)]
+        assert frames[0].equals(frames[1]), csv
+
+
+def test_heads_of_the_shipped_models_and_training_only_some_weights() -> None:
+    assert models.head(models.build_model("lstm", task=_text_task())) == [
+        "head.weight",
+        "head.bias",
+    ]
+    mlp = models.build_model("mlp", task=TableClassification(features=13, classes=2))
+    assert models.head(mlp) == ["layers.4.weight", "layers.4.bias"]
+    net = models.build_model("cnn", seed=0)
+    with pytest.raises(RuntimeError), training.only_trained(net, ["fc3.weight"]):
+        assert [n for n, p in net.named_parameters() if p.requires_grad] == ["fc3.weight"]
+        raise RuntimeError
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def _text_task():
+    from fedsim.learning.tasks import NextCharacter
+
+    return NextCharacter(length=80, classes=65)
