@@ -26,7 +26,8 @@ from tests.conftest import client_state_rows, run_cli, simulate
 PERSONAL = [name for name, path in ALGORITHMS.items() if algorithm_class(name).personal]
 # FedRep's momentum (0.9 makes its head-then-body rounds diverge on these two clients)
 OPTIONS = "--clients 2 --partition shard --shards-per-client 1 --val-fraction 0.2 --rounds 4"
-OPTIONS += " --lr 0.05 --momentum 0.5 --batch-size 16 --head-epochs 2 --finetune-epochs 2 --cpus-per-client 1.5"
+OPTIONS += " --lr 0.05 --momentum 0.5 --batch-size 16 --cpus-per-client 1.5"
+OPTIONS += " --head-epochs 2 --finetune-epochs 2"  # FedRep's, FedAvg-FT's
 
 
 @pytest.fixture(scope="module")
