@@ -136,3 +136,14 @@ def _text_task():
     from fedsim.learning.tasks import NextCharacter
 
     return NextCharacter(length=80, classes=65)
+
+
+def test_evaluation_builds_no_graph() -> None:
+    """Judging a model (a client's, the central one) never records autograd history."""
+    from fedsim.learning.tasks import CIFAR10
+
+    net, seen = models.build_model("cnn", seed=0), []
+    net.register_forward_hook(lambda module, args, output: seen.append(output.requires_grad))
+    images, labels = torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)
+    training.evaluate(net, CIFAR10, images, labels)
+    assert seen == [False]

@@ -33,6 +33,9 @@ METRICS = (
     "stragglers",
     "sim_seconds_to_target",
 )
+# Shown where a run's algorithm is personal (fedsim.algorithms.personal): its clients'
+# personalised accuracy, the last evaluated (rounds.csv's mean and 10th percentile)
+PERSONAL_METRICS = ("final_personal_accuracy", "personal_accuracy_p10")
 MB = 1e6
 # the rounds.csv columns the summary and the plots read
 ROUNDS_COLUMNS = ("round", "central_accuracy", "round_seconds", "clients_failed")
@@ -130,6 +133,8 @@ def _row(run_dir: Path, cfg: RunConfig, document: dict, target: float | None) ->
         "total_mb": communicated / MB,
         "stragglers": int(trained["stragglers"].sum()) if "stragglers" in trained else 0,
         "sim_seconds_to_target": sim_seconds_to_target(frame, target),
+        "final_personal_accuracy": _last(frame, "personal_accuracy"),
+        "personal_accuracy_p10": _last(frame, "personal_accuracy_p10"),
     }
 
 
@@ -160,7 +165,9 @@ def summarize(folder: Path, target: float | None = None) -> pd.DataFrame:
         }
         for run_dir, cfg, document in runs
     ]
-    frame = pd.DataFrame(rows, columns=["run", *settings, *METRICS])
+    frame = pd.DataFrame(rows, columns=["run", *settings, *METRICS, *PERSONAL_METRICS])
+    unused = [c for c in PERSONAL_METRICS if frame[c].isna().all()]  # no personal run
+    frame = frame.drop(columns=unused)
     return frame.sort_values(settings, kind="stable", na_position="first", ignore_index=True)
 
 

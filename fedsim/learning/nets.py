@@ -39,6 +39,33 @@ def _after_convs(size: int) -> int:
     return ((size - 4) // 2 - 4) // 2
 
 
+class FedRepCNN(nn.Module):
+    """FedRep's CIFAR-10 CNN (lgcollins/FedRep, models/Nets.py `CNNCifar`): two 5x5
+    convolutions of 64 channels, each with 2x2 max-pooling, then 120, 64 and one score
+    per class; its head (the personal part) is fc3. The log-softmax FedRep ends with is
+    in the task's cross-entropy."""
+
+    def __init__(
+        self, num_classes: int = NUM_CLASSES, image_shape: tuple[int, int, int] = IMAGE_SHAPE
+    ) -> None:
+        super().__init__()
+        channels, height, width = image_shape
+        self.conv1 = nn.Conv2d(channels, 64, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(64, 64, 5)
+        self.fc1 = nn.Linear(64 * _after_convs(height) * _after_convs(width), 120)
+        self.fc2 = nn.Linear(120, 64)
+        self.fc3 = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.flatten(1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
 def resnet18(
     num_classes: int = NUM_CLASSES, image_shape: tuple[int, int, int] = IMAGE_SHAPE
 ) -> nn.Module:

@@ -278,7 +278,6 @@ def proximal_term(anchor: list[torch.Tensor], mu: float) -> Callable[[nn.Module]
 CENTRAL_BATCH_SIZE = 500
 
 
-@torch.no_grad()
 @contextmanager
 def only_trained(model: nn.Module, names: Collection[str]) -> Iterator[None]:
     """Train only the parameters named (the others get no gradient, so the optimizer
@@ -294,6 +293,7 @@ def only_trained(model: nn.Module, names: Collection[str]) -> Iterator[None]:
             param.requires_grad_(True)
 
 
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     task: Task,
