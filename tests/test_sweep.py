@@ -132,6 +132,17 @@ def test_shipped_experiments_hold_the_issue_grids() -> None:
     assert {(c.partition, c.alpha, c.clients, c.attack) for c in robustness.runs} == {
         ("dirichlet", 0.5, 20, "sign-flip")
     }
+    fedrep = _plan(experiment=str(ROOT / "experiments" / "fedrep_cifar10.toml"))
+    assert len(fedrep.runs) == 14  # 7 columns x 2 and 5 classes per client
+    cells = {(c.strategy, c.classes_per_client, c.local_epochs) for c in fedrep.runs}
+    assert ("fedrep", 2, 1) in cells and ("fedrep", 5, 5) in cells and ("fedavg", 5, 1) in cells
+    assert {
+        (c.clients, c.fraction_fit, c.rounds, c.batch_size, c.lr, c.momentum, c.model)
+        for c in fedrep.runs
+    } == {(100, 0.1, 100, 10, 0.01, 0.5, "fedrep-cnn")}
+    assert {c.strategy_options["head_epochs"] for c in fedrep.runs if c.strategy == "fedrep"} == {
+        10
+    }
 
 
 def test_one_cell_of_a_grid_keeps_its_variants_settings() -> None:
