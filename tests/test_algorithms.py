@@ -439,7 +439,7 @@ def _table_rows(path: Path) -> dict[str, str]:
     for line in path.read_text().splitlines():
         if line.startswith("| `"):
             first = line.split("|")[1]
-            for name in re.findall(r"`([a-z]+)`", first):
+            for name in re.findall(r"`([a-z-]+)`", first):
                 rows[name] = line
     return rows
 

@@ -44,6 +44,9 @@ class FedRep(OwnHead):
             return work  # its generator goes on from where the head epochs left it
 
         head_settings = dataclasses.replace(settings, epochs=self.head_epochs, steps=None)
+        if not body:  # a one-layer model is all head: nothing is shared to train
+            with training.only_trained(trainer.model, head):
+                return trainer.train(ctxs, self.local_work, self.finish, head_settings)
         with training.only_trained(trainer.model, head):
             first = trainer.train(ctxs, head_first, trained_head, head_settings)
         heads = {
