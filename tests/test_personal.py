@@ -17,6 +17,7 @@ import torch
 
 from fedsim.algorithms import ALGORITHMS, algorithm_class
 from fedsim.algorithms.personal import OWN
+from fedsim.ground import streams
 from fedsim.ground.messages import from_bytes
 from fedsim.learning import models, training
 from fedsim.learning.tasks import TableClassification
@@ -147,3 +148,27 @@ def test_evaluation_builds_no_graph() -> None:
     images, labels = torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)
     training.evaluate(net, CIFAR10, images, labels)
     assert seen == [False]
+
+
+def test_held_out_clients_never_train_and_are_judged_as_new_clients(tiny_cifar, results) -> None:
+    """--holdout-clients 0.25 of four: the client the seed holds out has no training row
+    and no memory; at every client evaluation it adapts from the global model (FedRep:
+    a head of its own on the global body) and is judged; rounds.csv's unseen columns
+    are its numbers."""
+    options = OPTIONS.replace("--clients 2", "--clients 4") + " --holdout-clients 0.25"
+    done, _ = simulate(tiny_cifar, results, "unseen", f"{options} --strategy fedrep,fedavg-ft")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (held,) = streams.held_out(0, 4, 0.25)
+    for name in ("fedrep", "fedavg-ft"):
+        run = results / "unseen" / f"{name}_seed-0"
+        clients, rounds = pd.read_csv(run / "clients.csv"), pd.read_csv(run / "rounds.csv")
+        trained = clients[clients["phase"] == "train"]
+        assert held not in set(trained["client"]) and len(trained) == 4 * 3, name
+        unseen = clients[clients["phase"] == "unseen"]
+        assert unseen["client"].tolist() == [held] * 4, name  # rounds 1 to 4
+        assert unseen["personal_accuracy"].notna().all(), name
+        assert held not in set(clients[clients["phase"] == "evaluate"]["client"]), name
+        last = rounds.iloc[-1]
+        assert last["unseen_accuracy"] == pytest.approx(unseen["personal_accuracy"].iloc[-1])
+    stored = client_state_rows(results / "unseen" / "fedrep_seed-0")
+    assert held not in {pid for pid, _, _ in stored}

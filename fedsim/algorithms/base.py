@@ -130,6 +130,11 @@ class Algorithm:
     def check(self) -> None:
         """Refuse (ConfigError) settings it cannot run with; called before anything runs."""
 
+    def held_out(self) -> list[int]:
+        """The clients that never train, judged as unseen clients (a personal
+        algorithm's --holdout-clients); none by default."""
+        return []
+
     def buffered(self) -> Buffered | None:
         """How its updates arrive, for an asynchronous algorithm (None: rounds)."""
         return None

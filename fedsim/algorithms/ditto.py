@@ -60,5 +60,14 @@ class Ditto(Personal):
         generator = ctx.generator(streams.PERSONAL_TRAINING)
         return LocalWork(start, *self.training_data(ctx), generator, hooks)
 
+    def adapt_new(self, ctx: ClientContext, model: nn.Module) -> None:
+        """A client that never trained trains a copy from the global model, pulled
+        toward it (its --local-epochs)."""
+        from fedsim.learning.training import LocalHooks
+
+        anchor = [p.detach().clone() for p in model.parameters()]
+        hooks = LocalHooks(proximal=(self.ditto_lambda, anchor)) if self.ditto_lambda else None
+        self.fine_tune(ctx, model, self.cfg.local_epochs, hooks=hooks)
+
     def _kept(self, ctx, model, result, work):
         return self.memory(model)

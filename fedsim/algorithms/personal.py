@@ -29,12 +29,15 @@ from flwr.app import MetricRecord, RecordDict
 from fedsim.algorithms.context import ClientContext, ClientResult, record_of
 from fedsim.algorithms.fedavg import FedAvg
 from fedsim.ground import messages, streams
+from fedsim.ground.option import Bounds, Option
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     import torch
     from torch import nn
 
-    from fedsim.learning.training import TrainResult
+    from fedsim.learning.training import LocalHooks, TrainResult
 
 OWN = "own"  # the client's memory: its own weights
 
@@ -43,6 +46,16 @@ class Personal(FedAvg):
     """FedAvg whose clients keep `own(model)` weights and adapt before being judged."""
 
     personal: ClassVar[bool] = True
+    holdout_clients = Option(
+        0.0,
+        "share of clients (drawn by the seed) that never train: at each client "
+        "evaluation they adapt from the global model as a new client does and are "
+        "judged on their own held-out examples (unseen clients)",
+        Bounds(0, 1, high_open=True),
+    )
+
+    def held_out(self) -> list[int]:
+        return streams.held_out(self.cfg.seed, self.cfg.clients, self.holdout_clients)
 
     def own(self, model: nn.Module) -> list[str]:
         """The names (state_dict keys) of the weights that are each client's own."""
@@ -50,6 +63,11 @@ class Personal(FedAvg):
 
     def adapt(self, ctx: ClientContext, model: nn.Module) -> None:
         """Change the personalised model before it is judged (default: nothing)."""
+
+    def adapt_new(self, ctx: ClientContext, model: nn.Module) -> None:
+        """What a client without weights of its own yet (one that never trained: an
+        unseen client) does to the global model before it is judged (default: `adapt`)."""
+        self.adapt(ctx, model)
 
     # ---- what the generic client does with them -------------------------------------
 
@@ -90,26 +108,50 @@ class Personal(FedAvg):
 
         judged = super().evaluate(ctx)
         model, _ = self.personalised(ctx)
-        self.adapt(ctx, model)
+        (self.adapt if OWN in ctx.state else self.adapt_new)(ctx, model)
         loss, accuracy = training.evaluate(model, ctx.task, *ctx.load_data("val"))
         metrics = dict(judged.content[messages.METRICS])
         metrics |= {messages.PERSONAL_LOSS: loss, messages.PERSONAL_ACCURACY: accuracy}
         return ClientResult(RecordDict({messages.METRICS: MetricRecord(metrics)}))
 
-    def fine_tune(self, ctx: ClientContext, model: nn.Module, epochs: int) -> None:
-        """`epochs` of local SGD on the client's training split, its batches drawn from
-        the adaptation stream (so judging a client never changes what it trains on)."""
+    def fine_tune(
+        self,
+        ctx: ClientContext,
+        model: nn.Module,
+        epochs: int,
+        only: Collection[str] | None = None,
+        hooks: LocalHooks | None = None,
+    ) -> None:
+        """`epochs` of local SGD on the client's training split (of the weights named
+        `only`, if given), its batches drawn from the adaptation stream, so judging a
+        client never changes what it trains on."""
         from fedsim.learning import training
 
         settings = dataclasses.replace(self.settings(), epochs=epochs, steps=None)
         generator = ctx.generator(streams.ADAPTATION)
-        training.train(model, ctx.task, *self.training_data(ctx), settings, generator)
+        names = [name for name, _ in model.named_parameters()] if only is None else only
+        with training.only_trained(model, names):
+            training.train(
+                model,
+                ctx.task,
+                *self.training_data(ctx),
+                settings,
+                generator,
+                hooks or training.LocalHooks(),
+            )
 
 
 class OwnHead(Personal):
-    """The model's head (fedsim.learning.models.head) is each client's own."""
+    """The model's head (fedsim.learning.models.head) is each client's own; a new
+    client trains a head of its own on the global body (`head_epochs()` epochs)."""
 
     def own(self, model: nn.Module) -> list[str]:
         from fedsim.learning import models
 
         return models.head(model)
+
+    def head_epochs_new(self) -> int:
+        return self.cfg.local_epochs
+
+    def adapt_new(self, ctx: ClientContext, model: nn.Module) -> None:
+        self.fine_tune(ctx, model, self.head_epochs_new(), only=self.own(model))

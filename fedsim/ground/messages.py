@@ -37,6 +37,7 @@ PARTITION_ID = "partition-id"  # node config of a SuperNode with its own data
 
 # A phase of a round as clients.csv and the console name it, by Flower's message type
 PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate"}
+UNSEEN = "unseen"  # clients.csv's phase of a held-out client's evaluation (--holdout-clients)
 
 # Client outcomes, as clients.csv reports them
 OK = "ok"

@@ -6,7 +6,8 @@ process runs them. A new use of randomness gets a stream of its own here.
 
 Run-wide draws, seeded by (seed, stream) (numpy):
 - MALICIOUS: which clients are malicious (--byzantine-fraction);
-- PROFILES: the lognormal device profiles (--profiles lognormal).
+- PROFILES: the lognormal device profiles (--profiles lognormal);
+- HOLDOUT: which clients never train (a personal algorithm's --holdout-clients).
 
 Sampling, seeded by (seed, draw, stream) (numpy); `draw` is the round, or FedBuff's
 count of draws so far:
@@ -31,12 +32,14 @@ model (torch's, seed_model_init) and Flower's DP noise (NumPy's, seed_dp_noise).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 MALICIOUS = 0x41545441434B
 PROFILES = 0x70726F66
+HOLDOUT = 0x686F6C64
 
 TRAINING_SAMPLE = 0
 EVALUATION_SAMPLE = 1
@@ -52,6 +55,14 @@ PERSONAL_TRAINING = 4
 def run_rng(seed: int, stream: int) -> np.random.Generator:
     """A run-wide stream (MALICIOUS, PROFILES)."""
     return np.random.default_rng([seed, stream])
+
+
+def held_out(seed: int, clients: int, fraction: float) -> list[int]:
+    """The clients kept out of training: ⌈fraction · clients⌉ of them (one at least
+    stays in), drawn from the run's seed alone; sorted."""
+    count = min(math.ceil(fraction * clients), clients - 1) if fraction else 0
+    chosen = run_rng(seed, HOLDOUT).choice(clients, size=count, replace=False)
+    return sorted(int(pid) for pid in chosen)
 
 
 def sample(seed: int, draw: int, candidates: Sequence[int], count: int, stream: int) -> list[int]:

@@ -64,6 +64,7 @@ class ProgressPrinter(RoundCallback):
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
         parts = [f"round {record.round:>{len(str(self.rounds))}}/{self.rounds}"]
         names = ("train_loss", "eval_accuracy", "central_loss", "central_accuracy", "dp_epsilon")
+        names += ("personal_accuracy", "unseen_accuracy")  # a personal algorithm's, when judged
         for name in names:
             value = getattr(record, name)
             if value is not None and not math.isnan(value):

@@ -57,6 +57,8 @@ PERSONAL_ROUND_COLUMNS = (
     "personal_accuracy",
     "personal_accuracy_p10",
     "personal_accuracy_std",
+    "unseen_loss",  # the held-out clients' (--holdout-clients), adapted as new clients
+    "unseen_accuracy",
 )
 
 
@@ -173,12 +175,9 @@ class RoundRecord:
         accuracies = self._accuracies()
         return float(accuracies.std()) if len(accuracies) else None
 
-    def _personal(self) -> list[ClientRecord]:
-        return [c for c in self._of("evaluate") if c.personal_accuracy is not None]
-
-    def _weighted(self, name: str) -> float | None:
-        """The evaluated clients' example-weighted mean of a personal metric."""
-        judged = self._personal()
+    def _weighted(self, phase: str, name: str) -> float | None:
+        """The example-weighted mean of a personal metric over a phase's clients."""
+        judged = [c for c in self._of(phase) if c.personal_accuracy is not None]
         examples = sum(c.examples for c in judged)
         if not examples:
             return None
@@ -186,11 +185,19 @@ class RoundRecord:
 
     @property
     def personal_loss(self) -> float | None:
-        return self._weighted("personal_loss")
+        return self._weighted("evaluate", "personal_loss")
 
     @property
     def personal_accuracy(self) -> float | None:
-        return self._weighted("personal_accuracy")
+        return self._weighted("evaluate", "personal_accuracy")
+
+    @property
+    def unseen_loss(self) -> float | None:
+        return self._weighted(messages.UNSEEN, "personal_loss")
+
+    @property
+    def unseen_accuracy(self) -> float | None:
+        return self._weighted(messages.UNSEEN, "personal_accuracy")
 
     @property
     def personal_accuracy_p10(self) -> float | None:

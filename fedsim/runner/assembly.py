@@ -122,7 +122,15 @@ def assemble(
     schedule = BufferedSchedule(buffered, cfg, population) if buffered else None
     central = seams.evaluator(cfg, inputs.dataset)
     loop = RoundLoop(
-        cfg, state, population, central, callbacks, inputs.timings, schedule, algorithm.personal
+        cfg,
+        state,
+        population,
+        central,
+        callbacks,
+        inputs.timings,
+        schedule,
+        personal=algorithm.personal,
+        held_out=algorithm.held_out(),
     )
     return Assembled(loop, status, live)
 

@@ -115,10 +115,12 @@ class RoundLoop:
         timings: Timings,
         schedule: Schedule | None = None,
         personal: bool = False,
+        held_out: Sequence[int] = (),
     ) -> None:
         self.cfg, self.state, self.population = cfg, state, population
         # A personal algorithm's clients are judged with their memory (their own model)
         self.personal = personal
+        self.held_out = frozenset(held_out)  # never train; judged as unseen clients
         self.central_evaluate = central_evaluate
         self.callbacks = list(callbacks)
         self.timings = timings
@@ -236,7 +238,7 @@ class RoundLoop:
         start = profiles.next_online(clock.now)
         if start is None:
             return None
-        online = profiles.online_at(start)
+        online = [pid for pid in profiles.online_at(start) if pid not in self.held_out]
         count = sample_size(cfg, cfg.sampled_per_round)
         sampled = streams.sample(cfg.seed, server_round, online, count, streams.TRAINING_SAMPLE)
         return _Started(start, self._send(exchange, MessageType.TRAIN, server_round, sampled))
@@ -251,7 +253,11 @@ class RoundLoop:
         else:
             fraction, stream = cfg.fraction_evaluate, streams.EVALUATION_SAMPLE
             pids = sample_clients(cfg.seed, server_round, cfg.clients, fraction, stream)
-        return [pid for pid in pids if self.population.val_sizes[pid] > 0]
+        return [pid for pid in pids if self._judged(pid) and pid not in self.held_out]
+
+    def _judged(self, pid: int) -> bool:
+        """Whether the client has held-out examples to be judged on."""
+        return self.population.val_sizes[pid] > 0
 
     def _evaluate_on_clients(
         self, exchange: Exchange, server_round: int, record: RoundRecord
@@ -264,6 +270,12 @@ class RoundLoop:
             metrics = self.state.strategy.aggregate_evaluate(server_round, evaluation.replies)
             record.eval_loss = metric(metrics, messages.EVAL_LOSS)
             record.eval_accuracy = metric(metrics, messages.EVAL_ACCURACY)
+        unseen = [pid for pid in sorted(self.held_out) if self._judged(pid)]
+        if unseen:  # every held-out client, at every client evaluation
+            judged = self._phase(exchange, MessageType.EVALUATE, server_round, unseen)
+            for client in judged.clients:
+                client.phase = messages.UNSEEN
+            record.clients += judged.clients
         self.timings.client_evaluate += time.perf_counter() - tick
 
     def _phase(
