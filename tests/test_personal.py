@@ -75,9 +75,18 @@ def test_each_client_is_better_served_by_its_own_model(runs) -> None:
 
 
 def test_runs_of_other_algorithms_keep_their_columns(runs) -> None:
+    """FedAvg's files are as ever; the summary shows the personalised accuracy of the
+    personal runs only (an experiment without one has no such column: test_sweep)."""
     run = runs / "fedavg_seed-0"
     assert tuple(pd.read_csv(run / "clients.csv").columns) == CLIENT_COLUMNS
     assert tuple(pd.read_csv(run / "rounds.csv").columns) == CSV_COLUMNS
+    summary = pd.read_csv(runs / "summary.csv").set_index("strategy")
+    assert pd.isna(summary.loc["fedavg", "final_personal_accuracy"])
+    for name in PERSONAL:
+        last = pd.read_csv(runs / f"{name}_seed-0" / "rounds.csv").iloc[-1]
+        assert summary.loc[name, "final_personal_accuracy"] == pytest.approx(
+            last["personal_accuracy"], abs=1e-5
+        )
 
 
 def test_what_a_client_keeps_is_its_own_part(runs) -> None:

@@ -228,6 +228,7 @@ def test_sweep_writes_run_folders_summary_and_plots(swept) -> None:
     assert summary["clients"].tolist() == [2, 4] and summary["complete"].all()
     assert (summary["rounds_done"] == 2).all() and (summary["clients_failed"] == 0).all()
     assert (summary["seconds_per_round"] > 0).all() and (summary["total_seconds"] > 0).all()
+    assert "final_personal_accuracy" not in summary  # no personal run: no such column
     for run in summary["run"]:
         rounds = pd.read_csv(folder / run / "rounds.csv")
         assert summary.set_index("run").loc[run, "final_accuracy"] == pytest.approx(
