@@ -108,6 +108,18 @@ def _accuracy_curves(folder: Path, runs: pd.DataFrame, x: str = "round") -> pd.D
     return table if x == "round" else table.ffill().where(table.bfill().notna())
 
 
+def _personal_curves(folder: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """The evaluated clients' personalised accuracy by round (rounds.csv's
+    personal_accuracy, where the algorithm is personal), a column per run."""
+    found = []
+    for run in runs["run"]:
+        path = folder / run / ROUNDS_CSV
+        frame = read_csv(path, ("round",)) if path.exists() else pd.DataFrame()
+        if "personal_accuracy" in frame:
+            found.append(frame.set_index("round")["personal_accuracy"].dropna().rename(run))
+    return pd.concat(found, axis=1).sort_index() if found else pd.DataFrame()
+
+
 def _accuracy_vs(folder: Path, summary: pd.DataFrame, x: str, xlabel: str, name: str):
     panel_keys, line_keys = _layout(summary)
     panels = _groups(summary, panel_keys)
@@ -127,6 +139,16 @@ def _accuracy_vs(folder: Path, summary: pd.DataFrame, x: str, xlabel: str, name:
                     curves.max(axis=1),
                     color=line.get_color(),
                     alpha=0.2,
+                )
+            personal = _personal_curves(folder, runs) if x == "round" else pd.DataFrame()
+            if not personal.empty:  # a personal algorithm's: its clients' own models
+                mean = personal.mean(axis=1)
+                axis.plot(
+                    mean.index,
+                    mean,
+                    "--",
+                    color=line.get_color(),
+                    label=f"{label or 'all runs'}, personalised",
                 )
         axis.set(title=title, xlabel=xlabel, ylabel="central accuracy")
         if x == "round":
