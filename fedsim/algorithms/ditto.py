@@ -4,6 +4,7 @@ each client's own copy of the whole model, trained on its data with
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from fedsim.algorithms.base import Algorithm
@@ -41,10 +42,12 @@ class Ditto(Personal):
         for position, one in enumerate(done):
             if one.error is None:
                 copy = next(copies)
+                seconds = one.seconds + copy.seconds
                 if copy.error is not None:
-                    done[position] = copy
+                    done[position] = dataclasses.replace(copy, seconds=seconds)
                 else:
                     one.made.state = copy.made
+                    done[position] = dataclasses.replace(one, seconds=seconds)
         return done
 
     def _copy_work(self, ctx: ClientContext) -> LocalWork:

@@ -59,6 +59,11 @@ class FedRep(OwnHead):
         with training.only_trained(trainer.model, body):
             second = iter(trainer.train(ready, body_next, self.finish, settings))
         return [
-            next(second) if ctx.pid in heads else done
+            _both(done, next(second)) if ctx.pid in heads else done
             for ctx, done in zip(ctxs, first, strict=True)
         ]
+
+
+def _both(first: Trained, second: Trained) -> Trained:
+    """A client's outcome from its second phase, its seconds from both."""
+    return dataclasses.replace(second, seconds=first.seconds + second.seconds)
