@@ -38,6 +38,10 @@ def _clients(run_dir: Path) -> pd.DataFrame:
 
 BAD_INPUT = [
     (["--clients", "0"], "--clients: got 0, must be ≥ 1"),
+    (
+        ["--strategy", "fedrep", "--holdout-clients", "0.5", "--val-fraction", "0"],
+        "--holdout-clients: held-out clients are judged at the clients' evaluation",
+    ),
     (["--clients", "2.5"], "--clients: must be an integer"),
     (["--rounds", "-1"], "--rounds: got -1, must be ≥ 1"),
     (["--fraction-fit", "0"], "--fraction-fit: got 0.0, must be in (0, 1]"),

@@ -29,7 +29,8 @@ from flwr.app import MetricRecord, RecordDict
 from fedsim.algorithms.context import ClientContext, ClientResult, record_of
 from fedsim.algorithms.fedavg import FedAvg
 from fedsim.ground import messages, streams
-from fedsim.ground.option import Bounds, Option
+from fedsim.ground.errors import ConfigError
+from fedsim.ground.option import Bounds, Option, flag
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -56,6 +57,14 @@ class Personal(FedAvg):
 
     def held_out(self) -> list[int]:
         return streams.held_out(self.cfg.seed, self.cfg.clients, self.holdout_clients)
+
+    def check(self) -> None:
+        if self.holdout_clients and not self.cfg.evaluates_on_clients:
+            raise ConfigError(
+                flag("holdout_clients"),
+                "held-out clients are judged at the clients' evaluation, which "
+                "--fraction-evaluate 0 or --val-fraction 0 turns off",
+            )
 
     def own(self, model: nn.Module) -> list[str]:
         """The names (state_dict keys) of the weights that are each client's own."""
