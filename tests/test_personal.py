@@ -179,5 +179,8 @@ def test_held_out_clients_never_train_and_are_judged_as_new_clients(tiny_cifar, 
         assert held not in set(clients[clients["phase"] == "evaluate"]["client"]), name
         last = rounds.iloc[-1]
         assert last["unseen_accuracy"] == pytest.approx(unseen["personal_accuracy"].iloc[-1])
+        # its labels are no other client's: the global model knows none of them
+        final = unseen.iloc[-1]
+        assert final["personal_accuracy"] > final["accuracy"] + 0.3, (name, final.to_dict())
     stored = client_state_rows(results / "unseen" / "fedrep_seed-0")
     assert held not in {pid for pid, _, _ in stored}
