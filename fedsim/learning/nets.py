@@ -11,19 +11,26 @@ from fedsim.learning.tasks import IMAGE_SHAPE, NUM_CLASSES
 
 class Net(nn.Module):
     """The CNN of Flower's PyTorch quickstart (and NIID-Bench's CIFAR-10 model), for
-    the data's channels, image size and classes (CIFAR-10's: the quickstart's exactly)."""
+    the data's channels, image size and classes (CIFAR-10's: the quickstart's exactly):
+    two 5x5 convolutions, each with 2x2 max-pooling, then two hidden layers and one
+    score per class; the head (a personal algorithm's own part) is fc3."""
 
     def __init__(
-        self, num_classes: int = NUM_CLASSES, image_shape: tuple[int, int, int] = IMAGE_SHAPE
+        self,
+        num_classes: int = NUM_CLASSES,
+        image_shape: tuple[int, int, int] = IMAGE_SHAPE,
+        convolutions: tuple[int, int] = (6, 16),
+        hidden: tuple[int, int] = (120, 84),
     ) -> None:
         super().__init__()
         channels, height, width = image_shape
-        self.conv1 = nn.Conv2d(channels, 6, 5)
+        self.conv1 = nn.Conv2d(channels, convolutions[0], 5)
         self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * _after_convs(height) * _after_convs(width), 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, num_classes)
+        self.conv2 = nn.Conv2d(convolutions[0], convolutions[1], 5)
+        flat = convolutions[1] * _after_convs(height) * _after_convs(width)
+        self.fc1 = nn.Linear(flat, hidden[0])
+        self.fc2 = nn.Linear(hidden[0], hidden[1])
+        self.fc3 = nn.Linear(hidden[1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(F.relu(self.conv1(x)))
@@ -32,38 +39,20 @@ class Net(nn.Module):
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         return self.fc3(x)
+
+
+def fedrep_cnn(
+    num_classes: int = NUM_CLASSES, image_shape: tuple[int, int, int] = IMAGE_SHAPE
+) -> nn.Module:
+    """FedRep's CIFAR-10 CNN (lgcollins/FedRep, models/Nets.py `CNNCifar`): Net with 64
+    channels in both convolutions and hidden layers of 120 and 64. The log-softmax
+    FedRep ends with is in the task's cross-entropy."""
+    return Net(num_classes, image_shape, convolutions=(64, 64), hidden=(120, 64))
 
 
 def _after_convs(size: int) -> int:
     """A side of Net's feature map: two 5x5 convolutions, each followed by 2x2 pooling."""
     return ((size - 4) // 2 - 4) // 2
-
-
-class FedRepCNN(nn.Module):
-    """FedRep's CIFAR-10 CNN (lgcollins/FedRep, models/Nets.py `CNNCifar`): two 5x5
-    convolutions of 64 channels, each with 2x2 max-pooling, then 120, 64 and one score
-    per class; its head (the personal part) is fc3. The log-softmax FedRep ends with is
-    in the task's cross-entropy."""
-
-    def __init__(
-        self, num_classes: int = NUM_CLASSES, image_shape: tuple[int, int, int] = IMAGE_SHAPE
-    ) -> None:
-        super().__init__()
-        channels, height, width = image_shape
-        self.conv1 = nn.Conv2d(channels, 64, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(64, 64, 5)
-        self.fc1 = nn.Linear(64 * _after_convs(height) * _after_convs(width), 120)
-        self.fc2 = nn.Linear(120, 64)
-        self.fc3 = nn.Linear(64, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = x.flatten(1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
 
 
 def resnet18(
