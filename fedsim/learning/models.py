@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 
 MODELS = {
     "cnn": "fedsim.learning.nets:Net",  # Flower's quickstart CNN, NIID-Bench's CIFAR-10 model
-    "fedrep-cnn": "fedsim.learning.nets:fedrep_cnn",  # FedRep's CIFAR-10 CNN (CNNCifar)
     "resnet18": "fedsim.learning.nets:resnet18",  # torchvision's, with the CIFAR stem
     "logreg": "fedsim.learning.nets:LogisticRegression",  # a table's: FLamby's Heart baseline
     "mlp": "fedsim.learning.nets:MLP",  # a table's: two hidden layers
     "lstm": "fedsim.learning.nets:CharLSTM",  # text: LEAF's Shakespeare model
+    "fedrep-cnn": "fedsim.learning.nets:fedrep_cnn",  # FedRep's CIFAR-10 CNN (CNNCifar)
 }
 
 
