@@ -2,8 +2,10 @@
 personalised model judged on its own held-out examples beside the global model, the
 columns only personal runs have, and a client's own weights across --resume.
 
-One experiment process runs every personal algorithm (and FedAvg) for four rounds on
-two clients holding different halves of the labels (one label-sorted shard each)."""
+One experiment process (one Ray start) runs every personal algorithm and FedAvg for three
+rounds on two clients holding different halves of the labels (one label-sorted shard
+each), FedRep and FedAvg-FT on four clients with one held out, and FedRep for two
+rounds, which a second process resumes."""
 
 from __future__ import annotations
 
@@ -25,23 +27,49 @@ from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS, client_columns, 
 from tests.conftest import client_state_rows, run_cli, simulate
 
 PERSONAL = [name for name, path in ALGORITHMS.items() if algorithm_class(name).personal]
-# FedRep's momentum (0.9 makes its head-then-body rounds diverge on these two clients)
-OPTIONS = "--clients 2 --partition shard --shards-per-client 1 --val-fraction 0.2 --rounds 4"
-OPTIONS += " --lr 0.05 --momentum 0.5 --batch-size 16 --cpus-per-client 1.5"
-OPTIONS += " --head-epochs 2 --finetune-epochs 2"  # FedRep's, FedAvg-FT's
+EXPERIMENT = f"""
+num-server-rounds = 3
+clients = 2
+partition = "shard"
+shards-per-client = 1
+val-fraction = 0.2
+lr = 0.05
+momentum = 0.5          # FedRep's (0.9 makes its head-then-body rounds diverge here)
+batch-size = 16
+cpus-per-client = 1.5
+head-epochs = 2         # FedRep's
+finetune-epochs = 2     # FedAvg-FT's
+seeds = [0]
+
+[[variant]]             # every personal algorithm, and FedAvg
+strategy = {[*PERSONAL, "fedavg"]}
+
+[[variant]]             # one of four clients held out of training
+strategy = ["fedrep", "fedavg-ft"]
+clients = 4
+holdout-clients = 0.25
+
+[[variant]]             # stopped after round 2: a second process resumes it
+strategy = "fedrep"
+num-server-rounds = 2
+"""
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("personal-runs")
-
-
-@pytest.fixture(scope="module")
-def runs(tiny_cifar, results) -> Path:
-    strategies = ",".join([*PERSONAL, "fedavg"])
-    done, _ = simulate(tiny_cifar, results, "personal", f"{OPTIONS} --strategy {strategies}")
+def runs(tiny_cifar, tmp_path_factory) -> Path:
+    results = tmp_path_factory.mktemp("personal-runs")
+    (results / "personal.toml").write_text(EXPERIMENT)
+    options = f"--experiment {results / 'personal.toml'}"
+    done, _ = simulate(tiny_cifar, results, "personal", options)
     assert done.returncode == 0, done.stderr[-3000:]
     return results / "personal"
+
+
+def _run(runs: Path, strategy: str, clients: int = 2, rounds: int = 3) -> Path:
+    """The experiment's run of `strategy` on `clients` clients for `rounds` rounds, by
+    its name (which a resume that extends the run keeps)."""
+    (found,) = runs.glob(f"clients-{clients}_rounds-{rounds}_{strategy}_seed-0*")
+    return found
 
 
 def test_the_personal_algorithms_are_the_issues() -> None:
@@ -55,11 +83,11 @@ def test_each_client_is_better_served_by_its_own_model(runs) -> None:
     global model on its own held-out examples, in every personal algorithm; rounds.csv
     has the example-weighted mean, the 10th percentile and the spread of them."""
     for name in PERSONAL:
-        run = runs / f"{name}_seed-0"
+        run = _run(runs, name)
         clients, rounds = pd.read_csv(run / "clients.csv"), pd.read_csv(run / "rounds.csv")
         assert tuple(clients.columns) == client_columns(True), name
         assert tuple(rounds.columns) == round_columns(True), name
-        judged = clients[(clients["phase"] == "evaluate") & (clients["round"] == 4)]
+        judged = clients[(clients["phase"] == "evaluate") & (clients["round"] == 3)]
         assert sorted(judged["client"]) == [0, 1], name
         for _, client in judged.iterrows():
             assert client["personal_accuracy"] > client["accuracy"] + 0.1, (name, client.to_dict())
@@ -77,14 +105,15 @@ def test_each_client_is_better_served_by_its_own_model(runs) -> None:
 def test_runs_of_other_algorithms_keep_their_columns(runs) -> None:
     """FedAvg's files are as ever; the summary shows the personalised accuracy of the
     personal runs only (an experiment without one has no such column: test_sweep)."""
-    run = runs / "fedavg_seed-0"
+    run = _run(runs, "fedavg")
     assert tuple(pd.read_csv(run / "clients.csv").columns) == CLIENT_COLUMNS
     assert tuple(pd.read_csv(run / "rounds.csv").columns) == CSV_COLUMNS
-    summary = pd.read_csv(runs / "summary.csv").set_index("strategy")
-    assert pd.isna(summary.loc["fedavg", "final_personal_accuracy"])
+    summary = pd.read_csv(runs / "summary.csv").set_index("run")
+    assert pd.isna(summary.loc[run.name, "final_personal_accuracy"])
     for name in PERSONAL:
-        last = pd.read_csv(runs / f"{name}_seed-0" / "rounds.csv").iloc[-1]
-        assert summary.loc[name, "final_personal_accuracy"] == pytest.approx(
+        personal = _run(runs, name)
+        last = pd.read_csv(personal / "rounds.csv").iloc[-1]
+        assert summary.loc[personal.name, "final_personal_accuracy"] == pytest.approx(
             last["personal_accuracy"], abs=1e-5
         )
 
@@ -103,28 +132,25 @@ def test_what_a_client_keeps_is_its_own_part(runs) -> None:
     }
     kept["lg-fedavg"] = [name for name in net.state_dict() if name not in head]
     for name, names in kept.items():
-        rows = client_state_rows(runs / f"{name}_seed-0")
+        rows = client_state_rows(_run(runs, name))
         assert [pid for pid, _, _ in rows] == [0, 1], name
         own = from_bytes(rows[0][2])[OWN]
         assert sorted(own.keys()) == sorted(names), name
-    assert not (runs / "fedavg-ft_seed-0" / "client_states.sqlite").exists()
+    assert not (_run(runs, "fedavg-ft") / "client_states.sqlite").exists()
 
 
-def test_a_resumed_personal_run_equals_an_uninterrupted_one(runs, tiny_cifar, results) -> None:
-    """FedRep: three rounds, a new process, a fourth: the clients' heads, the model
+def test_a_resumed_personal_run_equals_an_uninterrupted_one(runs) -> None:
+    """FedRep: two rounds, a new process, a third: the clients' heads, the model
     and the CSVs (personal columns included) bit for bit."""
-    done, _ = simulate(
-        tiny_cifar, results, "fedrep-part", f"{OPTIONS} --strategy fedrep --rounds 3"
-    )
+    part = _run(runs, "fedrep", rounds=2)
+    done = run_cli("--resume", str(part), "--rounds", "3")
     assert done.returncode == 0, done.stderr[-3000:]
-    done = run_cli("--resume", str(results / "fedrep-part"), "--rounds", "4")
-    assert done.returncode == 0, done.stderr[-3000:]
-    whole, resumed = runs / "fedrep_seed-0", results / "fedrep-part"
-    assert client_state_rows(resumed) == client_state_rows(whole)
-    whole_model, resumed_model = (torch.load(run / "model.pt") for run in (whole, resumed))
+    whole = _run(runs, "fedrep")
+    assert client_state_rows(part) == client_state_rows(whole)
+    whole_model, resumed_model = (torch.load(run / "model.pt") for run in (whole, part))
     assert all(torch.equal(whole_model[k], resumed_model[k]) for k in whole_model)
     for csv, timing in (("rounds.csv", "round_seconds"), ("clients.csv", "seconds")):
-        frames = [pd.read_csv(run / csv).drop(columns=[timing]) for run in (whole, resumed)]
+        frames = [pd.read_csv(run / csv).drop(columns=[timing]) for run in (whole, part)]
         assert frames[0].equals(frames[1]), csv
 
 
@@ -159,22 +185,19 @@ def test_evaluation_builds_no_graph() -> None:
     assert seen == [False]
 
 
-def test_held_out_clients_never_train_and_are_judged_as_new_clients(tiny_cifar, results) -> None:
+def test_held_out_clients_never_train_and_are_judged_as_new_clients(runs) -> None:
     """--holdout-clients 0.25 of four: the client the seed holds out has no training row
     and no memory; at every client evaluation it adapts from the global model (FedRep:
     a head of its own on the global body) and is judged; rounds.csv's unseen columns
     are its numbers."""
-    options = OPTIONS.replace("--clients 2", "--clients 4") + " --holdout-clients 0.25"
-    done, _ = simulate(tiny_cifar, results, "unseen", f"{options} --strategy fedrep,fedavg-ft")
-    assert done.returncode == 0, done.stderr[-3000:]
     (held,) = streams.held_out(0, 4, 0.25)
     for name in ("fedrep", "fedavg-ft"):
-        run = results / "unseen" / f"{name}_seed-0"
+        run = _run(runs, name, clients=4)
         clients, rounds = pd.read_csv(run / "clients.csv"), pd.read_csv(run / "rounds.csv")
         trained = clients[clients["phase"] == "train"]
-        assert held not in set(trained["client"]) and len(trained) == 4 * 3, name
+        assert held not in set(trained["client"]) and len(trained) == 3 * 3, name
         unseen = clients[clients["phase"] == "unseen"]
-        assert unseen["client"].tolist() == [held] * 4, name  # rounds 1 to 4
+        assert unseen["client"].tolist() == [held] * 3, name  # rounds 1 to 3
         assert unseen["personal_accuracy"].notna().all(), name
         assert held not in set(clients[clients["phase"] == "evaluate"]["client"]), name
         last = rounds.iloc[-1]
@@ -182,5 +205,5 @@ def test_held_out_clients_never_train_and_are_judged_as_new_clients(tiny_cifar, 
         # its labels are no other client's: the global model knows none of them
         final = unseen.iloc[-1]
         assert final["personal_accuracy"] > final["accuracy"] + 0.3, (name, final.to_dict())
-    stored = client_state_rows(results / "unseen" / "fedrep_seed-0")
+    stored = client_state_rows(_run(runs, "fedrep", clients=4))
     assert held not in {pid for pid, _, _ in stored}
