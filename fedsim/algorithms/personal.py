@@ -152,7 +152,8 @@ class Personal(FedAvg):
 
 class OwnHead(Personal):
     """The model's head (fedsim.learning.models.head) is each client's own; a new
-    client trains a head of its own on the global body (`head_epochs()` epochs)."""
+    client trains a head of its own on the global body (`head_epochs_new()` epochs:
+    --local-epochs, FedRep's --head-epochs)."""
 
     def own(self, model: nn.Module) -> list[str]:
         from fedsim.learning import models
