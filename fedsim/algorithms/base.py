@@ -218,17 +218,23 @@ class Algorithm:
         return record_of(model.state_dict())
 
     def evaluate(self, ctx: ClientContext) -> ClientResult:
+        """The client's metrics (`judge`) on its held-out examples, gathered once."""
+        metrics = self.judge(ctx, *ctx.load_data("val"))
+        return ClientResult(RecordDict({messages.METRICS: MetricRecord(metrics)}))
+
+    def judge(
+        self, ctx: ClientContext, examples: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, float | int]:
+        """The model it was sent on the client's held-out examples."""
         from fedsim.learning import training
 
         model = ctx.load_model(ctx.content[messages.ARRAYS])
-        examples, labels = ctx.load_data("val")
         loss, accuracy = training.evaluate(model, ctx.task, examples, labels)
-        metrics = {
+        return {
             messages.EVAL_LOSS: loss,
             messages.EVAL_ACCURACY: accuracy,
             messages.NUM_EXAMPLES: len(labels),
         }
-        return ClientResult(RecordDict({messages.METRICS: MetricRecord(metrics)}))
 
 
 # ---- options more than one algorithm declares (each declares it, from here) -------------

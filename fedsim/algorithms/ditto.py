@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from fedsim.learning.trainers import LocalWork, Trained, Trainer
+    from fedsim.learning.training import LocalHooks
 
 
 class Ditto(Personal):
@@ -52,25 +53,26 @@ class Ditto(Personal):
 
     def _copy_work(self, ctx: ClientContext) -> LocalWork:
         from fedsim.learning.trainers import LocalWork
-        from fedsim.learning.training import LocalHooks
 
         model, start = self.personalised(ctx)
         sent = ctx.tensors(ctx.content[messages.ARRAYS])
         anchor = [sent[name].to(p.device) for name, p in model.named_parameters()]
-        hooks = (
-            LocalHooks(proximal=(self.ditto_lambda, anchor)) if self.ditto_lambda else LocalHooks()
-        )
         generator = ctx.generator(streams.PERSONAL_TRAINING)
-        return LocalWork(start, *self.training_data(ctx), generator, hooks)
+        return LocalWork(start, *self.training_data(ctx), generator, self._pulled(anchor))
 
     def adapt_new(self, ctx: ClientContext, model: nn.Module) -> None:
         """A client that never trained trains a copy from the global model, pulled
         toward it (its --local-epochs)."""
+        anchor = [p.detach().clone() for p in model.parameters()]
+        self.fine_tune(ctx, model, self.new_client_epochs(), hooks=self._pulled(anchor))
+
+    def _pulled(self, anchor: list[torch.Tensor]) -> LocalHooks:
+        """Ditto's term λ/2 · ||v - anchor||² (none when λ is 0)."""
         from fedsim.learning.training import LocalHooks
 
-        anchor = [p.detach().clone() for p in model.parameters()]
-        hooks = LocalHooks(proximal=(self.ditto_lambda, anchor)) if self.ditto_lambda else None
-        self.fine_tune(ctx, model, self.cfg.local_epochs, hooks=hooks)
+        return (
+            LocalHooks(proximal=(self.ditto_lambda, anchor)) if self.ditto_lambda else LocalHooks()
+        )
 
     def _kept(self, ctx, model, result, work):
         return self.memory(model)

@@ -23,7 +23,7 @@ class FedRep(OwnHead):
         10, "epochs a client trains its head, the body fixed, before its body epochs", at_least(1)
     )
 
-    def head_epochs_new(self) -> int:
+    def new_client_epochs(self) -> int:
         return self.head_epochs
 
     def train_group(self, ctxs: list[ClientContext], trainer: Trainer) -> list[Trained]:

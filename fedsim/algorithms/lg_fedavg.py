@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedsim.algorithms.context import ClientContext
 from fedsim.algorithms.personal import Personal
 
 if TYPE_CHECKING:
@@ -20,7 +19,3 @@ class LGFedAvg(Personal):
 
         shared = set(models.head(model))
         return [name for name in model.state_dict() if name not in shared]
-
-    def adapt_new(self, ctx: ClientContext, model: nn.Module) -> None:
-        """A client that never trained trains a body of its own (its --local-epochs)."""
-        self.fine_tune(ctx, model, self.cfg.local_epochs, only=self.own(model))

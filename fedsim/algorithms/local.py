@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedsim.algorithms.context import ClientContext
 from fedsim.algorithms.personal import Personal
 
 if TYPE_CHECKING:
@@ -19,7 +18,3 @@ class Local(Personal):
 
     def own(self, model: nn.Module) -> list[str]:
         return list(model.state_dict())
-
-    def adapt_new(self, ctx: ClientContext, model: nn.Module) -> None:
-        """A client that never trained trains its own model (its --local-epochs)."""
-        self.fine_tune(ctx, model, self.cfg.local_epochs)

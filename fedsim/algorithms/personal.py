@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, ClassVar
 
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import RecordDict
 
 from fedsim.algorithms.context import ClientContext, ClientResult, record_of
 from fedsim.algorithms.fedavg import FedAvg
@@ -75,8 +75,18 @@ class Personal(FedAvg):
 
     def adapt_new(self, ctx: ClientContext, model: nn.Module) -> None:
         """What a client without weights of its own yet (one that never trained: an
-        unseen client) does to the global model before it is judged (default: `adapt`)."""
-        self.adapt(ctx, model)
+        unseen client) does to the global model before it is judged: it trains its own
+        part of it (`new_client_epochs()`: a head, a body, the whole model), the rest
+        fixed; an algorithm whose clients own nothing adapts as any client does."""
+        own = self.own(model)
+        if not own:
+            self.adapt(ctx, model)
+            return
+        self.fine_tune(ctx, model, self.new_client_epochs(), only=own)
+
+    def new_client_epochs(self) -> int:
+        """Epochs a client without weights of its own trains them (--local-epochs)."""
+        return self.cfg.local_epochs
 
     # ---- what the generic client does with them -------------------------------------
 
@@ -110,18 +120,18 @@ class Personal(FedAvg):
         weights = model.state_dict()
         return RecordDict({OWN: record_of({name: weights[name] for name in names})})
 
-    def evaluate(self, ctx: ClientContext) -> ClientResult:
+    def judge(
+        self, ctx: ClientContext, examples: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, float | int]:
         """The global model on the client's held-out examples, and its personalised
         model (its own weights in, then `adapt`) on the same examples."""
         from fedsim.learning import training
 
-        judged = super().evaluate(ctx)
+        metrics = super().judge(ctx, examples, labels)
         model, _ = self.personalised(ctx)
         (self.adapt if OWN in ctx.state else self.adapt_new)(ctx, model)
-        loss, accuracy = training.evaluate(model, ctx.task, *ctx.load_data("val"))
-        metrics = dict(judged.content[messages.METRICS])
-        metrics |= {messages.PERSONAL_LOSS: loss, messages.PERSONAL_ACCURACY: accuracy}
-        return ClientResult(RecordDict({messages.METRICS: MetricRecord(metrics)}))
+        loss, accuracy = training.evaluate(model, ctx.task, examples, labels)
+        return metrics | {messages.PERSONAL_LOSS: loss, messages.PERSONAL_ACCURACY: accuracy}
 
     def fine_tune(
         self,
@@ -151,17 +161,10 @@ class Personal(FedAvg):
 
 
 class OwnHead(Personal):
-    """The model's head (fedsim.learning.models.head) is each client's own; a new
-    client trains a head of its own on the global body (`head_epochs_new()` epochs:
-    --local-epochs, FedRep's --head-epochs)."""
+    """The model's head (fedsim.learning.models.head) is each client's own: a new
+    client trains a head of its own on the global body."""
 
     def own(self, model: nn.Module) -> list[str]:
         from fedsim.learning import models
 
         return models.head(model)
-
-    def head_epochs_new(self) -> int:
-        return self.cfg.local_epochs
-
-    def adapt_new(self, ctx: ClientContext, model: nn.Module) -> None:
-        self.fine_tune(ctx, model, self.head_epochs_new(), only=self.own(model))
