@@ -85,39 +85,30 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
-def _curve(path: Path, x: str) -> pd.Series | None:
-    """One run's central accuracy by round, or by simulated hours (None without)."""
+def _curve(path: Path, x: str, column: str) -> pd.Series | None:
+    """One run's `column` (an accuracy) by round, or by simulated hours (None without
+    either)."""
     frame = read_csv(path, ROUNDS_COLUMNS) if path.exists() else pd.DataFrame()
-    if x not in frame:
+    if x not in frame or column not in frame:
         return None
     if x == "round":
-        return frame.set_index("round")["central_accuracy"]
-    curve = frame.set_index(frame["sim_clock"] / 3600)["central_accuracy"]
+        return frame.set_index("round")[column]
+    curve = frame.set_index(frame["sim_clock"] / 3600)[column]
     return curve[~curve.index.duplicated(keep="last")]  # rows that took no simulated time
 
 
-def _accuracy_curves(folder: Path, runs: pd.DataFrame, x: str = "round") -> pd.DataFrame:
-    """Central accuracy by `x` (round or sim_clock), a column per run (seed). On the
-    simulated clock runs report at different times: each holds its accuracy from one
-    row to its next, up to its last."""
-    curves = {run: _curve(folder / run / ROUNDS_CSV, x) for run in runs["run"]}
+def _accuracy_curves(
+    folder: Path, runs: pd.DataFrame, x: str = "round", column: str = "central_accuracy"
+) -> pd.DataFrame:
+    """`column` (central accuracy; a personal run's personal_accuracy) by `x` (round or
+    sim_clock), a column per run (seed). On the simulated clock runs report at
+    different times: each holds its accuracy from one row to its next, up to its last."""
+    curves = {run: _curve(folder / run / ROUNDS_CSV, x, column) for run in runs["run"]}
     found = [curve.rename(run) for run, curve in curves.items() if curve is not None]
     if not found:
         return pd.DataFrame()
     table = pd.concat(found, axis=1).sort_index()
     return table if x == "round" else table.ffill().where(table.bfill().notna())
-
-
-def _personal_curves(folder: Path, runs: pd.DataFrame) -> pd.DataFrame:
-    """The evaluated clients' personalised accuracy by round (rounds.csv's
-    personal_accuracy, where the algorithm is personal), a column per run."""
-    found = []
-    for run in runs["run"]:
-        path = folder / run / ROUNDS_CSV
-        frame = read_csv(path, ("round",)) if path.exists() else pd.DataFrame()
-        if "personal_accuracy" in frame:
-            found.append(frame.set_index("round")["personal_accuracy"].dropna().rename(run))
-    return pd.concat(found, axis=1).sort_index() if found else pd.DataFrame()
 
 
 def _accuracy_vs(folder: Path, summary: pd.DataFrame, x: str, xlabel: str, name: str):
@@ -140,16 +131,12 @@ def _accuracy_vs(folder: Path, summary: pd.DataFrame, x: str, xlabel: str, name:
                     color=line.get_color(),
                     alpha=0.2,
                 )
-            personal = _personal_curves(folder, runs) if x == "round" else pd.DataFrame()
-            if not personal.empty:  # a personal algorithm's: its clients' own models
-                mean = personal.mean(axis=1)
-                axis.plot(
-                    mean.index,
-                    mean,
-                    "--",
-                    color=line.get_color(),
-                    label=f"{label or 'all runs'}, personalised",
-                )
+            if x == "round":  # a personal run's clients' own models, where judged
+                personal = _accuracy_curves(folder, runs, x, "personal_accuracy")
+                mean = personal.mean(axis=1).dropna()
+                if len(mean):
+                    legend = f"{label or 'all runs'}, personalised"
+                    axis.plot(mean.index, mean, "--", color=line.get_color(), label=legend)
         axis.set(title=title, xlabel=xlabel, ylabel="central accuracy")
         if x == "round":
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -161,19 +161,27 @@ class RoundRecord:
     def bytes_up(self) -> int:
         return sum(c.bytes_up for c in self.clients)
 
-    def _accuracies(self, name: str = "accuracy") -> np.ndarray:
+    def _accuracies(self, name: str) -> np.ndarray:
         values = [getattr(c, name) for c in self._of("evaluate")]
         return np.array([v for v in values if v is not None], dtype=float)
 
+    def _p10(self, name: str) -> float | None:
+        """The 10th percentile of the evaluated clients' `name` (who is served worst)."""
+        accuracies = self._accuracies(name)
+        return float(np.percentile(accuracies, 10)) if len(accuracies) else None
+
+    def _std(self, name: str) -> float | None:
+        """Their standard deviation (population, ddof 0)."""
+        accuracies = self._accuracies(name)
+        return float(accuracies.std()) if len(accuracies) else None
+
     @property
     def eval_accuracy_p10(self) -> float | None:
-        accuracies = self._accuracies()
-        return float(np.percentile(accuracies, 10)) if len(accuracies) else None
+        return self._p10("accuracy")
 
     @property
     def eval_accuracy_std(self) -> float | None:
-        accuracies = self._accuracies()
-        return float(accuracies.std()) if len(accuracies) else None
+        return self._std("accuracy")
 
     def _weighted(self, phase: str, name: str) -> float | None:
         """The example-weighted mean of a personal metric over a phase's clients."""
@@ -201,13 +209,11 @@ class RoundRecord:
 
     @property
     def personal_accuracy_p10(self) -> float | None:
-        accuracies = self._accuracies("personal_accuracy")
-        return float(np.percentile(accuracies, 10)) if len(accuracies) else None
+        return self._p10("personal_accuracy")
 
     @property
     def personal_accuracy_std(self) -> float | None:
-        accuracies = self._accuracies("personal_accuracy")
-        return float(accuracies.std()) if len(accuracies) else None
+        return self._std("personal_accuracy")
 
     def row(self, columns: tuple[str, ...] = CSV_COLUMNS) -> list[str]:
         return _cells(getattr(self, c) for c in columns)
