@@ -150,6 +150,7 @@ class RunStatus(RoundCallback):
     ) -> None:
         self.path = run_dir / CONFIG_JSON
         self.cfg, self.timings, self.extra = cfg, timings, extra
+        self.columns = round_columns(algorithms.is_personal(cfg))  # rounds.csv's
         self.failures = FailureReporter()
         self._started: float | None = None  # while `running`
 
@@ -165,7 +166,7 @@ class RunStatus(RoundCallback):
             self.timings,
             status,
             {**self.extra, **self.failures.summary(), **more},
-            round_columns(algorithms.is_personal(self.cfg)),
+            self.columns,
         )
 
     def fail(self, reason: str) -> None:
