@@ -166,6 +166,10 @@ def test_heads_of_the_shipped_models_and_training_only_some_weights() -> None:
         assert [n for n, p in net.named_parameters() if p.requires_grad] == ["fc3.weight"]
         raise RuntimeError
     assert all(p.requires_grad for p in net.parameters())
+    net.fc1.bias.requires_grad_(False)  # the model's own choice outlasts a phase
+    with training.only_trained(net, ["fc3.weight"]):
+        pass
+    assert [n for n, p in net.named_parameters() if not p.requires_grad] == ["fc1.bias"]
 
 
 def _text_task():

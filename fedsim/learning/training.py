@@ -281,9 +281,10 @@ CENTRAL_BATCH_SIZE = 500
 @contextmanager
 def only_trained(model: nn.Module, names: Collection[str]) -> Iterator[None]:
     """Train only the parameters named (the others get no gradient, so the optimizer
-    leaves them as they are: FedRep's head epochs, then its body epochs); every
-    parameter is trained again afterwards, whatever happened."""
-    frozen = [p for name, p in model.named_parameters() if name not in names]
+    leaves them as they are: FedRep's head epochs, then its body epochs); afterwards,
+    whatever happened, the others train again, and a parameter the model itself
+    keeps fixed stays fixed."""
+    frozen = [p for name, p in model.named_parameters() if name not in names and p.requires_grad]
     try:
         for param in frozen:
             param.requires_grad_(False)
