@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fedsim.algorithms import ALGORITHMS
+from fedsim.algorithms import ALGORITHMS, algorithm_class
 from fedsim.learning import models, nets
 from tests.conftest import client_state_rows, run_cli, simulate
 
@@ -34,10 +34,7 @@ ELSEWHERE = {
     "fedavgm": "test_strategies",
     "fedadam": "test_strategies",
     "fedbuff": "test_clock_engine",
-    **{
-        name: "test_personal"
-        for name in ("local", "fedavg-ft", "fedper", "fedrep", "lg-fedavg", "ditto")
-    },
+    **{name: "test_personal" for name in ALGORITHMS if algorithm_class(name).personal},
 }
 TRAINED_HERE = [name for name in ALGORITHMS if name not in ELSEWHERE]
 

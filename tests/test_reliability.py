@@ -42,6 +42,7 @@ BAD_INPUT = [
         ["--strategy", "fedrep", "--holdout-clients", "0.5", "--val-fraction", "0"],
         "--holdout-clients: held-out clients are judged at the clients' evaluation",
     ),
+    (["--strategy", "fedbn"], "--model: cnn has no BatchNorm layer for fedbn to keep"),
     (["--clients", "2.5"], "--clients: must be an integer"),
     (["--rounds", "-1"], "--rounds: got -1, must be ≥ 1"),
     (["--fraction-fit", "0"], "--fraction-fit: got 0.0, must be in (0, 1]"),

@@ -133,7 +133,7 @@ def test_shipped_experiments_hold_the_issue_grids() -> None:
         ("dirichlet", 0.5, 20, "sign-flip")
     }
     fedrep = _plan(experiment=str(ROOT / "experiments" / "fedrep_cifar10.toml"))
-    assert len(fedrep.runs) == 14  # 7 columns x 2 and 5 classes per client
+    assert len(fedrep.runs) == 16  # 8 columns x 2 and 5 classes per client
     cells = {(c.strategy, c.classes_per_client, c.local_epochs) for c in fedrep.runs}
     assert ("fedrep", 2, 1) in cells and ("fedrep", 5, 5) in cells and ("fedavg", 5, 1) in cells
     assert {

@@ -45,6 +45,10 @@ ALGORITHMS = {
     "fedrep": "fedsim.algorithms.fedrep:FedRep",
     "lg-fedavg": "fedsim.algorithms.lg_fedavg:LGFedAvg",
     "ditto": "fedsim.algorithms.ditto:Ditto",
+    "apfl": "fedsim.algorithms.apfl:APFL",
+    "fedbn": "fedsim.algorithms.fedbn:FedBN",
+    "perfedavg": "fedsim.algorithms.perfedavg:PerFedAvg",
+    "pfedme": "fedsim.algorithms.pfedme:PFedMe",
 }
 
 

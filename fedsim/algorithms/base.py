@@ -130,6 +130,10 @@ class Algorithm:
     def check(self) -> None:
         """Refuse (ConfigError) settings it cannot run with; called before anything runs."""
 
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse (ConfigError) a model it cannot train (FedBN: one without BatchNorm);
+        called once the run's model is built, before anything runs."""
+
     def held_out(self) -> list[int]:
         """The clients that never train, judged as unseen clients (a personal
         algorithm's --holdout-clients); none by default."""

@@ -4,7 +4,6 @@ each client's own copy of the whole model, trained on its data with
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 from fedsim.algorithms.base import Algorithm
@@ -35,21 +34,9 @@ class Ditto(Personal):
         return Algorithm.starting_model(self, ctx)
 
     def train_group(self, ctxs: list[ClientContext], trainer: Trainer) -> list[Trained]:
-        """FedAvg's local training, then each client's copy (a client whose copy
-        fails, fails)."""
+        """FedAvg's local training, then each client's copy."""
         done = super().train_group(ctxs, trainer)
-        ready = [ctx for ctx, one in zip(ctxs, done, strict=True) if one.error is None]
-        copies = iter(trainer.train(ready, self._copy_work, self._kept, self.settings()))
-        for position, one in enumerate(done):
-            if one.error is None:
-                copy = next(copies)
-                seconds = one.seconds + copy.seconds
-                if copy.error is not None:
-                    done[position] = dataclasses.replace(copy, seconds=seconds)
-                else:
-                    one.made.state = copy.made
-                    done[position] = dataclasses.replace(one, seconds=seconds)
-        return done
+        return self.with_own_copy(ctxs, done, trainer, self._copy_work, self._kept, self.settings())
 
     def _copy_work(self, ctx: ClientContext) -> LocalWork:
         from fedsim.learning.trainers import LocalWork
@@ -63,8 +50,9 @@ class Ditto(Personal):
     def adapt_new(self, ctx: ClientContext, model: nn.Module) -> None:
         """A client that never trained trains a copy from the global model, pulled
         toward it (its --local-epochs)."""
-        anchor = [p.detach().clone() for p in model.parameters()]
-        self.fine_tune(ctx, model, self.new_client_epochs(), hooks=self._pulled(anchor))
+        self.fine_tune_near(
+            ctx, model, self.for_epochs(self.new_client_epochs()), self.ditto_lambda
+        )
 
     def _pulled(self, anchor: list[torch.Tensor]) -> LocalHooks:
         """Ditto's term λ/2 · ||v - anchor||² (none when λ is 0)."""

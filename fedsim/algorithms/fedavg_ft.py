@@ -21,4 +21,4 @@ class FedAvgFT(Personal):
     )
 
     def adapt(self, ctx: ClientContext, model: nn.Module) -> None:
-        self.fine_tune(ctx, model, self.finetune_epochs)
+        self.fine_tune(ctx, model, self.for_epochs(self.finetune_epochs))

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from fedsim.learning.training import LocalHooks, TrainResult
+    from fedsim.learning.trainers import Finish, Start, Trained, Trainer
+    from fedsim.learning.training import LocalHooks, TrainResult, TrainSettings
 
 OWN = "own"  # the client's memory: its own weights
 
@@ -82,7 +83,7 @@ class Personal(FedAvg):
         if not own:
             self.adapt(ctx, model)
             return
-        self.fine_tune(ctx, model, self.new_client_epochs(), only=own)
+        self.fine_tune(ctx, model, self.for_epochs(self.new_client_epochs()), only=own)
 
     def new_client_epochs(self) -> int:
         """Epochs a client without weights of its own trains them (--local-epochs)."""
@@ -118,7 +119,7 @@ class Personal(FedAvg):
         if not names:
             return None
         weights = model.state_dict()
-        return RecordDict({OWN: record_of({name: weights[name] for name in names})})
+        return keep({name: weights[name] for name in names})
 
     def judge(
         self, ctx: ClientContext, examples: torch.Tensor, labels: torch.Tensor
@@ -137,16 +138,15 @@ class Personal(FedAvg):
         self,
         ctx: ClientContext,
         model: nn.Module,
-        epochs: int,
+        settings: TrainSettings,
         only: Collection[str] | None = None,
         hooks: LocalHooks | None = None,
     ) -> None:
-        """`epochs` of local SGD on the client's training split (of the weights named
-        `only`, if given), its batches drawn from the adaptation stream, so judging a
-        client never changes what it trains on."""
+        """Local training as `settings` say (`for_epochs` makes them) on the client's
+        training split (of the weights named `only`, if given), its batches drawn from
+        the adaptation stream, so judging a client never changes what it trains on."""
         from fedsim.learning import training
 
-        settings = dataclasses.replace(self.settings(), epochs=epochs, steps=None)
         generator = ctx.generator(streams.ADAPTATION)
         names = [name for name, _ in model.named_parameters()] if only is None else only
         with training.only_trained(model, names):
@@ -158,6 +158,55 @@ class Personal(FedAvg):
                 generator,
                 hooks or training.LocalHooks(),
             )
+
+    def fine_tune_near(
+        self, ctx: ClientContext, model: nn.Module, settings: TrainSettings, lam: float
+    ) -> None:
+        """`fine_tune` the whole model pulled toward where it starts by
+        λ/2 · ||v - start||² (a new client's own copy: Ditto's, pFedMe's)."""
+        from fedsim.learning.training import LocalHooks
+
+        anchor = [p.detach().clone() for p in model.parameters()]
+        self.fine_tune(
+            ctx, model, settings, hooks=LocalHooks(proximal=(lam, anchor)) if lam else None
+        )
+
+    def for_epochs(self, epochs: int) -> TrainSettings:
+        """The run's local training, for `epochs` epochs (whatever --local-steps says)."""
+        return dataclasses.replace(self.settings(), epochs=epochs, steps=None)
+
+    def with_own_copy(
+        self,
+        ctxs: list[ClientContext],
+        done: list[Trained],
+        trainer: Trainer,
+        start: Start,
+        kept: Finish,
+        settings: TrainSettings,
+    ) -> list[Trained]:
+        """After the shared model's training (`done`), each client that trained it
+        trains a copy of its own (`start`; `kept` makes the client's memory from it:
+        Ditto, APFL): the client's reply is the shared model's, its memory the copy's,
+        its seconds both; a client whose copy fails, fails."""
+        ready = [ctx for ctx, one in zip(ctxs, done, strict=True) if one.error is None]
+        copies = iter(trainer.train(ready, start, kept, settings))
+        both = []
+        for one in done:
+            if one.error is None:
+                copy = next(copies)
+                seconds = one.seconds + copy.seconds
+                if copy.error is not None:
+                    one = copy
+                else:
+                    one.made.state = copy.made
+                one = dataclasses.replace(one, seconds=seconds)
+            both.append(one)
+        return both
+
+
+def keep(weights: dict[str, torch.Tensor]) -> RecordDict:
+    """A client's memory holding `weights` as its own."""
+    return RecordDict({OWN: record_of(weights)})
 
 
 class OwnHead(Personal):

@@ -31,6 +31,7 @@ MODELS = {
     "mlp": "fedsim.learning.nets:MLP",  # a table's: two hidden layers
     "lstm": "fedsim.learning.nets:CharLSTM",  # text: LEAF's Shakespeare model
     "fedrep-cnn": "fedsim.learning.nets:fedrep_cnn",  # FedRep's CIFAR-10 CNN (CNNCifar)
+    "cnn-bn": "fedsim.learning.nets:cnn_bn",  # cnn with BatchNorm (FedBN's models)
 }
 
 

@@ -13,7 +13,9 @@ class Net(nn.Module):
     """The CNN of Flower's PyTorch quickstart (and NIID-Bench's CIFAR-10 model), for
     the data's channels, image size and classes (CIFAR-10's: the quickstart's exactly):
     two 5x5 convolutions, each with 2x2 max-pooling, then two hidden layers and one
-    score per class; the head (a personal algorithm's own part) is fc3."""
+    score per class; the head (a personal algorithm's own part) is fc3. With
+    `batch_norm`, BatchNorm follows every layer but the last, as in FedBN's models
+    (Li et al., ICLR 2021); without, the four norms are identities (no weights)."""
 
     def __init__(
         self,
@@ -21,6 +23,7 @@ class Net(nn.Module):
         image_shape: tuple[int, int, int] = IMAGE_SHAPE,
         convolutions: tuple[int, int] = (6, 16),
         hidden: tuple[int, int] = (120, 84),
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         channels, height, width = image_shape
@@ -30,14 +33,18 @@ class Net(nn.Module):
         flat = convolutions[1] * _after_convs(height) * _after_convs(width)
         self.fc1 = nn.Linear(flat, hidden[0])
         self.fc2 = nn.Linear(hidden[0], hidden[1])
-        self.fc3 = nn.Linear(hidden[1], num_classes)
+        norm2d = nn.BatchNorm2d if batch_norm else lambda width: nn.Identity()
+        norm1d = nn.BatchNorm1d if batch_norm else lambda width: nn.Identity()
+        self.norm1, self.norm2 = norm2d(convolutions[0]), norm2d(convolutions[1])
+        self.norm3, self.norm4 = norm1d(hidden[0]), norm1d(hidden[1])
+        self.fc3 = nn.Linear(hidden[1], num_classes)  # last: the head (models.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
+        x = self.pool(F.relu(self.norm1(self.conv1(x))))
+        x = self.pool(F.relu(self.norm2(self.conv2(x))))
         x = x.flatten(1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
+        x = F.relu(self.norm3(self.fc1(x)))
+        x = F.relu(self.norm4(self.fc2(x)))
         return self.fc3(x)
 
 
@@ -48,6 +55,13 @@ def fedrep_cnn(
     channels in both convolutions and hidden layers of 120 and 64. The log-softmax
     FedRep ends with is in the task's cross-entropy."""
     return Net(num_classes, image_shape, convolutions=(64, 64), hidden=(120, 64))
+
+
+def cnn_bn(
+    num_classes: int = NUM_CLASSES, image_shape: tuple[int, int, int] = IMAGE_SHAPE
+) -> nn.Module:
+    """Net with BatchNorm after each layer but the last (FedBN's personal part)."""
+    return Net(num_classes, image_shape, batch_norm=True)
 
 
 def _after_convs(size: int) -> int:

@@ -59,18 +59,21 @@ class LocalHooks:
     a linear term <g, w> subtracted from it (FedDyn's, with its proximal term), and a
     correction subtracted from the named weights after each optimizer step (SCAFFOLD's
     lr · (c - c_i)). Anything else is a callable, and trains one client at a time: a
-    term added to the loss, a change made to the model after each step."""
+    term added to the loss, a change made to the model after each step, or the whole
+    step (`step`: a batch in, its loss out, the weights changed by the algorithm's own
+    rule: Per-FedAvg's two-batch step, pFedMe's inner problem)."""
 
     proximal: tuple[float, list[torch.Tensor]] | None = None  # (mu, the parameters' anchor)
     linear: list[torch.Tensor] | None = None  # g, one tensor per parameter
     correction: dict[str, torch.Tensor] | None = None
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None
     after_step: Callable[[nn.Module], None] | None = None
+    step: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def declarative(self) -> bool:
         """Whether only data says what changes (clients can then train together)."""
-        return self.extra_loss is None and self.after_step is None
+        return self.extra_loss is None and self.after_step is None and self.step is None
 
     def loss_term(self) -> Callable[[nn.Module], torch.Tensor] | None:
         """What is added to each batch's loss: the callable, or the terms said as data."""
@@ -219,6 +222,10 @@ def train(
     extra_loss, after_step = hooks.loss_term(), hooks.step_change(model)
     total, steps = torch.zeros((), device=examples.device), 0
     for batch, batch_labels in batches(examples, labels, settings, generator):
+        if hooks.step is not None:  # the algorithm's own step
+            total += hooks.step(model, task.inputs(batch), batch_labels).detach()
+            steps += 1
+            continue
         loss = task.loss(model(task.inputs(batch)), batch_labels)
         if extra_loss is not None:
             loss = loss + extra_loss(model)

@@ -66,6 +66,7 @@ def prepare(cfg: RunConfig, started: float | None = None) -> RunInputs:
             flag("augment"), f"crops and flips images; the data is {dataset.task.kind}"
         )
     algorithm = algorithms.build(cfg)
+    algorithm.check_model(model)
     check_server_side(cfg, algorithm)
     check_driver_memory(cfg, algorithm, model)
     if cfg.gpus_per_client and private_ray(cfg) and not torch.cuda.is_available():
