@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from fedsim.ground.config import RunConfig
 from fedsim.ground.errors import ConfigError
-from fedsim.outputs.records import ClientRecord, RoundRecord
+from fedsim.outputs.records import PERSONAL_ROUND_COLUMNS, ClientRecord, RoundRecord
 from fedsim.outputs.tracking import METRICS, metrics, mlflow_uri, trackers
 from fedsim.runner.options import make_config
 
@@ -102,9 +103,20 @@ def test_metrics_are_the_rounds_csv_numbers_without_empty_cells() -> None:
         "sim_clock",
         "stragglers",
     }
-    assert set(metrics(second)) == set(METRICS) - {"dp_epsilon"}  # --dp off: empty
+    # --dp off, and not a personal run: empty cells
+    assert set(metrics(second)) == set(METRICS) - {"dp_epsilon", *PERSONAL_ROUND_COLUMNS}
     assert metrics(second)["clients_failed"] == 1.0
     assert metrics(second)["eval_accuracy_p10"] == pytest.approx(0.22)
+    judged = [
+        dataclasses.replace(client, personal_loss=0.5, personal_accuracy=0.9 - 0.2 * client.client)
+        for client in second.clients
+        if client.phase == "evaluate"
+    ]
+    personal = dataclasses.replace(second, clients=judged)  # a personal algorithm's round
+    assert metrics(personal)["personal_accuracy"] == pytest.approx(0.8)
+    assert {"personal_loss", "personal_accuracy_p10", "personal_accuracy_std"} < set(
+        metrics(personal)
+    )
 
 
 def test_tensorboard_event_files_hold_the_config_and_every_round(tmp_path: Path) -> None:

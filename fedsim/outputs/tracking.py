@@ -28,12 +28,13 @@ from fedsim.ground.errors import ConfigError
 from fedsim.ground.option import flag
 from fedsim.outputs.callbacks import RoundCallback
 from fedsim.outputs.files import check_writable
-from fedsim.outputs.records import CSV_COLUMNS, RoundRecord
+from fedsim.outputs.records import RoundRecord, round_columns
 
 INSTALL = 'pip install "fedsim[tracking]"'
 EXPERIMENT = "fedsim"  # the MLflow experiment every run goes to
 RUN_DIR_TAG = "fedsim.run_dir"  # MLflow run tag: the run folder, to find a run's MLflow runs
-METRICS = tuple(c for c in CSV_COLUMNS if c != "round")  # the step is the round
+# The step is the round; a personal run's columns are empty cells in any other run
+METRICS = tuple(c for c in round_columns(personal=True) if c != "round")
 
 
 def check(cfg: RunConfig) -> None:
