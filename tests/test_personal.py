@@ -261,3 +261,83 @@ def test_held_out_clients_never_train_and_are_judged_as_new_clients(runs) -> Non
         assert final["personal_accuracy"] > final["accuracy"] + 0.3, (name, final.to_dict())
     stored = client_state_rows(_run(runs, "fedrep", clients=4))
     assert held not in {pid for pid, _, _ in stored}
+
+
+# --- each algorithm's own step, against its paper's update written out ---------------
+
+
+def _linear_problem():
+    """A 4-feature, 3-class linear model, a batch of 8 rows and the task's loss."""
+    task = TableClassification(features=4, classes=3)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    inputs, labels = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    return task, model, inputs, labels
+
+
+def _gradient(task, model, weights, inputs, labels):
+    from torch.func import functional_call
+
+    leaves = {name: weight.detach().requires_grad_(True) for name, weight in weights.items()}
+    loss = task.loss(functional_call(model, leaves, (inputs,)), labels)
+    return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_apfls_step_is_the_papers() -> None:
+    """w ← w - lr·∇f(w); v ← v - lr·α·∇f(α·v + (1-α)·w), both at the old weights."""
+    from fedsim.algorithms.apfl import _BothSteps
+
+    task, model, inputs, labels = _linear_problem()
+    alpha, lr = 0.75, 0.1
+    w = _weights(model)
+    v = {name: weight + 0.5 for name, weight in w.items()}
+    settings = training.TrainSettings(epochs=1, batch_size=8, lr=lr, momentum=0.0)
+    step = _BothSteps(task, model, v, alpha, settings)
+    step(model, inputs, labels)
+    mixture = {name: alpha * v[name] + (1 - alpha) * w[name] for name in w}
+    grad_w, grad_mix = (_gradient(task, model, at, inputs, labels) for at in (w, mixture))
+    for name, weight in model.named_parameters():
+        assert torch.allclose(weight, w[name] - lr * grad_w[name], atol=1e-6), name
+        expected = v[name] - lr * alpha * grad_mix[name]
+        assert torch.allclose(step.personal[name], expected, atol=1e-6), name
+
+
+def test_perfedavgs_step_is_first_order_maml() -> None:
+    """θ' = θ - α·∇f(θ; first half); θ ← θ - β·∇f(θ'; second half)."""
+    from fedsim.algorithms.perfedavg import _MetaStep
+
+    task, model, inputs, labels = _linear_problem()
+    alpha, beta = 0.1, 0.05
+    theta = _weights(model)
+    settings = training.TrainSettings(epochs=1, batch_size=8, lr=alpha, momentum=0.0)
+    _MetaStep(task, model, alpha, beta, settings)(model, inputs, labels)
+    inner = _gradient(task, model, theta, inputs[:4], labels[:4])
+    adapted = {name: theta[name] - alpha * inner[name] for name in theta}
+    outer = _gradient(task, model, adapted, inputs[4:], labels[4:])
+    for name, weight in model.named_parameters():
+        assert torch.allclose(weight, theta[name] - beta * outer[name], atol=1e-6), name
+
+
+def test_pfedmes_step_is_the_papers() -> None:
+    """K steps θ ← θ - η·(∇f(θ) + λ·(θ - w)) from θ = w, then w ← w - lr·λ·(w - θ)."""
+    from fedsim.algorithms.pfedme import PFedMe, _MoreauStep
+    from fedsim.runner.options import make_config
+
+    task, model, inputs, labels = _linear_problem()
+    cfg = make_config(strategy="pfedme", lr=0.05, pfedme_lambda=2.0, pfedme_steps=3)
+    algorithm = PFedMe(cfg)
+    w = _weights(model)
+    step = _MoreauStep(task, model, algorithm)
+    step(model, inputs, labels)
+    theta = dict(w)
+    for _ in range(3):
+        grad = _gradient(task, model, theta, inputs, labels)
+        theta = {n: theta[n] - 0.01 * (grad[n] + 2.0 * (theta[n] - w[n])) for n in theta}
+    for name, weight in model.named_parameters():
+        assert torch.allclose(step.personal()[name], theta[name], atol=1e-6), name
+        expected = w[name] - 0.05 * 2.0 * (w[name] - theta[name])
+        assert torch.allclose(weight, expected, atol=1e-6), name

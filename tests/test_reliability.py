@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import (
     client_state_rows,
@@ -222,7 +223,21 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar, tmp_path, 
     assert _metrics(killed).equals(_metrics(tmp_path / "whole"))
     assert _clients(killed).equals(_clients(tmp_path / "whole"))
     rows = client_state_rows(killed)
-    assert len(rows) > 5 and rows == client_state_rows(tmp_path / "whole")
+    assert len(rows) > 5 and rows == client_state_rows(tmp_path / "whole")  # bytes
+    assert len({pid for pid, _, _ in rows}) == len(rows)  # one version each, pruned
+    # the server's control variate, and the model
+    whole_state, resumed_state = (
+        torch.load(run / "checkpoint.pt", weights_only=True) for run in (tmp_path / "whole", killed)
+    )
+    controls = [
+        s["strategy"]["state"]["control"]["__arrayrecord__"] for s in (whole_state, resumed_state)
+    ]
+    assert controls[0].keys() == controls[1].keys() and controls[0]
+    assert all(torch.equal(controls[0][name], controls[1][name]) for name in controls[0])
+    whole_model, resumed_model = (
+        torch.load(run / "model.pt") for run in (tmp_path / "whole", killed)
+    )
+    assert all(torch.equal(whole_model[k], resumed_model[k]) for k in whole_model)
 
 
 def test_ctrl_c_stops_fast_keeps_rounds_and_leaves_no_processes(

@@ -20,7 +20,7 @@ A client's own streams, seeded by (seed, round, client, stream) through client_s
 - ATTACK_NOISE: the gaussian attack's noise;
 - ADAPTATION: a personal algorithm's adaptation before the client is judged (its
   fine-tuning's batch order: fedsim.algorithms.personal);
-- PERSONAL_TRAINING: the batch order of a client's personal copy (Ditto's, APFL's).
+- PERSONAL_TRAINING: the batch order of a client's personal copy (Ditto's).
 
 The partitions, seeded by the seed (partition_order, the rows' order; flwr-datasets'
 partitioners get the seed itself) and by (seed, client) (client_rows_rng, which rows a
