@@ -43,6 +43,7 @@ head-epochs = 2         # FedRep's
 finetune-epochs = 2     # FedAvg-FT's
 perfedavg-beta = 0.01   # Per-FedAvg's step at the adapted point (--lr diverges here)
 pfedme-lr = 0.05        # pFedMe's steps toward θ (its 0.01 learns slowly in 3 rounds)
+pfedme-beta = 2.0       # pFedMe's server step past the average (the paper's 2)
 seeds = [0]
 
 [[variant]]             # every personal algorithm, and FedAvg
@@ -341,3 +342,18 @@ def test_pfedmes_step_is_the_papers() -> None:
         assert torch.allclose(step.personal()[name], theta[name], atol=1e-6), name
         expected = w[name] - 0.05 * 2.0 * (w[name] - theta[name])
         assert torch.allclose(weight, expected, atol=1e-6), name
+
+
+def test_pfedmes_server_moves_beta_of_the_way_to_the_average() -> None:
+    """(1-β)·sent + β·(the example-weighted average of the replies)."""
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+    from fedsim.algorithms.pfedme import Blended
+
+    def reply(value: float, examples: int) -> RecordDict:
+        arrays = ArrayRecord({"w": Array(np.full(3, value, dtype=np.float32))})
+        return RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": examples})})
+
+    sent = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+    blended = Blended(2.0).update(sent, [reply(1.0, 1), reply(4.0, 2)])
+    assert blended["w"].numpy().tolist() == [6.0, 6.0, 6.0]  # 2 · (1·1 + 2·4) / 3

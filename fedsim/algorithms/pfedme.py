@@ -2,7 +2,8 @@
 Moreau envelope's minimiser, argmin f(θ) + λ/2·||θ - w||², found with K steps of
 --pfedme-lr on each batch; the local model w then moves toward it,
 w ← w - lr·λ·(w - θ) (plain steps of --lr: the run's momentum and weight decay are
-not used). The server averages the clients' w (the paper's β = 1). A client is
+not used). The server moves the model β of the way to the clients' average (FedAvg's,
+example-weighted): (1-β)·w + β·average (--pfedme-beta; 1 is FedAvg's). A client is
 judged by its θ from its last round; a client that never trained finds its θ from
 the global model (λ's proximal term, --local-epochs of --pfedme-lr)."""
 
@@ -11,7 +12,12 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from fedsim.algorithms.base import Algorithm
+import numpy as np
+from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.serverapp import strategy as strategies
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, FromTheSentModel
 from fedsim.algorithms.context import ClientContext, ClientResult
 from fedsim.algorithms.personal import Personal, keep
 from fedsim.ground.option import Option, at_least, greater_than
@@ -31,6 +37,14 @@ class PFedMe(Personal):
     pfedme_lambda = Option(15.0, "λ: how strongly θ is tied to the local model w", greater_than(0))
     pfedme_steps = Option(5, "K: steps toward θ on each batch", at_least(1))
     pfedme_lr = Option(0.01, "the learning rate of the steps toward θ", greater_than(0))
+    pfedme_beta = Option(
+        1.0, "β: the server moves the model β of the way to the clients' average", greater_than(0)
+    )
+
+    def strategy(self) -> strategies.Strategy:
+        if self.pfedme_beta == 1:
+            return super().strategy()  # FedAvg's, exactly
+        return Blended(self.pfedme_beta, **SAMPLE_ALL)
 
     def own(self, model: nn.Module) -> list[str]:
         return list(model.state_dict())
@@ -58,6 +72,23 @@ class PFedMe(Personal):
         self.fine_tune_near(
             ctx, model, dataclasses.replace(settings, lr=self.pfedme_lr), self.pfedme_lambda
         )
+
+
+class Blended(FromTheSentModel):
+    """FedAvg's example-weighted average, taken β of the way from the model sent."""
+
+    def __init__(self, beta: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.beta = beta
+
+    def update(self, sent: ArrayRecord, contents: list[RecordDict]) -> ArrayRecord:
+        average = aggregate_arrayrecords(contents, self.weighted_by_key)
+        blended = {}
+        for key, array in sent.items():
+            start = array.numpy()
+            value = (1 - self.beta) * start + self.beta * average[key].numpy()
+            blended[key] = Array(np.asarray(value).astype(start.dtype))
+        return ArrayRecord(blended)
 
 
 class _MoreauStep:
