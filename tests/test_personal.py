@@ -339,7 +339,7 @@ def test_pfedmes_step_is_the_papers() -> None:
         grad = _gradient(task, model, theta, inputs, labels)
         theta = {n: theta[n] - 0.01 * (grad[n] + 2.0 * (theta[n] - w[n])) for n in theta}
     for name, weight in model.named_parameters():
-        assert torch.allclose(step.personal()[name], theta[name], atol=1e-6), name
+        assert torch.allclose(step.personal[name], theta[name], atol=1e-6), name
         expected = w[name] - 0.05 * 2.0 * (w[name] - theta[name])
         assert torch.allclose(weight, expected, atol=1e-6), name
 

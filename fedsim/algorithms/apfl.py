@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from fedsim.algorithms.base import Algorithm
 from fedsim.algorithms.context import ClientContext, ClientResult
-from fedsim.algorithms.personal import OWN, Personal, keep
+from fedsim.algorithms.personal import OWN, OwnCopy, keep
 from fedsim.ground import messages
 from fedsim.ground.option import Bounds, Option
 
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from fedsim.learning.training import LocalHooks, TrainResult, TrainSettings
 
 
-class APFL(Personal):
+class APFL(OwnCopy):
     source = "Deng et al., arXiv 2003.13461, 2020"
     trains_together = False  # each step trains two models, not said as data
     apfl_alpha = Option(
@@ -35,13 +34,6 @@ class APFL(Personal):
         "(0.75: FedRep's code)",
         Bounds(0, 1, low_open=True),
     )
-
-    def own(self, model: nn.Module) -> list[str]:
-        return list(model.state_dict())
-
-    def starting_model(self, ctx: ClientContext) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-        """w starts from the model sent."""
-        return Algorithm.starting_model(self, ctx)
 
     def hooks(self, ctx: ClientContext, model: nn.Module) -> LocalHooks:
         from fedsim.learning.training import LocalHooks

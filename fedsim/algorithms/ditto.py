@@ -6,32 +6,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedsim.algorithms.base import Algorithm
 from fedsim.algorithms.context import ClientContext
-from fedsim.algorithms.personal import Personal
+from fedsim.algorithms.personal import OwnCopy, pulled
 from fedsim.ground import messages, streams
 from fedsim.ground.option import Option, at_least
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from fedsim.learning.trainers import LocalWork, Trained, Trainer
-    from fedsim.learning.training import LocalHooks
 
 
-class Ditto(Personal):
+class Ditto(OwnCopy):
     source = "Li et al., ICML 2021"
     ditto_lambda = Option(
         0.1, "λ: how strongly a client's own copy is pulled toward the global model", at_least(0)
     )
-
-    def own(self, model: nn.Module) -> list[str]:
-        return list(model.state_dict())
-
-    def starting_model(self, ctx: ClientContext) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-        """The global model's training starts from the model sent."""
-        return Algorithm.starting_model(self, ctx)
 
     def train_group(self, ctxs: list[ClientContext], trainer: Trainer) -> list[Trained]:
         """FedAvg's local training, then each client's copy."""
@@ -45,21 +35,15 @@ class Ditto(Personal):
         sent = ctx.tensors(ctx.content[messages.ARRAYS])
         anchor = [sent[name].to(p.device) for name, p in model.named_parameters()]
         generator = ctx.generator(streams.PERSONAL_TRAINING)
-        return LocalWork(start, *self.training_data(ctx), generator, self._pulled(anchor))
+        return LocalWork(
+            start, *self.training_data(ctx), generator, pulled(anchor, self.ditto_lambda)
+        )
 
     def adapt_new(self, ctx: ClientContext, model: nn.Module) -> None:
         """A client that never trained trains a copy from the global model, pulled
         toward it (its --local-epochs)."""
         self.fine_tune_near(
             ctx, model, self.for_epochs(self.new_client_epochs()), self.ditto_lambda
-        )
-
-    def _pulled(self, anchor: list[torch.Tensor]) -> LocalHooks:
-        """Ditto's term λ/2 · ||v - anchor||² (none when λ is 0)."""
-        from fedsim.learning.training import LocalHooks
-
-        return (
-            LocalHooks(proximal=(self.ditto_lambda, anchor)) if self.ditto_lambda else LocalHooks()
         )
 
     def _kept(self, ctx, model, result, work):

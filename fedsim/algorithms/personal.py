@@ -164,12 +164,8 @@ class Personal(FedAvg):
     ) -> None:
         """`fine_tune` the whole model pulled toward where it starts by
         λ/2 · ||v - start||² (a new client's own copy: Ditto's, pFedMe's)."""
-        from fedsim.learning.training import LocalHooks
-
         anchor = [p.detach().clone() for p in model.parameters()]
-        self.fine_tune(
-            ctx, model, settings, hooks=LocalHooks(proximal=(lam, anchor)) if lam else None
-        )
+        self.fine_tune(ctx, model, settings, hooks=pulled(anchor, lam))
 
     def for_epochs(self, epochs: int) -> TrainSettings:
         """The run's local training, for `epochs` epochs (whatever --local-steps says)."""
@@ -186,7 +182,7 @@ class Personal(FedAvg):
     ) -> list[Trained]:
         """After the shared model's training (`done`), each client that trained it
         trains a copy of its own (`start`; `kept` makes the client's memory from it:
-        Ditto, APFL): the client's reply is the shared model's, its memory the copy's,
+        Ditto's): the client's reply is the shared model's, its memory the copy's,
         its seconds both; a client whose copy fails, fails."""
         ready = [ctx for ctx, one in zip(ctxs, done, strict=True) if one.error is None]
         copies = iter(trainer.train(ready, start, kept, settings))
@@ -207,6 +203,24 @@ class Personal(FedAvg):
 def keep(weights: dict[str, torch.Tensor]) -> RecordDict:
     """A client's memory holding `weights` as its own."""
     return RecordDict({OWN: record_of(weights)})
+
+
+def pulled(anchor: list[torch.Tensor], lam: float) -> LocalHooks:
+    """λ/2 · ||v - anchor||² added to each batch's loss (nothing when λ is 0)."""
+    from fedsim.learning.training import LocalHooks
+
+    return LocalHooks(proximal=(lam, anchor)) if lam else LocalHooks()
+
+
+class OwnCopy(Personal):
+    """Each client keeps a whole model of its own beside the global model, whose local
+    training starts, as FedAvg's, from the model sent (Ditto, APFL, pFedMe)."""
+
+    def own(self, model: nn.Module) -> list[str]:
+        return list(model.state_dict())
+
+    def starting_model(self, ctx: ClientContext) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        return FedAvg.starting_model(self, ctx)
 
 
 class OwnHead(Personal):

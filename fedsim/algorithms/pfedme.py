@@ -17,9 +17,9 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.serverapp import strategy as strategies
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from fedsim.algorithms.base import SAMPLE_ALL, Algorithm, FromTheSentModel
+from fedsim.algorithms.base import SAMPLE_ALL, FromTheSentModel
 from fedsim.algorithms.context import ClientContext, ClientResult
-from fedsim.algorithms.personal import Personal, keep
+from fedsim.algorithms.personal import OwnCopy, keep
 from fedsim.ground.option import Option, at_least, greater_than
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from fedsim.learning.training import LocalHooks, TrainResult
 
 
-class PFedMe(Personal):
+class PFedMe(OwnCopy):
     source = "T. Dinh et al., NeurIPS 2020"
     trains_together = False  # its step solves an inner problem, not said as data
     pfedme_lambda = Option(15.0, "λ: how strongly θ is tied to the local model w", greater_than(0))
@@ -46,13 +46,6 @@ class PFedMe(Personal):
             return super().strategy()  # FedAvg's, exactly
         return Blended(self.pfedme_beta, **SAMPLE_ALL)
 
-    def own(self, model: nn.Module) -> list[str]:
-        return list(model.state_dict())
-
-    def starting_model(self, ctx: ClientContext) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-        """w, and θ with it, start from the model sent."""
-        return Algorithm.starting_model(self, ctx)
-
     def hooks(self, ctx: ClientContext, model: nn.Module) -> LocalHooks:
         from fedsim.learning.training import LocalHooks
 
@@ -64,7 +57,7 @@ class PFedMe(Personal):
     ) -> ClientResult:
         """The reply of w; the client keeps θ."""
         made = super().finish(ctx, model, result, work)
-        made.state = keep({**model.state_dict(), **work.hooks.step.personal()})
+        made.state = keep({**model.state_dict(), **work.hooks.step.personal})
         return made
 
     def adapt_new(self, ctx: ClientContext, model: nn.Module) -> None:
@@ -106,6 +99,7 @@ class _MoreauStep:
         weights = dict(model.named_parameters())
         self.theta = {name: weights[name].detach().clone() for name in self.names}
 
+    @property
     def personal(self) -> dict[str, torch.Tensor]:
         return dict(self.theta)
 
