@@ -144,8 +144,8 @@ def simulate(data: Path, results: Path, name: str, options: str, **kwargs):
 @pytest.fixture
 def start_run():
     """Start `simulate.py ARGS` in its own process group (like a job in a terminal), with
-    a private Ray temp folder that every Ray process of the run names on its command
-    line; teardown kills whatever is left of both, whatever the test did."""
+    a private temp folder (Ray's and the process's) that every Ray process of the run
+    names on its command line; teardown kills whatever is left of both, whatever the test did."""
     started: list[tuple[subprocess.Popen, Path]] = []
 
     def start(args: list[str]) -> tuple[subprocess.Popen, Path]:
@@ -153,7 +153,7 @@ def start_run():
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "simulate.py"), *args],
             cwd=ROOT,
-            env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
+            env={**os.environ, "RAY_TMPDIR": str(ray_tmp), "TMPDIR": str(ray_tmp)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -196,6 +196,17 @@ def leftovers_until(ray_tmp: Path, wanted: Callable[[list[str]], bool], limit: f
         time.sleep(0.2)
         found = leftovers(ray_tmp)
     return found
+
+
+def sentinel_notes_left(folder: Path, limit: float = 10) -> list[Path]:
+    """The sentinel's notes files still in temp folder `folder` after up to `limit`
+    seconds: each sentinel removes its own as it leaves."""
+    from fedsim.flower.node_watch import NOTES_PREFIX
+
+    deadline = time.monotonic() + limit
+    while (left := list(folder.glob(f"{NOTES_PREFIX}*"))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
 
 
 def wait_for_rounds(csv_path: Path, rounds: int, process: subprocess.Popen, limit: float = 180):

@@ -20,6 +20,7 @@ from tests.conftest import (
     leftovers,
     run_cli,
     run_in_terminal,
+    sentinel_notes_left,
     simulate,
     wait_for_rounds,
 )
@@ -201,10 +202,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_cifar, tmp_path, 
 
     killed = tmp_path / "killed"
     where = ["--data", str(tiny_cifar), "--results-dir", str(tmp_path), "--name", "killed"]
-    process, _ = start_run([*RUN.split(), *where])
+    process, temp = start_run([*RUN.split(), *where])
     wait_for_rounds(killed / "rounds.csv", 2, process)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and every Ray process with it
     process.wait(timeout=30)
+    assert sentinel_notes_left(temp) == []
     partial = pd.read_csv(killed / "rounds.csv")  # readable, and holds whole rounds only
     assert 3 <= len(partial) < 7 and partial["round"].tolist() == list(range(len(partial)))
     document = json.loads((killed / "config.json").read_text())  # as of the last round

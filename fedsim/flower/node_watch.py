@@ -32,6 +32,7 @@ def raylet() -> int | None:
 # What the run under way does when the Ray node dies under it (records its status)
 _on_node_lost: list[Callable[[str], None]] = []
 _notes: list[Path] = []  # the sentinel's notes file, while one watches
+NOTES_PREFIX = "fedsim-sentinel-"  # the notes files' names, in the temp folder
 
 
 @contextmanager
@@ -65,6 +66,7 @@ def stop_watching() -> None:
         stopping.set()
     _stopping.clear()
     _note(stopping=True)
+    _notes.clear()  # the sentinel removes the file as it leaves: a later note would remake it
 
 
 atexit.register(stop_watching)
@@ -78,13 +80,15 @@ def watch_raylet() -> None:
     _raylet[:] = [pid]
     stopping = threading.Event()
     _stopping[:] = [stopping]
-    handle, notes = tempfile.mkstemp(prefix="fedsim-sentinel-", suffix=".json")
+    handle, notes = tempfile.mkstemp(prefix=NOTES_PREFIX, suffix=".json")
     os.close(handle)
     _notes[:] = [Path(notes)]
     _note(stopping=False)
     command = [sys.executable, "-m", "fedsim.flower.sentinel", str(pid), str(os.getpid())]
     command += [notes, logs]
-    subprocess.Popen(command, stdin=subprocess.DEVNULL, close_fds=True)
+    # In a session of its own: a kill of the driver's whole process group (a job killed
+    # in a terminal, a scheduler) leaves it to see the driver end, and remove its notes
+    subprocess.Popen(command, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
 
     def watch() -> None:
         select.select([watched], [], [])  # readable once the process has ended
