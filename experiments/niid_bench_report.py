@@ -14,8 +14,6 @@ seeds (`--seed 1,2` on its command) gives their mean, once each seed has its rou
 from __future__ import annotations
 
 import csv
-import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,9 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from fedsim.front import sweep
-from fedsim.front.experiment import changed_settings
-from fedsim.ground.files import CONFIG_JSON, ROUNDS_CSV
+from fedsim.front import reproduction
+from fedsim.front.reproduction import cells_of
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "experiments" / "niid_bench_cifar10.toml"
@@ -94,88 +91,24 @@ def cell_dir(partition: str, strategy: str, seed: int | str) -> Path:
     return DOCS / "niid_bench_cifar10" / f"{partition}-{strategy}-s{seed}"
 
 
-def cell_name(config: dict) -> str:
-    """The issue's partition names: iid, dirichlet-0.5, labels-1, labels-2, labels-3."""
+def cell_name(config: dict) -> tuple[str, str]:
+    """A run's cell: the issue's partition names (iid, dirichlet-0.5, labels-1,
+    labels-2, labels-3) and its strategy."""
     if config["partition"] == "dirichlet":
-        return f"dirichlet-{config['alpha']:g}"
-    if config["partition"] == "pathological":
-        return f"labels-{config['classes_per_client']}"
-    return config["partition"]
-
-
-def collect(folder: Path) -> list[dict]:
-    """Each run of the experiment folder that is a cell of the grid as
-    experiments/niid_bench_cifar10.toml defines it now: its cell, seed and rounds.csv.
-    Seeds beyond the file's (`--seed 1,2`) count; a run made with other settings (an
-    older grid) is said and left out."""
-    configs = {
-        run_dir: json.loads((run_dir / CONFIG_JSON).read_text())["config"]
-        for run_dir in sorted(p for p in folder.iterdir() if (p / CONFIG_JSON).is_file())
-    }
-    seeds = sorted({0, *(config["seed"] for config in configs.values())})
-    grid = {cfg.name: cfg for cfg in sweep.plan_from(str(GRID), {"seed": seeds}).runs}
-    runs = []
-    for run_dir, config in configs.items():
-        if run_dir.name not in grid:
-            print(f"skipped {run_dir}: not a run of {GRID.name}")
-            continue
-        if changed := changed_settings(grid[run_dir.name], config):
-            print(f"skipped {run_dir}: {'; '.join(changed)}")
-            continue
-        if not (run_dir / ROUNDS_CSV).exists():
-            continue
-        rounds = pd.read_csv(run_dir / ROUNDS_CSV)
-        if len(rounds) < 2:
-            continue
-        runs.append(
-            {
-                "partition": cell_name(config),
-                "strategy": config["strategy"],
-                "seed": config["seed"],
-                "rounds": rounds,
-                "dir": run_dir,
-            }
-        )
-    return runs
+        partition = f"dirichlet-{config['alpha']:g}"
+    elif config["partition"] == "pathological":
+        partition = f"labels-{config['classes_per_client']}"
+    else:
+        partition = config["partition"]
+    return partition, config["strategy"]
 
 
 def committed() -> list[dict]:
-    """The runs whose rounds.csv is already in docs/results (each was checked against
-    the grid when the report copied it there), so the table survives its results
-    folder: a fresh clone regenerates it, and a new seed joins the seeds before it."""
-    runs = []
-    for path in sorted((DOCS / "niid_bench_cifar10").glob("*/rounds.csv")):
-        partition, strategy, seed = path.parent.name.rsplit("-", 2)
-        runs.append(
-            {
-                "partition": partition,
-                "strategy": strategy,
-                "seed": int(seed.removeprefix("s")),
-                "rounds": pd.read_csv(path),
-                "dir": path.parent,
-            }
-        )
-    return runs
-
-
-def cells_of(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """The runs by cell, one per seed (the one with more rounds: a results folder's run
-    over its committed copy once it has caught up), a seed still running left out."""
-    latest: dict[tuple[str, str, int], dict] = {}
-    for run in runs:
-        key = (run["partition"], run["strategy"], run["seed"])
-        if key not in latest or len(run["rounds"]) >= len(latest[key]["rounds"]):
-            latest[key] = run
-    cells: dict[tuple[str, str], list[dict]] = {}
-    for (partition, strategy, _), run in sorted(latest.items()):
-        cells.setdefault((partition, strategy), []).append(run)
-    for members in cells.values():
-        # a seed still running would pull the cell's mean back to its round: wait for it
-        most = max(len(m["rounds"]) for m in members)
-        for m in [m for m in members if len(m["rounds"]) < most]:
-            print(f"left out {m['dir']}: {len(m['rounds']) - 1} of the cell's {most - 1} rounds")
-            members.remove(m)
-    return cells
+    """The runs whose rounds.csv is already in docs/results, so the table survives its
+    results folder: a fresh clone regenerates it, and a new seed joins the seeds before it."""
+    return reproduction.committed(
+        DOCS / "niid_bench_cifar10", lambda name: tuple(name.rsplit("-", 1))
+    )
 
 
 def table_rows(cells: dict[tuple[str, str], list[dict]]) -> list[dict]:
@@ -208,13 +141,9 @@ def table_rows(cells: dict[tuple[str, str], list[dict]]) -> list[dict]:
 
 
 def report(folder: Path) -> None:
-    runs = committed() + (collect(folder) if folder.is_dir() else [])
-    cells = cells_of(runs)
-    for run in (run for members in cells.values() for run in members):
-        destination = cell_dir(run["partition"], run["strategy"], run["seed"])
-        if run["dir"] != destination:
-            destination.mkdir(parents=True, exist_ok=True)
-            shutil.copy(run["dir"] / ROUNDS_CSV, destination / ROUNDS_CSV)
+    found = reproduction.collect(folder, GRID, cell_name) if folder.is_dir() else []
+    cells = cells_of(committed() + found)
+    reproduction.copy_rounds(cells, lambda cell, seed: cell_dir(*cell, seed))
     rows = table_rows(cells)
     DOCS.mkdir(parents=True, exist_ok=True)
     with open(TABLE, "w", newline="") as handle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import signal
@@ -23,6 +24,7 @@ SHARED_CIFAR = Path(
     os.environ.get("FEDSIM_TEST_CIFAR", ROOT.parent / "shared" / "data" / "cifar10")
 )
 SHARED_HEART = SHARED_CIFAR.parent / "heart_disease"  # UCI's four centres, beside it
+RAY_RESOURCES = "RAY_OVERRIDE_RESOURCES"  # Ray's override of a node's resources (JSON)
 
 
 def write_cifar_batches(folder: Path, train: int, test: int, seed: int = 0) -> Path:
@@ -81,6 +83,23 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
     os.environ["FEDSIM_CACHE"] = str(cache)
     return cache
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_cpu_per_ray_instance() -> None:
+    """pytest runs two workers on the two cores: each private Ray instance (every run's,
+    in whichever process) is given one CPU (Ray's own override of a node's resources),
+    hence one client actor, so that two runs side by side use the machine as one run
+    alone would; a second actor is one more process importing torch (seconds of CPU).
+    A test of several actors asks for them (`--cpus-per-client 0.5`, or `all_cpus`); a
+    cluster of its own is started without the override (tests/test_cluster.py)."""
+    os.environ[RAY_RESOURCES] = json.dumps({"CPU": 1})
+
+
+@pytest.fixture
+def all_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test's runs get every CPU of the machine, as a user's do (no override)."""
+    monkeypatch.delenv(RAY_RESOURCES)
 
 
 @pytest.fixture

@@ -21,8 +21,6 @@ from fedsim.learning import models, nets
 from tests.conftest import run_cli, simulate
 
 OPTIONS = "--clients 10 --rounds 2 --lr 0.05 --batch-size 8 --local-epochs 2"
-# one actor with one torch thread (two threads on tiny batches crawl on a busy machine)
-OPTIONS += " --cpus-per-client 1.5"
 # the options of the algorithms that take some (each ignored by the others)
 OPTIONS += " --server-lr 0.01 --num-to-keep 3 --q 0.5"
 ATTACK = "--byzantine-fraction 0.3 --attack sign-flip --num-malicious 3"

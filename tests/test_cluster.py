@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WALL_CLOCK, computed, simulate
+from tests.conftest import RAY_RESOURCES, WALL_CLOCK, computed, simulate
 from tests.services import LOOPBACK_ONLY, Services, free_port, wait_for
 
 _FORWARDED = re.compile(r"(\x1b\[\d+m)?\((pid=)?(raylet|gcs_server)[^)]*\)")
@@ -60,6 +60,15 @@ def _node_args() -> list[str]:
     return args
 
 
+def _node_env() -> dict[str, str]:
+    """A node's environment: the CPUs it is started with (not the suite's override for
+    private instances, conftest.py), and no metrics (nothing here reads them: on a
+    loaded machine the head's raylet can give up on its metrics agent and say so on
+    every attached driver's stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != RAY_RESOURCES}
+    return env | {"RAY_enable_metrics_collection": "0"}
+
+
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory):
     """`ray start --head --block` in a process group of its own, stopped (all of it) after."""
@@ -70,10 +79,7 @@ def head(tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     services = Services()
     log = folder / "ray-head.log"
-    # No metrics (nothing here reads them): on a loaded machine the head's raylet can
-    # give up on its metrics agent and say so on every attached driver's stderr.
-    env = {**os.environ, **LOOPBACK_ONLY, "FEDSIM_ACTOR_LOG": str(actor_log)}
-    env["RAY_enable_metrics_collection"] = "0"
+    env = {**_node_env(), **LOOPBACK_ONLY, "FEDSIM_ACTOR_LOG": str(actor_log)}
     try:
         process = services.start(_ray_start_args(port, temp_dir), log, env=env)
         wait_for(process, log, "Ray runtime started", timeout=120)
@@ -222,8 +228,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     # Not LOOPBACK_ONLY: Ray refuses a second node under that flag (it is the one-node
     # mode of macOS and Windows), so these nodes may listen on the machine's address too
-    env = {**os.environ, "RAY_enable_metrics_collection": "0"}
-    env |= {"FEDSIM_ACTOR_LOG": str(actor_log), "WHERE_IMPORTED": str(imported)}
+    env = _node_env() | {"FEDSIM_ACTOR_LOG": str(actor_log), "WHERE_IMPORTED": str(imported)}
     small_store = ["--object-store-memory", str(100 * 2**20)]
     services = Services()
     try:

@@ -87,13 +87,14 @@ def _plain_loop(cfg: RunConfig, data) -> dict[str, torch.Tensor]:
 
 
 # One experiment, so the runs also pass actors on (fedsim.flower.engine's shelf): k3 runs in
-# k1's two actors, auto-one-actor needs other resources (its own actor), fedprox-k3 two
-# new ones again.
+# k1's two actors (two on the suite's one CPU, conftest.py), auto-one-actor needs other
+# resources (its own actor), fedprox-k3 two new ones again.
+TWO_ACTORS = "cpus-per-client = 0.5"
 VARIANTS = {
-    "k1": "clients-per-message = 1",
-    "k3": "clients-per-message = 3",
-    "auto-one-actor": "cpus-per-client = 1.5",  # one actor, one torch thread
-    "fedprox-k3": 'clients-per-message = 3\nstrategy = "fedprox"\nproximal-mu = 0.5',
+    "k1": f"clients-per-message = 1\n{TWO_ACTORS}",
+    "k3": f"clients-per-message = 3\n{TWO_ACTORS}",
+    "auto-one-actor": "cpus-per-client = 1",  # one actor, one torch thread
+    "fedprox-k3": f'clients-per-message = 3\nstrategy = "fedprox"\nproximal-mu = 0.5\n{TWO_ACTORS}',
 }
 
 

@@ -32,9 +32,10 @@ def _status(run_dir) -> dict:
     return json.loads((run_dir / "config.json").read_text())
 
 
-def test_a_frozen_client_is_cut_off_and_the_run_ends(tiny_cifar, tmp_path) -> None:
-    """Client 0 never returns in round 2: the round timeout counts it, its actor ends
-    itself (watchdog) and is restarted, round 3 has every client, and the run ends."""
+def test_a_frozen_client_is_cut_off_and_the_run_ends(tiny_cifar, tmp_path, all_cpus) -> None:
+    """Client 0 never returns in round 2 (client 1, in the other actor, does): the round
+    timeout counts it, its actor ends itself (watchdog) and is restarted, round 3 has
+    every client, and the run ends."""
     options = "--clients 2 --rounds 3 --round-timeout 20 --fraction-evaluate 0"
     started = time.monotonic()
     done, clients = _faulty("freeze:2:0", tiny_cifar, tmp_path, "frozen", options, timeout=240)

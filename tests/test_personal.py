@@ -38,7 +38,6 @@ val-fraction = 0.2
 lr = 0.05
 momentum = 0.5          # FedRep's (0.9 makes its head-then-body rounds diverge here)
 batch-size = 16
-cpus-per-client = 1.5
 head-epochs = 2         # FedRep's
 finetune-epochs = 2     # FedAvg-FT's
 perfedavg-beta = 0.01   # Per-FedAvg's step at the adapted point (--lr diverges here)
@@ -176,7 +175,7 @@ NORM_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_track
 # The experiment's FedRep run, as a command line
 FEDREP = (
     "--strategy fedrep --rounds 3 --clients 2 --partition shard --shards-per-client 1 "
-    "--val-fraction 0.2 --lr 0.05 --momentum 0.5 --batch-size 16 --cpus-per-client 1.5 "
+    "--val-fraction 0.2 --lr 0.05 --momentum 0.5 --batch-size 16 "
     "--head-epochs 2 --seed 0"
 )
 

@@ -66,7 +66,7 @@ BAD_INPUT = [
     (["--seed", str(2**40)], "--seed: got 1099511627776, must be in [0, 4294967295]"),
     (["--name", "x" * 300], "--name: has 300 characters, at most 120"),
     (["--alpha", "inf"], "--alpha: must be a finite number, got inf"),
-    (["--cpus-per-client", "64"], "--cpus-per-client: got 64, but Ray has 2 CPUs"),
+    (["--cpus-per-client", "64"], "--cpus-per-client: got 64, but Ray has 1 CPU;"),
     (["--ray-address", "127.0.0.1:9"], "--ray-address: 127.0.0.1:9 does not answer"),
     (["--resume", "/x", "--lr", "1"], "--resume: takes a run folder and at most --rounds; drop"),
     (["--tensorboard", "/dev/null/tb"], "--tensorboard: /dev/null/tb cannot be written"),

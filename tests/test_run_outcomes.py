@@ -44,26 +44,6 @@ def _one_error_line(stderr: str) -> str:
     return errors[0]
 
 
-def test_a_run_that_ended_for_a_reason_keeps_it_on_resume(tiny_cifar, tmp_path) -> None:
-    options = "--clients 2 --rounds 2 --max-failed-rounds 2 --client-failure-rate 1"
-    done, _ = simulate(tiny_cifar, tmp_path, "aborted", options)
-    assert done.returncode == 1
-    run_dir = tmp_path / "aborted"
-    ended = _status(run_dir)
-    assert ended["status"] == "aborted" and "every sampled client failed" in ended["error"]
-
-    resumed = run_cli("--resume", str(run_dir), timeout=120)
-    assert resumed.returncode == 1
-    line = _one_error_line(resumed.stderr)
-    assert "ended aborted after round 2" in line and "nothing left to resume" in line
-    assert _status(run_dir) == ended and not (run_dir / "model.pt").exists()
-
-    further = run_cli("--resume", str(run_dir), "--rounds", "3", timeout=120)  # trains on
-    assert further.returncode == 1
-    assert "every sampled client failed in all 3 rounds" in _one_error_line(further.stderr)
-    assert pd.read_csv(run_dir / "rounds.csv")["round"].tolist() == [0, 1, 2, 3]
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -92,7 +72,8 @@ def test_an_experiment_goes_by_the_runs_status(tiny_cifar, tmp_path) -> None:
     """Run 1 completes and run 2 aborts; a rerun says so and exits 1 again. A run killed
     after its last round is finished by the rerun without training; one whose folder
     fedsim left half-made is run in it. Resuming a complete run with another run's
-    checkpoint is refused before its status is touched."""
+    checkpoint is refused before its status is touched. The aborted run keeps its
+    reason on --resume, unless the resume trains on."""
     options = ["--client-failure-rate", "0,1", "--clients", "2", "--rounds", "2"]
     options += ["--max-failed-rounds", "2", "--data", str(tiny_cifar)]
     options += ["--results-dir", str(tmp_path), "--name", "sweep"]
@@ -148,6 +129,19 @@ def test_an_experiment_goes_by_the_runs_status(tiny_cifar, tmp_path) -> None:
         with pytest.warns(RunsNotComplete, match=f"1 of 2 runs did not complete: {bad.name}"):
             summary = fedsim.sweep(**grid)
         assert sorted(summary.status) == ["aborted", "complete"]
+
+    # a run that ended for a reason keeps it on --resume, unless the resume trains on
+    ended = _status(bad)
+    assert ended["status"] == "aborted" and "every sampled client failed" in ended["error"]
+    resumed = run_cli("--resume", str(bad), timeout=120)
+    assert resumed.returncode == 1
+    line = _one_error_line(resumed.stderr)
+    assert "ended aborted after round 2" in line and "nothing left to resume" in line
+    assert _status(bad) == ended and not (bad / "model.pt").exists()
+    further = run_cli("--resume", str(bad), "--rounds", "3", timeout=120)
+    assert further.returncode == 1
+    assert "every sampled client failed in all 3 rounds" in _one_error_line(further.stderr)
+    assert pd.read_csv(bad / "rounds.csv")["round"].tolist() == [0, 1, 2, 3]
 
 
 def _client_process(ray_tmp: Path) -> int:

@@ -11,7 +11,7 @@ from fedsim.outputs.records import CLIENT_COLUMNS, CSV_COLUMNS
 from tests.conftest import simulate
 
 
-def test_two_clients_on_generated_data(tiny_cifar, tmp_path) -> None:
+def test_two_clients_on_generated_data(tiny_cifar, tmp_path, all_cpus) -> None:
     done, frame = simulate(
         tiny_cifar, tmp_path, "two", "--clients 2 --rounds 2 --batch-size 16 --lr 0.05"
     )

@@ -206,7 +206,6 @@ def test_missing_experiment_file_and_empty_plot_folder(tmp_path, capsys) -> None
 # --- a real sweep through the engine ----------------------------------------------------
 
 SWEEP = ["--clients", "2,4", "--rounds", "2", "--fraction-fit", "0.5", "--batch-size", "16"]
-SWEEP += ["--cpus-per-client", "1.5"]  # room for one actor on two cores: both runs use it
 METRICS = ["round", "train_loss", "central_loss", "central_accuracy", "clients_sampled"]
 
 

@@ -73,7 +73,8 @@ def size_clients(cfg: RunConfig) -> Cluster:
     if cfg.cpus_per_client > cpus:
         raise ConfigError(
             flag("cpus_per_client"),
-            f"got {cfg.cpus_per_client:g}, but Ray has {cpus:g} CPUs; no client could run",
+            f"got {cfg.cpus_per_client:g}, but Ray has {cpus:g} CPU{'' if cpus == 1 else 's'}; "
+            "no client could run",
         )
     if cfg.gpus_per_client is None and share:
         print(
