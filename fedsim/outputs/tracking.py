@@ -38,16 +38,17 @@ METRICS = tuple(c for c in round_columns(personal=True) if c != "round")
 
 
 def check(cfg: RunConfig) -> None:
-    """What can be known of the trackers' targets before the run folder is claimed: the
-    packages import, a folder can be written, a tracking server answers."""
+    """What can be known of the trackers' targets before the run folder is claimed: a
+    folder can be written, the packages import (seconds, MLflow's: after the quick
+    check), a tracking server answers."""
     if cfg.tensorboard:
-        _tensorboard_writer()
         check_writable(flag("tensorboard"), Path(cfg.tensorboard))
+        _tensorboard_writer()
     if cfg.mlflow:
-        _mlflow()
         uri = cfg.mlflow
         if len(urlparse(uri).scheme) <= 1:  # a folder (a Windows drive letter is a path)
             check_writable(flag("mlflow"), Path(uri).expanduser())
+        _mlflow()
         _check_server(uri)
 
 
