@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -186,6 +187,7 @@ def start_run():
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], check=False)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def leftovers(ray_tmp: Path) -> list[str]:

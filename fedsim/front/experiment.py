@@ -20,7 +20,7 @@ import pandas as pd
 
 from fedsim.flower import ray_instance
 from fedsim.front import plots
-from fedsim.front.summary import is_complete
+from fedsim.front.summary import completed_rounds, is_complete
 from fedsim.front.sweep import Experiment
 from fedsim.ground import interrupts
 from fedsim.ground.config import RunConfig
@@ -37,7 +37,9 @@ from fedsim.runner.inputs import prepare
 class _Planned:
     cfg: RunConfig
     folder: Path
-    state: str  # "new", "complete", "unfinished", or how it ended (ENDED)
+    # "new", "complete", "unfinished", "trained" (killed after its last round: only its
+    # bookkeeping is left), or how it ended (ENDED)
+    state: str
     counts: pd.DataFrame  # examples of each label per client
     reason: str = ""  # why it ended, for an ended run
 
@@ -87,6 +89,8 @@ def _state(cfg: RunConfig, folder: Path, data_key: str) -> tuple[str, str]:
     if is_complete(folder, document):
         return "complete", ""
     resuming.changed_code(document, cfg, accept=False)  # refused before any run starts
+    if completed_rounds(folder) == list(range(cfg.rounds + 1)):
+        return "trained", ""  # no Ray for it (if its checkpoint is behind, it starts one)
     return "unfinished", ""
 
 
@@ -133,7 +137,7 @@ def run_experiment(experiment: Experiment, seams: Seams | None = None) -> None:
                 )
                 failed.append(run.cfg.name)
             else:
-                going_on = run.state == "unfinished"
+                going_on = run.state != "new"
                 print(head + (" (unfinished, going on)" if going_on else ""), flush=True)
                 try:
                     if going_on:
