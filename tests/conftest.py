@@ -88,10 +88,10 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def one_cpu_per_ray_instance() -> None:
-    """pytest runs two workers on the two cores: each private Ray instance (every run's,
-    in whichever process) is given one CPU (Ray's own override of a node's resources),
-    hence one client actor, so that two runs side by side use the machine as one run
-    alone would; a second actor is one more process importing torch (seconds of CPU).
+    """pytest's workers share the machine's cores (pyproject.toml): each private Ray
+    instance (every run's, in whichever process) is given one CPU (Ray's own override of
+    a node's resources), hence one client actor, where the machine's two CPUs would give
+    two; a second actor is one more process importing torch (seconds of CPU).
     A test of several actors asks for them (`--cpus-per-client 0.5`, or `all_cpus`); a
     cluster of its own is started without the override (tests/test_cluster.py)."""
     os.environ[RAY_RESOURCES] = json.dumps({"CPU": 1})
