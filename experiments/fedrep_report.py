@@ -72,10 +72,8 @@ def accuracy(run: dict) -> float:
     """The run's figure in %: its last round's personalised accuracy over every client
     (the global model's on each client's data where the algorithm keeps nothing)."""
     last = run["rounds"].iloc[-1]
-    personal = last.get("personal_accuracy")
-    return 100 * float(
-        last["eval_accuracy"] if personal is None or personal != personal else personal
-    )
+    personal = last.get("personal_accuracy")  # None: a run without the column
+    return 100 * float(last["eval_accuracy"] if pd.isna(personal) else personal)
 
 
 def table_rows(cells: dict[tuple, list[dict]]) -> list[dict]:
@@ -142,14 +140,7 @@ def report(folder: Path) -> None:
     found = reproduction.collect(folder, GRID, cell_of) if folder.is_dir() else []
     cells = finished(reproduction.cells_of(committed() + found))
     reproduction.copy_rounds(cells, cell_dir)
-    rows = table_rows(cells)
-    DOCS.mkdir(parents=True, exist_ok=True)
-    with open(TABLE, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    for row in rows:
-        print(", ".join(f"{k} {row[k]}" for k in COLUMNS))
+    reproduction.write_table(TABLE, COLUMNS, table_rows(cells))
     print(f"\ndocs/personalisation.md's table:\n\n{grid(TABLE)}")
 
 

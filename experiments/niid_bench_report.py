@@ -144,15 +144,8 @@ def report(folder: Path) -> None:
     found = reproduction.collect(folder, GRID, cell_name) if folder.is_dir() else []
     cells = cells_of(committed() + found)
     reproduction.copy_rounds(cells, lambda cell, seed: cell_dir(*cell, seed))
-    rows = table_rows(cells)
-    DOCS.mkdir(parents=True, exist_ok=True)
-    with open(TABLE, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    reproduction.write_table(TABLE, COLUMNS, table_rows(cells))
     _plot(cells)
-    for row in rows:
-        print(", ".join(f"{k} {row[k]}" for k in COLUMNS))
     print(f"\nREADME's table:\n\n{grid(TABLE)}")
 
 

@@ -10,6 +10,7 @@ rounds.csv) and `dir` (where its files are).
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,17 @@ def copy_rounds(cells: dict[tuple, list[dict]], cell_dir: Callable[[tuple, int],
         if run["dir"] != destination:
             destination.mkdir(parents=True, exist_ok=True)
             (destination / ROUNDS_CSV).write_bytes((run["dir"] / ROUNDS_CSV).read_bytes())
+
+
+def write_table(table: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    """The report's CSV (a row per cell), each row also printed."""
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with open(table, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    for row in rows:
+        print(", ".join(f"{k} {row[k]}" for k in columns))
 
 
 def cells_of(runs: list[dict]) -> dict[tuple, list[dict]]:
